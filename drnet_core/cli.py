@@ -1,0 +1,179 @@
+"""Command line: `python -m drnet_core <command> --help`.
+
+  train     train a DRNet (resumable; torchrun for several processes)
+  evaluate  accuracy and executed FLOPs of a checkpoint at one (tau, threshold), as JSON
+  sweep     the accuracy/FLOPs trade-off over a grid of tau and threshold (CSV or JSON)
+  subset    rebuild the shipped class-balanced test subset from the installed dataset
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .checkpoint import CheckpointError, default_device, load_checkpoint
+from .config import PRESETS, preset
+from .data import DatasetError
+
+log = logging.getLogger("drnet_core")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _tau(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"tau must be > 0, got {text}")
+    return value
+
+
+def _threshold(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"threshold must be in [0, 1], got {text}")
+    return value
+
+
+def _eval_set(args, meta: dict):
+    from .data import load_split, load_test_set, to_model_input
+
+    dataset = meta.get("dataset", "fashion-mnist")
+    test = load_test_set(args.data_dir) if dataset == "fashion-mnist" else load_split(dataset, "test", args.data_dir)
+    test = test.subset(args.limit)
+    return test, to_model_input(test.images, dataset)
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    chosen = preset(args.preset)
+    overrides = {key: getattr(args, key) for key in ("epochs", "seed", "batch_size", "lr", "cost_weight",
+                                                      "train_threshold", "limit", "val_size") if getattr(args, key) is not None}
+    train_config = chosen.train.__class__(**{**chosen.train.to_dict(), **overrides})
+    meta = train(chosen.model, train_config, args.output, dataset=args.dataset, data_dir=args.data_dir,
+                 progress=not args.no_progress, evaluate_test=not args.skip_test)
+    if meta:
+        print(json.dumps({k: v for k, v in meta.items() if k not in ("history", "validation_sweep", "train_config")},
+                         indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import run_routed, summarize
+
+    model, meta = load_checkpoint(args.checkpoint, device=default_device())
+    tau = args.tau if args.tau is not None else meta.get("default_tau", 1.0)
+    threshold = args.threshold if args.threshold is not None else meta.get("default_threshold", 0.0)
+    test, inputs = _eval_set(args, meta)
+    run = run_routed(model, inputs, test.labels, tau=tau, threshold=threshold, noise_seed=args.noise_seed,
+                     progress=not args.json)
+    summary = summarize(run, model, test.name, tuple(meta.get("class_names", [str(i) for i in range(10)])))
+    summary["checkpoint"] = str(args.checkpoint or "shipped")
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['dataset']}: accuracy {summary['accuracy']:.4f} at tau={tau:g}, threshold={threshold:g}")
+        print(f"mean {summary['mean_mflops']:.3f} MFLOPs (multiply-adds) of {summary['dense_mflops']:.3f} dense "
+              f"({100 * summary['mflops_fraction_of_dense']:.1f}%), CV {summary['mflops_cv']:.3f}, "
+              f"{summary['distinct_paths']} distinct paths, {summary['mean_active_params']:,.0f} of "
+              f"{summary['dense_params']:,} parameters active")
+        for name, row in summary["per_class"].items():
+            print(f"  {name:12s} accuracy {row['accuracy']:.3f}  {row['mean_mflops']:.3f} MFLOPs")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .evaluate import sweep
+
+    model, meta = load_checkpoint(args.checkpoint, device=default_device())
+    test, inputs = _eval_set(args, meta)
+    rows = sweep(model, inputs, test.labels, args.taus, args.thresholds, progress=True)
+    for row in rows:
+        row["dataset"] = test.name
+    text = json.dumps(rows, indent=1) if args.format == "json" else None
+    if args.format == "csv":
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buffer.getvalue()
+    if args.output:
+        Path(args.output).write_text(text)
+        log.info("wrote %d rows to %s", len(rows), args.output)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_subset(args) -> int:
+    from .data import write_shipped_subset
+
+    print(write_shipped_subset(args.data_dir))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m drnet_core", description="DRNet Explorer: dynamic routing networks.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def data_options(sub):
+        sub.add_argument("--data-dir", help="dataset folder (default: $DRNET_DATA, then /usr/share/datasets/fashion-mnist)")
+
+    train = commands.add_parser("train", help="train a DRNet; rerun the same command to resume")
+    train.add_argument("--preset", default="fashion", choices=sorted(PRESETS), help="model and training preset")
+    train.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10"])
+    train.add_argument("--output", required=True, help="checkpoint path (its resume file sits beside it)")
+    for name, kind in (("epochs", int), ("seed", int), ("batch-size", int), ("lr", float), ("cost-weight", float),
+                       ("train-threshold", float), ("limit", int), ("val-size", int)):
+        train.add_argument(f"--{name}", type=kind, default=None, help="override the preset's value")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--skip-test", action="store_true", help="do not evaluate the test split at the end")
+    data_options(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="accuracy and executed FLOPs at one setting")
+    evaluate.add_argument("--checkpoint", default=None, help="checkpoint file (default: the shipped one)")
+    evaluate.add_argument("--tau", type=_tau, default=None, help="Gumbel-Softmax temperature (default: checkpoint's)")
+    evaluate.add_argument("--threshold", type=_threshold, default=None, help="selection threshold in [0, 1]")
+    evaluate.add_argument("--noise-seed", type=int, default=None, help="turn Gumbel noise on with this seed")
+    evaluate.add_argument("--limit", type=int, default=None, help="only the first N images")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    data_options(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    sweep = commands.add_parser("sweep", help="accuracy/FLOPs over a grid of tau and threshold")
+    sweep.add_argument("--checkpoint", default=None)
+    sweep.add_argument("--taus", type=_floats, default=[0.25, 0.5, 1.0, 2.0])
+    sweep.add_argument("--thresholds", type=_floats, default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0])
+    sweep.add_argument("--limit", type=int, default=None)
+    sweep.add_argument("--format", choices=["csv", "json"], default="csv")
+    sweep.add_argument("--output", help="file to write (default: stdout)")
+    data_options(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
+    subset = commands.add_parser("subset", help="rebuild assets/fashion_mnist_test_subset.npz")
+    data_options(subset)
+    subset.set_defaults(func=cmd_subset)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (DatasetError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,124 @@
+"""Configuration dataclasses and named presets.
+
+A `ModelConfig` fully describes an architecture: a checkpoint stores it as a plain dict so that
+`torch.load(..., weights_only=True)` can read it back. A `TrainConfig` describes one training run.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+DEFAULT_BRANCHES = (
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "avg_pool_3x3",
+    "max_pool_3x3",
+    "identity",
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    in_channels: int = 1
+    image_size: int = 28
+    num_classes: int = 10
+    stem_channels: int = 16
+    # One entry per stage; every stage opens with a stride-2 reduction, so the stem alone sees
+    # full resolution (28 -> 14 -> 7 -> 4 for Fashion-MNIST).
+    stage_channels: tuple[int, ...] = (32, 64, 128)
+    cells_per_stage: int = 1
+    # Intermediate nodes per cell: node j receives a routed connection from every earlier node.
+    nodes_per_cell: int = 2
+    branches: tuple[str, ...] = DEFAULT_BRANCHES
+    # The RouterNet is GAP -> Linear(C, hidden) -> ReLU -> Linear(hidden, connections * branches);
+    # 16 hidden units keep its cost well under 1% of a dense cell.
+    router_hidden: int = 16
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        values = dict(raw)
+        for key in ("stage_channels", "branches"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 24
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    label_smoothing: float = 0.1
+    # Gumbel-Softmax temperature, annealed geometrically from start to end over training.
+    tau_start: float = 1.5
+    tau_end: float = 0.5
+    # Branches whose recalibrated weight is below this are skipped while training too, so the
+    # network learns to live with sparse routing. It ramps up from 0 (dense) over the warm-up.
+    train_threshold: float = 0.2
+    threshold_warmup_epochs: float = 2.0
+    # Weight of the expected-cost term (expected branch MACs / worst case, in [0, 1]).
+    cost_weight: float = 0.15
+    # Held out from the training split to choose tau/threshold; the test split is never used.
+    val_size: int = 5000
+    augment: bool = True
+    seed: int = 0
+    limit: int | None = None  # use only the first N training images (smoke runs, tests)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Preset:
+    model: ModelConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    description: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    # The shipped Fashion-MNIST model: three cells at 28, 14 and 7 pixels.
+    "fashion": Preset(ModelConfig(), TrainConfig(), "Fashion-MNIST, 3 cells at 14/7/4 px (32/64/128 channels)"),
+    # A model small enough for unit tests to build and train in seconds.
+    "tiny": Preset(
+        ModelConfig(stem_channels=4, stage_channels=(4, 8), router_hidden=4, image_size=28),
+        TrainConfig(epochs=1, batch_size=32, val_size=64, limit=256, threshold_warmup_epochs=0.5),
+        "unit-test sized",
+    ),
+    # The paper's mobile-sized CIFAR-10 setting: 32x32 RGB, three stages of two cells with three
+    # intermediate nodes. Meant for a GPU; see docs/SCALING.md for its dense cost.
+    "cifar10-mobile": Preset(
+        ModelConfig(
+            in_channels=3,
+            image_size=32,
+            num_classes=10,
+            stem_channels=48,
+            stage_channels=(48, 96, 192),
+            cells_per_stage=2,
+            nodes_per_cell=3,
+            router_hidden=32,
+        ),
+        TrainConfig(epochs=150, batch_size=128, lr=0.05, val_size=5000),
+        "CIFAR-10, mobile setting (GPU)",
+    ),
+}
+
+
+def preset(name: str, **train_overrides) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    chosen = PRESETS[name]
+    return replace(chosen, train=replace(chosen.train, **train_overrides)) if train_overrides else chosen

@@ -1,0 +1,216 @@
+"""Datasets: Fashion-MNIST from its IDX files, the shipped test subset, CIFAR-10 batches.
+
+Nothing is ever downloaded. Fashion-MNIST is read from `--data-dir`, else `$DRNET_DATA`, else
+/usr/share/datasets/fashion-mnist (Debian's `dataset-fashion-mnist` package). When the full test
+split is missing, evaluation falls back to the class-balanced 2,000-image test subset shipped in
+assets/, and every report names the set it used.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+SHIPPED_SUBSET = ASSETS / "fashion_mnist_test_subset.npz"
+DEFAULT_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+# Per-channel statistics of the training splits, so inputs are roughly zero-mean, unit-variance.
+NORMALISATION = {
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+_FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing or unreadable; the message says how to provide it."""
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # (N, H, W) or (N, H, W, 3) uint8
+    labels: torch.Tensor  # (N,) int64
+    name: str             # what the set is, for every report that uses it
+    dataset: str = "fashion-mnist"
+    indices: torch.Tensor | None = None  # positions in the original split, when a subset
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, count: int | None) -> "ImageSet":
+        if count is None or count >= len(self):
+            return self
+        indices = self.indices[:count] if self.indices is not None else torch.arange(count)
+        return ImageSet(self.images[:count], self.labels[:count], f"{self.name}, first {count}", self.dataset, indices)
+
+
+def fashion_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    if data_dir:
+        return Path(data_dir)
+    if os.environ.get("DRNET_DATA"):
+        return Path(os.environ["DRNET_DATA"])
+    return DEFAULT_FASHION_DIR
+
+
+def _fashion_help(directory: Path) -> str:
+    return (f"Provide Fashion-MNIST's four IDX .gz files in {directory}: install Debian's package "
+            "(`apt-get install dataset-fashion-mnist`, which puts them in /usr/share/datasets/fashion-mnist), "
+            "or point `--data-dir` / the DRNET_DATA environment variable at a folder holding them.")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse one gzipped IDX file (the format of LeCun's MNIST) into an array."""
+    try:
+        with gzip.open(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as error:
+        raise DatasetError(f"{path} is not a readable gzip file ({error}).") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DatasetError(f"{path} is not an unsigned-byte IDX file (bad magic number).")
+    dims = raw[3]
+    header = 4 + 4 * dims
+    if len(raw) < header:
+        raise DatasetError(f"{path} is truncated (header incomplete).")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    expected = int(np.prod(shape)) if shape else 0
+    if len(raw) - header != expected:
+        raise DatasetError(f"{path} is truncated or corrupt: header promises {expected} bytes, "
+                           f"file holds {len(raw) - header}.")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def load_fashion_mnist(split: str, data_dir: str | os.PathLike | None = None) -> ImageSet:
+    if split not in _FASHION_FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    directory = fashion_data_dir(data_dir)
+    image_file, label_file = (directory / name for name in _FASHION_FILES[split])
+    for path in (image_file, label_file):
+        if not path.is_file():
+            raise DatasetError(f"Fashion-MNIST {split} split not found: {path} is missing. " + _fashion_help(directory))
+    try:
+        images, labels = read_idx(image_file), read_idx(label_file)
+    except DatasetError as error:
+        raise DatasetError(f"{error} {_fashion_help(directory)}") from None
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1 or len(images) != len(labels):
+        raise DatasetError(f"{image_file} / {label_file} do not hold matching 28x28 images and labels. "
+                           + _fashion_help(directory))
+    if labels.max(initial=0) > 9:
+        raise DatasetError(f"{label_file} holds labels outside 0-9. " + _fashion_help(directory))
+    name = f"Fashion-MNIST {split} split ({len(labels):,} images)"
+    return ImageSet(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)), name)
+
+
+def load_shipped_subset() -> ImageSet:
+    with np.load(SHIPPED_SUBSET) as archive:
+        images, labels, indices = archive["images"], archive["labels"], archive["indices"]
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)),
+                    f"shipped Fashion-MNIST test subset ({len(labels):,} images)", indices=torch.from_numpy(indices))
+
+
+def load_test_set(data_dir: str | os.PathLike | None = None, *, allow_subset: bool = True) -> ImageSet:
+    """The full Fashion-MNIST test split, or the shipped subset when the split is not installed."""
+    try:
+        return load_fashion_mnist("test", data_dir)
+    except DatasetError:
+        if not allow_subset:
+            raise
+        return load_shipped_subset()
+
+
+def balanced_subset_indices(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for cls in torch.unique(labels).tolist():
+        members = (labels == cls).nonzero().squeeze(1)
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.cat(chosen).sort().values
+
+
+def write_shipped_subset(data_dir: str | os.PathLike | None = None, per_class: int = 200) -> Path:
+    test = load_fashion_mnist("test", data_dir)
+    indices = balanced_subset_indices(test.labels, per_class)
+    np.savez_compressed(SHIPPED_SUBSET, images=test.images[indices].numpy(),
+                        labels=test.labels[indices].numpy().astype(np.uint8), indices=indices.numpy())
+    return SHIPPED_SUBSET
+
+
+# ---- CIFAR-10 (python pickle batches) -------------------------------------------------------
+
+def load_cifar10(split: str, data_dir: str | os.PathLike | None) -> ImageSet:
+    """CIFAR-10 from its standard python batches: data_batch_1..5 and test_batch."""
+    if not data_dir:
+        raise DatasetError("CIFAR-10 needs --data-dir pointing at the extracted 'cifar-10-batches-py' folder "
+                           "(the python version from the CIFAR-10 page of the University of Toronto).")
+    directory = Path(data_dir)
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    images, labels = [], []
+    for name in names:
+        path = directory / name
+        if not path.is_file():
+            raise DatasetError(f"CIFAR-10 {split} split not found: {path} is missing. Download and extract the "
+                               "python version of CIFAR-10 (cifar-10-python.tar.gz) and pass its "
+                               "'cifar-10-batches-py' folder as --data-dir.")
+        try:
+            with open(path, "rb") as handle:
+                batch = pickle.load(handle, encoding="bytes")
+            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            batch_labels = np.asarray(batch[b"labels"], dtype=np.int64)
+        except Exception as error:  # a corrupt pickle can fail in many ways; all mean the same here
+            raise DatasetError(f"{path} is not a CIFAR-10 python batch ({type(error).__name__}: {error}).") from None
+        if len(data) != len(batch_labels):
+            raise DatasetError(f"{path} holds {len(data)} images but {len(batch_labels)} labels.")
+        images.append(data)
+        labels.append(batch_labels)
+    stacked = np.concatenate(images)
+    return ImageSet(torch.from_numpy(stacked), torch.from_numpy(np.concatenate(labels)),
+                    f"CIFAR-10 {split} split ({len(stacked):,} images)", dataset="cifar10")
+
+
+def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None = None) -> ImageSet:
+    if dataset == "fashion-mnist":
+        return load_fashion_mnist(split, data_dir)
+    if dataset == "cifar10":
+        return load_cifar10(split, data_dir)
+    raise ValueError(f"unknown dataset {dataset!r}; choose fashion-mnist or cifar10")
+
+
+# ---- tensors ---------------------------------------------------------------------------------
+
+def to_model_input(images: torch.Tensor, dataset: str = "fashion-mnist") -> torch.Tensor:
+    """uint8 (N, H, W) or (N, H, W, 3) -> normalised float (N, C, H, W)."""
+    x = images.float().div_(255.0)
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    mean, std = NORMALISATION[dataset]
+    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
+    std_t = torch.tensor(std).view(1, -1, 1, 1)
+    return ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
+
+
+def augment(batch: torch.Tensor, generator: torch.Generator | None = None, pad: int = 2) -> torch.Tensor:
+    """Random translation by up to `pad` pixels and random horizontal flip, batched.
+
+    Padding uses the border value so a shifted garment does not gain an artificial frame.
+    """
+    n, _, height, width = batch.shape
+    padded = torch.nn.functional.pad(batch, (pad, pad, pad, pad), mode="replicate")
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    rows = (offsets[:, 0].view(n, 1) + torch.arange(height).view(1, height))  # (N, H)
+    cols = (offsets[:, 1].view(n, 1) + torch.arange(width).view(1, width))    # (N, W)
+    flip = torch.rand(n, generator=generator) < 0.5
+    cols = torch.where(flip.view(n, 1), cols.flip(1), cols)
+    gathered = padded[torch.arange(n).view(n, 1, 1), :, rows.view(n, height, 1), cols.view(n, 1, width)]
+    return gathered.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # (N, C, H, W)

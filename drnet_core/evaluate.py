@@ -1,0 +1,131 @@
+"""Routed evaluation: run a checkpoint over a set at one (tau, threshold) and summarise it.
+
+`run_routed` returns per-instance results (prediction, confidence, executed MFLOPs, active parameters,
+selected-branch pattern); `summarize` turns them into the numbers the CLI, the app and the docs report;
+`sweep` evaluates a grid of settings for the accuracy/FLOPs trade-off curve.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .model import DRNet
+
+
+@dataclass
+class RoutedRun:
+    labels: torch.Tensor          # (N,)
+    predictions: torch.Tensor     # (N,)
+    probabilities: torch.Tensor   # (N, classes)
+    mflops: torch.Tensor          # (N,) executed multiply-adds, millions
+    active_params: torch.Tensor   # (N,)
+    path_masks: torch.Tensor      # (N, total branches) bool
+    branch_weights: torch.Tensor  # (N, total branches)
+    tau: float
+    threshold: float
+    noise_seed: int | None
+
+    @property
+    def correct(self) -> torch.Tensor:
+        return self.predictions == self.labels
+
+    def path_ids(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unique patterns (P, T), id of each instance's pattern (N,)), ids ordered by frequency."""
+        patterns, inverse, counts = torch.unique(self.path_masks, dim=0, return_inverse=True, return_counts=True)
+        order = torch.argsort(counts, descending=True, stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order))
+        return patterns[order], rank[inverse]
+
+
+@torch.inference_mode()
+def run_routed(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, tau: float, threshold: float,
+               noise_seed: int | None = None, batch_size: int = 1000, progress: bool = False,
+               branch_overrides: list[torch.Tensor] | None = None) -> RoutedRun:
+    """inputs: normalised (N, C, H, W) on any device; batches are moved to the model's device.
+
+    With `noise_seed`, Gumbel noise for all N instances is drawn up front from that seed, so the
+    result does not depend on the batch size or the device.
+    """
+    if model.training:
+        raise ValueError("run_routed needs a model in eval mode")
+    device = model.device
+    noise = model.sample_noise(len(inputs), noise_seed) if noise_seed is not None else None
+    outputs = {key: [] for key in ("probabilities", "mflops", "params", "masks", "weights")}
+    starts = range(0, len(inputs), batch_size)
+    for start in tqdm(starts, desc=f"evaluate tau={tau:g} threshold={threshold:g}", disable=not progress, leave=False):
+        batch = inputs[start:start + batch_size].to(device)
+        batch_noise = None if noise is None else [n[start:start + batch_size] for n in noise]
+        logits, trace = model(batch, tau=tau, threshold=threshold, gumbel_noise=batch_noise,
+                              branch_overrides=branch_overrides)
+        outputs["probabilities"].append(torch.softmax(logits.float(), dim=1).cpu())
+        outputs["mflops"].append(model.mflops_per_instance(trace).cpu())
+        outputs["params"].append(model.active_params_per_instance(trace).cpu())
+        outputs["masks"].append(trace.path_masks().cpu())
+        outputs["weights"].append(trace.branch_weights().float().cpu())
+    probabilities = torch.cat(outputs["probabilities"])
+    return RoutedRun(labels=labels.cpu(), predictions=probabilities.argmax(dim=1), probabilities=probabilities,
+                     mflops=torch.cat(outputs["mflops"]), active_params=torch.cat(outputs["params"]),
+                     path_masks=torch.cat(outputs["masks"]), branch_weights=torch.cat(outputs["weights"]),
+                     tau=tau, threshold=threshold, noise_seed=noise_seed)
+
+
+def summarize(run: RoutedRun, model: DRNet, dataset: str, class_names: tuple[str, ...]) -> dict:
+    mflops = run.mflops
+    mean = float(mflops.mean())
+    # Population CV; 0 for a single instance rather than NaN.
+    cv = float(mflops.std(unbiased=False) / mean) if mean > 0 else 0.0
+    per_class = {}
+    for index, name in enumerate(class_names):
+        members = run.labels == index
+        if bool(members.any()):
+            per_class[name] = {"n": int(members.sum()),
+                               "accuracy": float(run.correct[members].float().mean()),
+                               "mean_mflops": float(mflops[members].mean())}
+    dense = model.dense_mflops()
+    return {
+        "dataset": dataset,
+        "n": len(run.labels),
+        "tau": run.tau,
+        "threshold": run.threshold,
+        "noise_seed": run.noise_seed,
+        "accuracy": float(run.correct.float().mean()),
+        "mean_mflops": mean,
+        "dense_mflops": dense,
+        "mflops_fraction_of_dense": mean / dense,
+        "mean_active_params": float(run.active_params.mean()),
+        "dense_params": model.dense_params(),
+        "distinct_paths": int(torch.unique(run.path_masks, dim=0).shape[0]),
+        "mflops_cv": cv,
+        "per_class": per_class,
+    }
+
+
+def sweep(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, taus, thresholds, *,
+          progress: bool = False, batch_size: int = 1000) -> list[dict]:
+    """One row per (tau, threshold): accuracy, mean/relative MFLOPs, active params, paths, CV."""
+    rows = []
+    grid = [(float(t), float(h)) for t in taus for h in thresholds]
+    dense = model.dense_mflops()
+    for tau, threshold in tqdm(grid, desc="sweep", disable=not progress):
+        run = run_routed(model, inputs, labels, tau=tau, threshold=threshold, batch_size=batch_size)
+        mean = float(run.mflops.mean())
+        rows.append({"tau": tau, "threshold": threshold, "accuracy": float(run.correct.float().mean()),
+                     "mean_mflops": mean, "mflops_fraction_of_dense": mean / dense,
+                     "mean_active_params": float(run.active_params.mean()),
+                     "distinct_paths": int(torch.unique(run.path_masks, dim=0).shape[0]),
+                     "mflops_cv": float(run.mflops.std(unbiased=False) / mean) if mean > 0 else 0.0})
+    return rows
+
+
+def choose_default_setting(rows: list[dict], budget_fraction: float = 0.35) -> dict:
+    """The most accurate sweep row whose mean cost is within `budget_fraction` of dense.
+
+    Run on held-out training images only; ties go to the cheaper setting.
+    """
+    affordable = [row for row in rows if row["mflops_fraction_of_dense"] <= budget_fraction]
+    if not affordable:
+        affordable = [min(rows, key=lambda row: row["mflops_fraction_of_dense"])]
+    return max(affordable, key=lambda row: (round(row["accuracy"], 4), -row["mean_mflops"]))

@@ -1,0 +1,151 @@
+"""The Dynamic Routing Network (DRNet; Cai, Shu, Wang, Ooi, arXiv 1905.04849).
+
+stem (full resolution) -> for each stage: stride-2 reduction, routed cells -> ReLU, global pool,
+linear classifier. Every forward returns the logits and a `RoutingTrace`: which branches each
+instance executed, with their weights, from which executed multiply-adds and parameters are
+counted per instance (`mflops_per_instance`, `active_params_per_instance`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .cell import Cell
+from .config import ModelConfig
+from .cost import module_macs, module_params
+from .router import sample_gumbel
+
+
+@dataclass
+class RoutingTrace:
+    """Per cell, tensors of shape (B, connections, branches)."""
+
+    logits: list[torch.Tensor]
+    weights: list[torch.Tensor]
+    executed: list[torch.Tensor]  # bool: the branch really ran for that instance
+
+    def path_masks(self) -> torch.Tensor:
+        """(B, total branches) bool: every instance's selected-branch pattern, flattened."""
+        return torch.cat([mask.flatten(1) for mask in self.executed], dim=1)
+
+    def branch_weights(self) -> torch.Tensor:
+        return torch.cat([weights.flatten(1) for weights in self.weights], dim=1)
+
+
+def reduction(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.ReLU(inplace=False),
+        nn.Conv2d(in_channels, in_channels, 3, stride=2, padding=1, groups=in_channels, bias=False),
+        nn.Conv2d(in_channels, out_channels, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
+class DRNet(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        size = config.image_size
+        self.stem = nn.Sequential(
+            nn.Conv2d(config.in_channels, config.stem_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(config.stem_channels),
+            nn.ReLU(inplace=True),
+        )
+        fixed_macs = module_macs(self.stem, size, size)
+        self.reductions = nn.ModuleList()
+        self.cells = nn.ModuleList()
+        self.cell_stage: list[int] = []
+        in_channels = config.stem_channels
+        for stage, channels in enumerate(config.stage_channels):
+            self.reductions.append(reduction(in_channels, channels))
+            fixed_macs += module_macs(self.reductions[-1], size, size)
+            size = (size + 1) // 2
+            for _ in range(config.cells_per_stage):
+                self.cells.append(Cell(channels, size, size, config.nodes_per_cell, config.branches,
+                                       config.router_hidden))
+                self.cell_stage.append(stage)
+            in_channels = channels
+        self.head = nn.Sequential(nn.ReLU(inplace=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(in_channels, config.num_classes))
+        fixed_macs += module_macs(self.head, size, size)
+        # Stem, reductions and head always run; routers too (they decide what else runs).
+        self.always_on_macs = fixed_macs + sum(cell.router_macs for cell in self.cells)
+        self.always_on_params = (module_params(self.stem) + module_params(self.reductions) + module_params(self.head)
+                                 + sum(cell.router_params for cell in self.cells))
+        self.to(memory_format=torch.channels_last)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(self, x: torch.Tensor, *, tau: float, threshold: float,
+                gumbel_noise: list[torch.Tensor] | None = None,
+                branch_overrides: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, RoutingTrace]:
+        """x: (B, in_channels, H, W) normalised images. Returns logits (B, classes) and the trace.
+
+        gumbel_noise: per cell (B, connections, branches), see `sample_noise`; inference only.
+        branch_overrides: per cell (connections, branches) ints: +1 force on, -1 force off, 0 router.
+        """
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        trace = RoutingTrace([], [], [])
+        cell_index = 0
+        for stage, reduce in enumerate(self.reductions):
+            x = reduce(x)
+            for _ in range(self.config.cells_per_stage):
+                x, logits, weights, executed = self.cells[cell_index](
+                    x, tau, threshold,
+                    gumbel_noise=None if gumbel_noise is None else gumbel_noise[cell_index],
+                    branch_overrides=None if branch_overrides is None else branch_overrides[cell_index],
+                )
+                trace.logits.append(logits)
+                trace.weights.append(weights)
+                trace.executed.append(executed)
+                cell_index += 1
+        return self.head(x), trace
+
+    # ---- routing-space helpers --------------------------------------------------------------
+
+    def routing_shape(self) -> list[tuple[int, int]]:
+        return [(len(cell.connections), len(cell.branch_names)) for cell in self.cells]
+
+    def sample_noise(self, batch: int, seed: int) -> list[torch.Tensor]:
+        """Seeded Gumbel noise for `batch` instances, identical on every device."""
+        total = sum(c * b for c, b in self.routing_shape())
+        flat = sample_gumbel((batch, total), seed)
+        chunks, start = [], 0
+        for connections, branches in self.routing_shape():
+            size = connections * branches
+            chunks.append(flat[:, start:start + size].reshape(batch, connections, branches).to(self.device))
+            start += size
+        return chunks
+
+    # ---- cost ------------------------------------------------------------------------------
+
+    def mflops_per_instance(self, trace: RoutingTrace) -> torch.Tensor:
+        """(B,) executed multiply-adds in millions: always-on parts plus every branch that ran."""
+        macs = sum((mask.double() * cell.branch_macs).sum(dim=(1, 2)) for mask, cell in zip(trace.executed, self.cells))
+        return (macs + self.always_on_macs) / 1e6
+
+    def active_params_per_instance(self, trace: RoutingTrace) -> torch.Tensor:
+        params = sum((mask.double() * cell.branch_params).sum(dim=(1, 2)) for mask, cell in zip(trace.executed, self.cells))
+        return params + self.always_on_params
+
+    def expected_cost_fraction(self, trace: RoutingTrace) -> torch.Tensor:
+        """(B,) differentiable cost: expected branch MACs under the weights over the worst case.
+
+        The worst case is the costliest branch on every connection, so the value lies in [0, 1] and
+        the cost weight in the loss means the same thing for any architecture.
+        """
+        expected = sum((w * cell.branch_macs.to(w.dtype)).sum(dim=(1, 2)) for w, cell in zip(trace.weights, self.cells))
+        worst = sum(float(cell.branch_macs.max(dim=1).values.sum()) for cell in self.cells)
+        return expected / worst
+
+    def dense_mflops(self) -> float:
+        return (self.always_on_macs + sum(float(cell.branch_macs.sum()) for cell in self.cells)) / 1e6
+
+    def dense_params(self) -> int:
+        return module_params(self)
