@@ -33,19 +33,25 @@ def cell_connections(nodes_per_cell: int) -> list[tuple[int, int]]:
 
 
 def run_connection(
-    branches: nn.ModuleList, x: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor
+    branches: nn.ModuleList, x: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor, *, training: bool = False
 ) -> torch.Tensor | None:
     """sum_b weights[:, b] * branch_b(x), computing branch b only where mask[:, b] holds.
 
     x: (B, C, H, W); weights, mask: (B, num_branches). Returns None when nothing ran at all.
+
+    In training only, a branch that most of the batch selected runs on the whole batch and is masked
+    afterwards: the gather/scatter and its backward cost more than the few rows they would save.
+    Evaluation never does this, so an unselected branch is never computed for an instance there.
     """
     out = None
     for branch_index, branch in enumerate(branches):
         selected = mask[:, branch_index]
-        if not bool(selected.any()):
+        count = int(selected.sum())
+        if count == 0:
             continue
-        if bool(selected.all()):
-            out_b = branch(x) * weights[:, branch_index].view(-1, 1, 1, 1)
+        if count == len(selected) or (training and count >= len(selected) // 2):
+            scale = weights[:, branch_index] * selected.to(weights.dtype)
+            out_b = branch(x) * scale.view(-1, 1, 1, 1)
             out = out_b if out is None else out + out_b
             continue
         rows = selected.nonzero().squeeze(1)
@@ -103,7 +109,8 @@ class Cell(nn.Module):
                 source = self.connections[edge_index][0]
                 mask = selected[:, edge_index] & node_reached[source].unsqueeze(1)
                 executed[:, edge_index] = mask
-                contribution = run_connection(self.edges[edge_index], nodes[source], weights[:, edge_index], mask)
+                contribution = run_connection(self.edges[edge_index], nodes[source], weights[:, edge_index], mask,
+                                              training=self.training)
                 if contribution is not None:
                     node = contribution if node is None else node + contribution
                 reached |= mask.any(dim=1)

@@ -41,7 +41,7 @@ def save_checkpoint(path: str | os.PathLike, model: DRNet, meta: dict, *, write_
         "format": FORMAT,
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-        "meta": {**meta, "torch_version": torch.__version__},
+        "meta": {**meta, "torch_version": str(torch.__version__)},
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
