@@ -40,6 +40,7 @@ IMAGE_SIZE = 28
 # so a 1x5000 strip never becomes a 5000x5000 canvas.
 WORKING_SIZE = 1024
 
+_IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "jpe", "jfif", "webp", "bmp", "gif")
 _ACCEPTED_TEXT = "Accepted: PNG, JPEG, WebP, BMP or GIF images up to 10 MB and 40 megapixels."
 
 # Signatures of the accepted formats (what the bytes are, whatever the name says).
@@ -134,7 +135,7 @@ def describe_non_image(data: bytes) -> str:
         data[:4096].decode("utf-8")
         return "a text file"
     except UnicodeDecodeError:
-        return "not an image in a recognised format"
+        return "binary data of no recognised format"
 
 
 def _check_size(data: bytes, filename: str | None) -> None:
@@ -161,8 +162,8 @@ def _open_header(data: bytes, kind: str, filename: str | None) -> Image.Image:
         raise ImageTooLarge(f"{_describe(filename)} declares an enormous picture (a decompression bomb); "
                             f"refused before decoding. {_ACCEPTED_TEXT}") from None
     except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
-        raise CorruptImage(f"{_describe(filename)} starts like a {kind} image but its header is damaged "
-                           f"({_reason(error)}). {_ACCEPTED_TEXT}") from None
+        raise CorruptImage(f"{_describe(filename)} starts like a {kind} image but is truncated or damaged "
+                           f"({_reason(error)}). Save it again and re-upload. {_ACCEPTED_TEXT}") from None
     width, height = image.size
     if width <= 0 or height <= 0:
         raise CorruptImage(f"{_describe(filename)} declares an empty {width}x{height} picture. {_ACCEPTED_TEXT}")
@@ -174,6 +175,8 @@ def _open_header(data: bytes, kind: str, filename: str | None) -> Image.Image:
 
 
 def _reason(error: BaseException) -> str:
+    if isinstance(error, Image.UnidentifiedImageError):
+        return "its header cannot be read"  # Pillow's own text names an in-memory object, useless to a person
     text = str(error).splitlines()[0] if str(error) else ""
     return text or type(error).__name__
 
@@ -184,8 +187,8 @@ def decode_upload(data: bytes, filename: str | None = None) -> Image.Image:
     _check_size(data, filename)
     kind = sniff_format(data)
     if kind is None:
-        named = (f", although its name ends in .{filename.rsplit('.', 1)[-1].lower()}"
-                 if filename and "." in filename else "")
+        extension = filename.rsplit(".", 1)[-1].lower() if filename and "." in filename else ""
+        named = f", although its name ends in .{extension}" if extension in _IMAGE_EXTENSIONS else ""
         raise UnsupportedFormat(f"{_describe(filename)} is {describe_non_image(data)}, not a supported image{named}. "
                                 f"{_ACCEPTED_TEXT}")
     image = _open_header(data, kind, filename)
