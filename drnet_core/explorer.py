@@ -1,0 +1,167 @@
+"""Single-image inspection: prediction, routing trace, counterfactuals and Gumbel-noise resampling.
+
+Everything here runs one input (or copies of it) through a loaded DRNet in eval mode without ever
+changing the model: counterfactuals go through `branch_overrides` (force a branch on or off, see
+`Cell.forward`), and Gumbel noise is drawn per request from an explicit seed (`DRNet.sample_noise`),
+never from the global RNG. `gumbel_softmax_demo` recomputes the recalibration of Sec. 3.2 of the
+paper (softmax((logits + g) / tau)) for one connection, for the teaching view.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .model import DRNet
+from .routing_graph import branch_labels
+
+
+@dataclass
+class Inspection:
+    """One input under one setting. Routing arrays are flattened over all branches (path_masks order)."""
+
+    probabilities: np.ndarray   # (classes,)
+    prediction: int
+    weights: np.ndarray         # (total branches,) recalibrated weights
+    executed: np.ndarray        # (total branches,) bool, branches that ran
+    router_logits: np.ndarray   # (total branches,)
+    mflops: float
+    active_params: float
+    dense_mflops: float
+
+    @property
+    def confidence(self) -> float:
+        return float(self.probabilities[self.prediction])
+
+    @property
+    def fraction_of_dense(self) -> float:
+        return self.mflops / self.dense_mflops
+
+
+def _check_input(model: DRNet, model_input: torch.Tensor) -> torch.Tensor:
+    config = model.config
+    expected = (config.in_channels, config.image_size, config.image_size)
+    if model_input.ndim == 3:
+        model_input = model_input.unsqueeze(0)
+    if model_input.ndim != 4 or tuple(model_input.shape[1:]) != expected:
+        raise ValueError(f"model input must have shape (N, {expected[0]}, {expected[1]}, {expected[2]}), "
+                         f"got {tuple(model_input.shape)}")
+    return model_input.to(model.device)
+
+
+@torch.inference_mode()
+def inspect_input(model: DRNet, model_input: torch.Tensor, *, tau: float, threshold: float,
+                  noise_seed: int | None = None, branch_overrides: list[torch.Tensor] | None = None) -> Inspection:
+    """Run one normalised input (1, C, H, W) and return its prediction, routing and cost."""
+    x = _check_input(model, model_input)[:1]
+    noise = model.sample_noise(1, noise_seed) if noise_seed is not None else None
+    logits, trace = model(x, tau=tau, threshold=threshold, gumbel_noise=noise, branch_overrides=branch_overrides)
+    probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+    return Inspection(
+        probabilities=probabilities,
+        prediction=int(probabilities.argmax()),
+        weights=trace.branch_weights()[0].float().cpu().numpy(),
+        executed=trace.path_masks()[0].cpu().numpy(),
+        router_logits=torch.cat([lg.flatten(1) for lg in trace.logits], dim=1)[0].float().cpu().numpy(),
+        mflops=float(model.mflops_per_instance(trace)[0]),
+        active_params=float(model.active_params_per_instance(trace)[0]),
+        dense_mflops=model.dense_mflops(),
+    )
+
+
+def branch_overrides(model: DRNet, force_on: list[int] = (), force_off: list[int] = ()) -> list[torch.Tensor] | None:
+    """Per-cell override tensors from flat branch positions (indices into `branch_labels(model)`).
+
+    A branch named in both lists is an error rather than a silent choice of one.
+    """
+    both = set(force_on) & set(force_off)
+    if both:
+        labels = branch_labels(model)
+        raise ValueError("a branch cannot be forced on and off at once: " + ", ".join(labels[i] for i in sorted(both)))
+    if not force_on and not force_off:
+        return None
+    total = sum(c * b for c, b in model.routing_shape())
+    flat = torch.zeros(total, dtype=torch.int64)
+    for index in force_on:
+        flat[index] = 1
+    for index in force_off:
+        flat[index] = -1
+    overrides, start = [], 0
+    for connections, branches in model.routing_shape():
+        overrides.append(flat[start:start + connections * branches].view(connections, branches))
+        start += connections * branches
+    return overrides
+
+
+def path_key(mask: np.ndarray) -> str:
+    """A compact, stable name for a selected-branch pattern (hex of its bits)."""
+    bits = "".join("1" if v else "0" for v in np.asarray(mask, dtype=bool))
+    return f"{int(bits, 2):0{(len(bits) + 3) // 4}x}" if bits else "0"
+
+
+@torch.inference_mode()
+def noise_path_frequencies(model: DRNet, model_input: torch.Tensor, *, tau: float, threshold: float,
+                           samples: int, seed: int, class_names: tuple[str, ...]) -> pd.DataFrame:
+    """Run the same input `samples` times with fresh seeded Gumbel noise; one row per distinct path.
+
+    Columns: path (rank, 1 = most frequent), count, share, mflops, branches (how many ran),
+    prediction (most common predicted class on that path), key (hex of the pattern).
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    x = _check_input(model, model_input)[:1].expand(samples, -1, -1, -1).contiguous(memory_format=torch.channels_last)
+    noise = model.sample_noise(samples, seed)
+    logits, trace = model(x, tau=tau, threshold=threshold, gumbel_noise=noise)
+    masks = trace.path_masks().cpu()
+    predictions = logits.argmax(dim=1).cpu()
+    mflops = model.mflops_per_instance(trace).cpu()
+    patterns, inverse, counts = torch.unique(masks, dim=0, return_inverse=True, return_counts=True)
+    rows = []
+    for p in range(len(patterns)):
+        members = inverse == p
+        rows.append({
+            "count": int(counts[p]),
+            "share": float(counts[p]) / samples,
+            "mflops": float(mflops[members][0]),
+            "branches": int(patterns[p].sum()),
+            "prediction": class_names[int(torch.mode(predictions[members]).values)],
+            "key": path_key(patterns[p].numpy()),
+            "mask": patterns[p].numpy(),
+        })
+    table = pd.DataFrame(rows).sort_values(["count", "mflops"], ascending=[False, True]).reset_index(drop=True)
+    table.insert(0, "path", np.arange(1, len(table) + 1))
+    return table
+
+
+def gumbel_softmax_demo(logits: np.ndarray, taus: np.ndarray, *, threshold: float,
+                        noise: np.ndarray | None = None) -> pd.DataFrame:
+    """Weights softmax((logits + noise) / tau) of one connection over a range of temperatures.
+
+    Returns a long table: tau, branch index, weight, selected (weight >= threshold).
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    noisy = logits + (0.0 if noise is None else np.asarray(noise, dtype=np.float64))
+    rows = []
+    for tau in np.asarray(taus, dtype=np.float64):
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        weights = torch.softmax(torch.from_numpy(noisy / tau), dim=0).numpy()
+        for branch, weight in enumerate(weights):
+            rows.append({"tau": float(tau), "branch": branch, "weight": float(weight),
+                         "selected": bool(weight >= threshold)})
+    return pd.DataFrame(rows)
+
+
+def connection_logits(model: DRNet, inspection: Inspection, cell: int, connection: int) -> np.ndarray:
+    """The router logits of one connection of one inspected input: (branches,)."""
+    start = 0
+    for c, (connections, branches) in enumerate(model.routing_shape()):
+        if c == cell:
+            if not 0 <= connection < connections:
+                raise ValueError(f"cell {cell + 1} has {connections} connections, got connection {connection}")
+            offset = start + connection * branches
+            return inspection.router_logits[offset:offset + branches]
+        start += connections * branches
+    raise ValueError(f"the model has {len(model.cells)} cells, got cell {cell}")

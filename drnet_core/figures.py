@@ -1,0 +1,247 @@
+"""Plotly figures for the explorer's views: pure functions from results to figures.
+
+Each function takes plain arrays or tables (from `explorer`, `evaluate`, `clusters`, `audit`,
+`tradeoff`) and returns a `plotly.graph_objects.Figure` with a title, labelled axes and hover text.
+The routing-path graph itself is drawn in `routing_graph`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .model import DRNet
+from .routing_graph import split_by_cell
+
+ACCENT = "#3a86ff"
+MUTED = "#8d99ae"
+WARN = "#e63946"
+GOOD = "#2a9d8f"
+CLASS_COLORS = px.colors.qualitative.T10
+
+
+def _style(figure: go.Figure, title: str, height: int = 360, **layout) -> go.Figure:
+    figure.update_layout(title=dict(text=title, x=0.01), height=height, template="plotly_white",
+                         margin=dict(l=10, r=10, t=56, b=10), **layout)
+    return figure
+
+
+def probabilities_figure(probabilities: np.ndarray, class_names: tuple[str, ...], true_class: int | None = None,
+                         title: str = "Class probabilities") -> go.Figure:
+    probabilities = np.nan_to_num(np.asarray(probabilities, dtype=float))
+    top = int(probabilities.argmax())
+    colors = [ACCENT if i == top else "#c5d3e8" for i in range(len(class_names))]
+    hover = [f"{name}: {p:.1%}" + (" (true class)" if i == true_class else "")
+             for i, (name, p) in enumerate(zip(class_names, probabilities))]
+    figure = go.Figure(go.Bar(x=probabilities, y=list(class_names), orientation="h", marker_color=colors,
+                              text=[f"{p:.1%}" for p in probabilities], textposition="outside",
+                              hovertext=hover, hoverinfo="text"))
+    figure.update_xaxes(title="probability", range=[0, 1.12], tickformat=".0%")
+    figure.update_yaxes(autorange="reversed", title=None)
+    return _style(figure, title, height=340)
+
+
+def weight_heatmap(model: DRNet, weights: np.ndarray, executed: np.ndarray,
+                   title: str = "Branch weights per cell") -> go.Figure:
+    """One heatmap per cell: connections x branches, colour = weight, ● = branch ran."""
+    per_cell_w = split_by_cell(model, np.nan_to_num(np.asarray(weights, dtype=float)))
+    per_cell_x = split_by_cell(model, np.asarray(executed, dtype=bool))
+    cells = len(model.cells)
+    figure = make_subplots(rows=1, cols=cells, subplot_titles=[f"Cell {c + 1}" for c in range(cells)],
+                           horizontal_spacing=0.06)
+    for c, cell in enumerate(model.cells):
+        rows = [f"n{s}→n{t}" for s, t in cell.connections]
+        text = [[f"{w:.2f}{' ●' if x else ''}" for w, x in zip(wr, xr)] for wr, xr in zip(per_cell_w[c], per_cell_x[c])]
+        hover = [[f"cell {c + 1}, {rows[e]}<br>{name}<br>weight {per_cell_w[c][e, b]:.3f}<br>"
+                  f"{'ran' if per_cell_x[c][e, b] else 'skipped'}" for b, name in enumerate(cell.branch_names)]
+                 for e in range(len(rows))]
+        figure.add_trace(go.Heatmap(z=per_cell_w[c], x=list(cell.branch_names), y=rows, zmin=0, zmax=1,
+                                    colorscale="Blues", text=text, texttemplate="%{text}", hovertext=hover,
+                                    hoverinfo="text", showscale=c == cells - 1,
+                                    colorbar=dict(title="weight", len=0.9)), row=1, col=c + 1)
+        figure.update_yaxes(autorange="reversed", row=1, col=c + 1)
+        figure.update_xaxes(tickangle=-40, row=1, col=c + 1)
+    return _style(figure, title + "  (● = branch ran)", height=330)
+
+
+def flops_distribution_figure(population: np.ndarray, value: float | None, dense: float,
+                              title: str = "Executed MFLOPs per instance", label: str = "this image") -> go.Figure:
+    population = np.nan_to_num(np.asarray(population, dtype=float))
+    figure = go.Figure(go.Histogram(x=population, nbinsx=40, marker_color="#9bb7e0", name="evaluation set",
+                                    hovertemplate="%{x} MFLOPs: %{y} images<extra></extra>"))
+    figure.add_vline(x=dense, line=dict(color=MUTED, dash="dash"), annotation_text=f"dense {dense:.2f}",
+                     annotation_position="top left")
+    if value is not None:
+        share = float((population <= value).mean()) if len(population) else 0.0
+        figure.add_vline(x=value, line=dict(color=WARN, width=3),
+                         annotation_text=f"{label}: {value:.2f} ({share:.0%} of the set cost ≤ this)",
+                         annotation_position="top right")
+    figure.update_xaxes(title="executed MFLOPs (multiply-adds, millions)")
+    figure.update_yaxes(title="images")
+    return _style(figure, title, height=320, showlegend=False, bargap=0.05)
+
+
+def attribution_figure(pixels: np.ndarray, image: np.ndarray, title: str) -> go.Figure:
+    """Signed attribution over the 28x28 input: red raises the explained output, blue lowers it."""
+    pixels = np.nan_to_num(np.asarray(pixels, dtype=float))
+    limit = float(np.abs(pixels).max()) or 1.0
+    figure = make_subplots(rows=1, cols=2, subplot_titles=["model input", "attribution"], horizontal_spacing=0.04)
+    figure.add_trace(go.Heatmap(z=np.asarray(image, dtype=float), colorscale="gray", showscale=False,
+                                hovertemplate="row %{y}, col %{x}: %{z:.0f}<extra></extra>"), row=1, col=1)
+    figure.add_trace(go.Heatmap(z=pixels, colorscale="RdBu_r", zmin=-limit, zmax=limit,
+                                colorbar=dict(title="attribution"),
+                                hovertemplate="row %{y}, col %{x}: %{z:.3g}<extra></extra>"), row=1, col=2)
+    for col in (1, 2):
+        figure.update_yaxes(autorange="reversed", scaleanchor=f"x{'' if col == 1 else col}", showticklabels=False,
+                            row=1, col=col)
+        figure.update_xaxes(showticklabels=False, row=1, col=col)
+    return _style(figure, title, height=330)
+
+
+def tradeoff_figure(rows: list[dict], current: dict, comparison: dict | None = None,
+                    title: str = "Accuracy vs. cost") -> go.Figure:
+    """Sweep rows (accuracy, mflops_fraction_of_dense, threshold, tau) as a curve; settings as stars."""
+    table = pd.DataFrame(rows).sort_values("mflops_fraction_of_dense")
+    figure = go.Figure(go.Scatter(
+        x=table["mflops_fraction_of_dense"], y=table["accuracy"], mode="lines+markers", name="sweep",
+        line=dict(color=MUTED), marker=dict(size=8, color=table["threshold"], colorscale="Viridis",
+                                             colorbar=dict(title="threshold"), showscale=True),
+        hovertext=[f"tau {r.tau:g}, threshold {r.threshold:g}<br>accuracy {r.accuracy:.1%}<br>"
+                   f"{r.mflops_fraction_of_dense:.1%} of dense FLOPs" for r in table.itertuples()],
+        hoverinfo="text"))
+    for setting, name, color in ((current, "setting A", WARN), (comparison, "setting B", GOOD)):
+        if setting is None:
+            continue
+        figure.add_trace(go.Scatter(
+            x=[setting["mflops_fraction_of_dense"]], y=[setting["accuracy"]], mode="markers", name=name,
+            marker=dict(symbol="star", size=18, color=color, line=dict(color="white", width=1)),
+            hovertext=[f"{name}: tau {setting['tau']:g}, threshold {setting['threshold']:g}<br>"
+                       f"accuracy {setting['accuracy']:.1%}<br>{setting['mflops_fraction_of_dense']:.1%} of dense"],
+            hoverinfo="text"))
+    figure.update_xaxes(title="mean FLOPs relative to dense", tickformat=".0%")
+    figure.update_yaxes(title="accuracy", tickformat=".0%")
+    return _style(figure, title, height=380, legend=dict(orientation="h", y=-0.2))
+
+
+def per_class_figure(table_a: pd.DataFrame, table_b: pd.DataFrame | None = None,
+                     title: str = "Per-class accuracy and cost") -> go.Figure:
+    figure = make_subplots(rows=1, cols=2, subplot_titles=["accuracy", "mean executed MFLOPs"],
+                           horizontal_spacing=0.12)
+    for table, name, color in ((table_a, "A", ACCENT), (table_b, "B", GOOD)):
+        if table is None:
+            continue
+        figure.add_trace(go.Bar(x=table["accuracy"], y=table["class"], orientation="h", name=f"setting {name}",
+                                marker_color=color, legendgroup=name,
+                                hovertemplate="%{y}: %{x:.1%}<extra>setting " + name + "</extra>"), row=1, col=1)
+        figure.add_trace(go.Bar(x=table["mean MFLOPs"], y=table["class"], orientation="h", name=f"setting {name}",
+                                marker_color=color, legendgroup=name, showlegend=False,
+                                hovertemplate="%{y}: %{x:.3f} MFLOPs<extra>setting " + name + "</extra>"), row=1, col=2)
+    figure.update_xaxes(tickformat=".0%", range=[0, 1], row=1, col=1)
+    figure.update_xaxes(title="MFLOPs", row=1, col=2)
+    figure.update_yaxes(autorange="reversed")
+    return _style(figure, title, height=400, barmode="group", legend=dict(orientation="h", y=-0.12))
+
+
+def mflops_histograms(values: dict[str, np.ndarray], dense: float, title: str = "Per-instance executed MFLOPs") -> go.Figure:
+    figure = go.Figure()
+    for (name, data), color in zip(values.items(), (ACCENT, GOOD)):
+        figure.add_trace(go.Histogram(x=np.nan_to_num(np.asarray(data, dtype=float)), name=name, nbinsx=40,
+                                      marker_color=color, opacity=0.65,
+                                      hovertemplate="%{x} MFLOPs: %{y} images<extra>" + name + "</extra>"))
+    figure.add_vline(x=dense, line=dict(color=MUTED, dash="dash"), annotation_text=f"dense {dense:.2f}")
+    figure.update_xaxes(title="executed MFLOPs (multiply-adds, millions)")
+    figure.update_yaxes(title="images")
+    return _style(figure, title, height=340, barmode="overlay", legend=dict(orientation="h", y=-0.25))
+
+
+def embedding_figure(coords: np.ndarray, color_values, color_name: str, hover: list[str],
+                     categorical: bool, title: str) -> go.Figure:
+    coords = np.nan_to_num(np.asarray(coords, dtype=float))
+    frame = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1], color_name: color_values, "hover": hover})
+    if categorical:
+        frame[color_name] = frame[color_name].astype(str)
+        order = sorted(frame[color_name].unique(), key=lambda v: (len(v), v))
+        figure = px.scatter(frame, x="x", y="y", color=color_name, hover_name="hover", render_mode="webgl",
+                            category_orders={color_name: order}, color_discrete_sequence=px.colors.qualitative.Bold)
+    else:
+        figure = px.scatter(frame, x="x", y="y", color=color_name, hover_name="hover", render_mode="webgl",
+                            color_continuous_scale="Viridis")
+    figure.update_traces(marker=dict(size=6, opacity=0.75))
+    figure.update_xaxes(title="component 1")
+    figure.update_yaxes(title="component 2")
+    return _style(figure, title, height=480)
+
+
+def class_mix_figure(mix: pd.DataFrame, title: str = "Class mix per cluster") -> go.Figure:
+    figure = go.Figure()
+    for column, color in zip(mix.columns, CLASS_COLORS):
+        figure.add_trace(go.Bar(y=mix.index, x=mix[column], name=column, orientation="h", marker_color=color,
+                                hovertemplate="%{y}: %{x} × " + column + "<extra></extra>"))
+    figure.update_xaxes(title="images")
+    figure.update_yaxes(autorange="reversed")
+    return _style(figure, title, height=max(260, 40 * len(mix) + 120), barmode="stack",
+                  legend=dict(orientation="h", y=-0.2))
+
+
+def cost_per_class_figure(table: pd.DataFrame, title: str = "Mean executed MFLOPs per class") -> go.Figure:
+    figure = go.Figure(go.Bar(x=table.index, y=table["mean MFLOPs"], marker_color=ACCENT,
+                              customdata=np.stack([table["accuracy"], table["n"]], axis=1),
+                              hovertemplate="%{x}<br>%{y:.3f} MFLOPs<br>accuracy %{customdata[0]:.1%}"
+                                            "<br>%{customdata[1]} images<extra></extra>"))
+    figure.update_yaxes(title="mean MFLOPs")
+    figure.update_xaxes(title="true class", tickangle=-30)
+    return _style(figure, title, height=340)
+
+
+def cost_vs_error_figure(table: pd.DataFrame, title: str = "Do wrong answers cost more?") -> go.Figure:
+    figure = go.Figure()
+    for outcome, correct, color in (("correct", True, GOOD), ("incorrect", False, WARN)):
+        part = table[table["correct"] == correct]
+        figure.add_trace(go.Box(y=part["mflops"], name=f"{outcome} ({len(part):,})", marker_color=color,
+                                boxmean=True, hoverinfo="y"))
+    figure.update_yaxes(title="executed MFLOPs")
+    return _style(figure, title, height=340, showlegend=False)
+
+
+def path_frequency_figure(table: pd.DataFrame, title: str = "Same image, different paths") -> go.Figure:
+    shown = table.head(15)
+    figure = go.Figure(go.Bar(
+        x=[f"path {p}" for p in shown["path"]], y=shown["share"], marker_color=ACCENT,
+        customdata=np.stack([shown["count"], shown["mflops"], shown["branches"], shown["prediction"]], axis=1),
+        hovertemplate="%{x}: %{y:.1%} of samples (%{customdata[0]})<br>%{customdata[1]:.3f} MFLOPs, "
+                      "%{customdata[2]} branches<br>predicts %{customdata[3]}<extra></extra>"))
+    figure.update_yaxes(title="share of noise samples", tickformat=".0%")
+    figure.update_xaxes(title="distinct path (most frequent first)")
+    return _style(figure, title, height=320)
+
+
+def gumbel_demo_figure(table: pd.DataFrame, branch_names: tuple[str, ...], threshold: float, tau: float,
+                       title: str = "Branch weights of one connection as tau changes") -> go.Figure:
+    from .routing_graph import OP_COLORS
+    figure = go.Figure()
+    for branch, name in enumerate(branch_names):
+        part = table[table["branch"] == branch]
+        figure.add_trace(go.Scatter(x=part["tau"], y=part["weight"], mode="lines", name=name,
+                                    line=dict(color=OP_COLORS.get(name), width=2.5),
+                                    hovertemplate="tau %{x:.2f}: weight %{y:.3f}<extra>" + name + "</extra>"))
+    figure.add_hline(y=threshold, line=dict(color=WARN, dash="dash"),
+                     annotation_text=f"threshold {threshold:g}: branches above it run")
+    figure.add_vline(x=tau, line=dict(color=MUTED, dash="dot"), annotation_text=f"tau {tau:g}")
+    figure.update_xaxes(title="temperature tau", type="log")
+    figure.update_yaxes(title="recalibrated weight", range=[0, 1.02])
+    return _style(figure, title, height=400, legend=dict(orientation="h", y=-0.22))
+
+
+def connection_weights_figure(weights: np.ndarray, branch_names: tuple[str, ...], threshold: float,
+                              title: str) -> go.Figure:
+    from .routing_graph import OP_COLORS
+    weights = np.nan_to_num(np.asarray(weights, dtype=float))
+    colors = [OP_COLORS.get(name, ACCENT) if w >= threshold else "#d6dbe3" for name, w in zip(branch_names, weights)]
+    figure = go.Figure(go.Bar(x=list(branch_names), y=weights, marker_color=colors,
+                              text=[f"{w:.2f}" for w in weights], textposition="outside",
+                              hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
+    figure.add_hline(y=threshold, line=dict(color=WARN, dash="dash"), annotation_text="threshold")
+    figure.update_yaxes(title="weight", range=[0, 1.1])
+    return _style(figure, title, height=320)
