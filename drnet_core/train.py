@@ -12,6 +12,15 @@ it are skipped in training exactly as at inference; tau anneals geometrically.
 A resume file (`<output>.resume.pt`) is written after every epoch; rerunning the same command
 continues from it. After the last epoch the default (tau, threshold) is chosen on the held-out part
 of the training split, the test split is evaluated once for reporting, and the checkpoint is written.
+
+Under torchrun every process trains a DistributedDataParallel replica on its DistributedSampler
+share of each epoch (reshuffled per epoch; `batch_size` is per process, so the global batch is
+N times larger); gradients are averaged across processes, epoch metrics summed over all of them,
+and validation, the default-setting sweep and the test evaluation are sharded across the ranks
+(`drnet_core.distributed`, same numbers as one process). Only rank 0 logs, shows progress and writes
+the resume file and the checkpoint; it reads the resume file and sends its state to the others, so
+on several machines only rank 0's machine needs the output folder. One process runs exactly the
+single-process code path.
 """
 from __future__ import annotations
 
@@ -23,7 +32,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, TensorDataset
@@ -31,8 +39,9 @@ from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
 from .config import ModelConfig, TrainConfig
-from .data import FASHION_CLASSES, CIFAR10_CLASSES, ImageSet, augment, load_split, to_model_input
-from .evaluate import choose_default_setting, run_routed, summarize, sweep
+from .data import FASHION_CLASSES, CIFAR10_CLASSES, DatasetError, ImageSet, augment, load_split, to_model_input
+from .distributed import DistributedContext, run_routed_sharded, state_fingerprint, sweep_sharded
+from .evaluate import choose_default_setting, summarize
 from .model import DRNet
 
 log = logging.getLogger(__name__)
@@ -56,42 +65,17 @@ def split_train_val(images: ImageSet, val_size: int, seed: int) -> tuple[torch.T
     return order[val_size:], order[:val_size]
 
 
-class DistributedContext:
-    """Rank/world from torchrun's environment; single process when it is absent."""
-
-    def __init__(self, device: torch.device | None = None):
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if device is None:
-            device = torch.device(f"cuda:{self.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-        self.device = device
-        if self.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def all_reduce_sum(self, values: list[float]) -> list[float]:
-        if self.world_size == 1:
-            return values
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return tensor.tolist()
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-
 def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os.PathLike, *,
           dataset: str = "fashion-mnist", data_dir: str | None = None, device: torch.device | None = None,
-          progress: bool = True, select_defaults: bool = True, evaluate_test: bool = True) -> dict:
-    """Train (or resume) and write the final checkpoint to `output`. Returns its metadata."""
+          progress: bool = True, select_defaults: bool = True, evaluate_test: bool = True,
+          model: torch.nn.Module | None = None) -> dict:
+    """Train (or resume) and write the final checkpoint to `output`. Returns its metadata.
+
+    `model`: train this network instead of `DRNet(model_config)` (the static baselines of
+    `drnet_core.baselines`, which share DRNet's forward signature); `model_config` then is its config.
+    """
     ctx = DistributedContext(device)
+    ctx.quiet_other_ranks()
     output = Path(output)
     resume_path = output.with_name(output.name + ".resume.pt")
     torch.manual_seed(train_config.seed + ctx.rank)
@@ -99,6 +83,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
     full_train = load_split(dataset, "train", data_dir)
     if train_config.limit:
         full_train = full_train.subset(train_config.limit)
+    check_input_fits(full_train, model_config)
     train_idx, val_idx = split_train_val(full_train, train_config.val_size, train_config.seed)
     inputs = to_model_input(full_train.images, dataset)
     train_set = TensorDataset(inputs[train_idx], full_train.labels[train_idx])
@@ -107,7 +92,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
                if ctx.world_size > 1 else RandomSampler(train_set, generator=torch.Generator().manual_seed(train_config.seed)))
     loader = DataLoader(train_set, batch_size=train_config.batch_size, sampler=sampler, drop_last=True)
 
-    model = DRNet(model_config).to(ctx.device)
+    model = (DRNet(model_config) if model is None else model).to(ctx.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=train_config.lr, momentum=train_config.momentum,
                                 nesterov=True, weight_decay=train_config.weight_decay)
     steps_per_epoch = len(loader)
@@ -115,15 +100,13 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
     start_epoch, history = 0, []
-    if resume_path.is_file():
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if state["model_config"] != model_config.to_dict() or state["train_config"] != train_config.to_dict():
-            raise ValueError(f"{resume_path} belongs to a run with a different config; delete it to start afresh.")
+    state = read_resume_state(resume_path, model_config, train_config, ctx)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"], state["history"]
-        torch.set_rng_state(state["rng"])
+        restore_rng(state, ctx, train_config.seed)
         if ctx.is_main:
             log.info("resumed from %s at epoch %d", resume_path, start_epoch)
 
@@ -166,40 +149,126 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
         record = {"epoch": epoch + 1, "train_loss": loss_sum / count, "train_accuracy": correct / count,
                   "expected_cost_fraction": cost_sum / count, "seconds": time.perf_counter() - started,
                   "images_per_second": count / (time.perf_counter() - started)}
+        # Every rank now holds rank 0's parameters and batch-norm statistics, so the sharded
+        # validation below evaluates one model, the one rank 0 saves.
+        ctx.broadcast_buffers(model)
+        model.eval()
+        val_inputs, val_labels = inputs[val_idx], full_train.labels[val_idx]
+        val = run_routed_sharded(model, val_inputs, val_labels, tau=train_config.tau_end,
+                                 threshold=train_config.train_threshold, ctx=ctx)
+        record.update(val_accuracy=float(val.correct.float().mean()), val_mean_mflops=float(val.mflops.mean()))
+        history.append(record)
+        rng_states = rng_states_per_rank(ctx)
         if ctx.is_main:
-            model.eval()
-            val_inputs, val_labels = inputs[val_idx], full_train.labels[val_idx]
-            val = run_routed(model, val_inputs, val_labels, tau=train_config.tau_end, threshold=train_config.train_threshold)
-            record.update(val_accuracy=float(val.correct.float().mean()), val_mean_mflops=float(val.mflops.mean()))
-            history.append(record)
             log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
             torch.save({"model_config": model_config.to_dict(), "train_config": train_config.to_dict(),
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
-                        "rng": torch.get_rng_state()}, resume_path.with_name(resume_path.name + ".tmp"))
+                        "rng": torch.get_rng_state(), **rng_states}, resume_path.with_name(resume_path.name + ".tmp"))
             os.replace(resume_path.with_name(resume_path.name + ".tmp"), resume_path)
         ctx.barrier()
 
-    meta = {}
-    if ctx.is_main:
-        meta = finalize(model, model_config, train_config, output, history, full_train, inputs, val_idx,
-                        dataset=dataset, data_dir=data_dir, select_defaults=select_defaults,
-                        evaluate_test=evaluate_test, progress=progress)
+    replicas = replica_report(model, ctx)
+    meta = finalize(model, model_config, train_config, output, history, full_train, inputs, val_idx,
+                    dataset=dataset, data_dir=data_dir, select_defaults=select_defaults,
+                    evaluate_test=evaluate_test, progress=progress, ctx=ctx, replicas=replicas)
     ctx.barrier()
-    return meta
+    ctx.close()
+    return meta if ctx.is_main else {}
+
+
+def check_input_fits(images: ImageSet, model_config) -> None:
+    """A clear message instead of a shape error deep in the first convolution."""
+    config = model_config if isinstance(model_config, ModelConfig) else getattr(model_config, "model_config", None)
+    if not isinstance(config, ModelConfig) or not len(images):
+        return
+    shape = tuple(images.images.shape[1:])
+    channels = 1 if len(shape) == 2 else shape[2]
+    size = shape[:2]
+    if channels != config.in_channels or size != (config.image_size, config.image_size):
+        hint = "--preset cifar10-mobile" if images.dataset == "cifar10" else "--preset fashion"
+        raise DatasetError(f"{images.name} holds {size[0]}x{size[1]} images with {channels} channel(s), but the model "
+                           f"expects {config.image_size}x{config.image_size} with {config.in_channels}; "
+                           f"train {images.dataset} with a matching preset ({hint}).")
+
+
+def read_resume_state(resume_path: Path, model_config, train_config: TrainConfig,
+                      ctx: DistributedContext) -> dict | None:
+    """The resume file's contents, or None to start afresh.
+
+    With several processes rank 0 reads it and sends it to the others, so the file need only exist
+    where rank 0 runs and every replica resumes from the same state.
+    """
+    state, problem = None, None
+    if ctx.is_main and resume_path.is_file():
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if state["model_config"] != model_config.to_dict() or state["train_config"] != train_config.to_dict():
+            state, problem = None, f"{resume_path} belongs to a run with a different config; delete it to start afresh."
+    if ctx.distributed:
+        state, problem = ctx.broadcast_object((state, problem))
+    if problem:
+        raise ValueError(problem)
+    return state
+
+
+def rng_states_per_rank(ctx: DistributedContext) -> dict:
+    """Every rank's RNG state for the resume file (several processes only).
+
+    Each rank draws its own Gumbel noise; resuming all of them from rank 0's state would make
+    the ranks draw identical noise. One process keeps the file as it always was ("rng" alone).
+    """
+    if not ctx.distributed:
+        return {}
+    mine = {"cpu": torch.get_rng_state()}
+    if ctx.device.type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(ctx.device)
+    return {"rng_per_rank": ctx.all_gather_object(mine)}
+
+
+def restore_rng(state: dict, ctx: DistributedContext, seed: int) -> None:
+    per_rank = state.get("rng_per_rank")
+    if per_rank is not None and len(per_rank) == ctx.world_size:
+        mine = per_rank[ctx.rank]
+        torch.set_rng_state(mine["cpu"])
+        if "cuda" in mine and ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"], ctx.device)
+        return
+    torch.set_rng_state(state["rng"])
+    if ctx.rank:  # a file from another number of processes: give the other ranks their own noise
+        torch.manual_seed(seed + ctx.rank + 1_000_003 * int(state["epoch"]))
+
+
+def replica_report(model: torch.nn.Module, ctx: DistributedContext) -> dict | None:
+    """With several processes: world size, backend, and whether every replica ended bit-identical."""
+    if not ctx.distributed:
+        return None
+    ctx.broadcast_buffers(model)
+    fingerprints = ctx.all_gather_object(state_fingerprint(model))
+    in_sync = len(set(fingerprints)) == 1
+    if not in_sync and ctx.is_main:
+        log.error("the %d replicas ended with different weights; the checkpoint holds rank 0's", ctx.world_size)
+    return {"world_size": ctx.world_size, "backend": ctx.backend, "replicas_in_sync": in_sync,
+            "replica_sha256": fingerprints}
 
 
 def finalize(model: DRNet, model_config: ModelConfig, train_config: TrainConfig, output: Path, history: list,
              full_train: ImageSet, inputs: torch.Tensor, val_idx: torch.Tensor, *, dataset: str,
-             data_dir: str | None, select_defaults: bool, evaluate_test: bool, progress: bool) -> dict:
-    """Choose default routing on held-out training images, report test figures, write the checkpoint."""
+             data_dir: str | None, select_defaults: bool, evaluate_test: bool, progress: bool,
+             ctx: DistributedContext | None = None, replicas: dict | None = None) -> dict:
+    """Choose default routing on held-out training images, report test figures, write the checkpoint.
+
+    With several processes every rank calls it (the evaluations are sharded); rank 0 writes.
+    """
+    is_main = ctx is None or ctx.is_main
+    progress = progress and is_main
     model.eval()
     class_names = FASHION_CLASSES if dataset == "fashion-mnist" else CIFAR10_CLASSES
     val_inputs, val_labels = inputs[val_idx], full_train.labels[val_idx]
     default = {"tau": train_config.tau_end, "threshold": train_config.train_threshold}
     val_rows: list[dict] = []
     if select_defaults and len(val_idx):
-        val_rows = sweep(model, val_inputs, val_labels, SWEEP_TAUS, SWEEP_THRESHOLDS, progress=progress)
+        val_rows = sweep_sharded(model, val_inputs, val_labels, SWEEP_TAUS, SWEEP_THRESHOLDS, progress=progress,
+                                 ctx=ctx)
         chosen = choose_default_setting(val_rows)
         default = {"tau": chosen["tau"], "threshold": chosen["threshold"]}
     meta = {
@@ -220,12 +289,16 @@ def finalize(model: DRNet, model_config: ModelConfig, train_config: TrainConfig,
         test = load_split(dataset, "test", data_dir)
         test_inputs = to_model_input(test.images, dataset)
         for label, threshold in (("default", default["threshold"]), ("dense", 0.0)):
-            run = run_routed(model, test_inputs, test.labels, tau=default["tau"], threshold=threshold, progress=progress)
+            run = run_routed_sharded(model, test_inputs, test.labels, tau=default["tau"], threshold=threshold,
+                                     progress=progress, ctx=ctx)
             summary = summarize(run, model, test.name, class_names)
             summary.pop("per_class")
             meta[f"test_{label}"] = summary
-    save_checkpoint(output, model, meta)
-    log.info("wrote %s", output)
+    if replicas is not None:
+        meta["distributed"] = replicas
+    if is_main:
+        save_checkpoint(output, model, meta)
+        log.info("wrote %s", output)
     return meta
 
 
