@@ -67,14 +67,20 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import run_routed, summarize
+    from .distributed import DistributedContext, run_routed_sharded
+    from .evaluate import summarize
 
-    model, meta = load_checkpoint(args.checkpoint, device=default_device())
+    ctx = DistributedContext()  # under torchrun the set is sharded across the processes
+    ctx.quiet_other_ranks()
+    model, meta = load_checkpoint(args.checkpoint, device=ctx.device if ctx.distributed else default_device())
     tau = args.tau if args.tau is not None else meta.get("default_tau", 1.0)
     threshold = args.threshold if args.threshold is not None else meta.get("default_threshold", 0.0)
     test, inputs = _eval_set(args, meta)
-    run = run_routed(model, inputs, test.labels, tau=tau, threshold=threshold, noise_seed=args.noise_seed,
-                     progress=not args.json)
+    run = run_routed_sharded(model, inputs, test.labels, tau=tau, threshold=threshold, noise_seed=args.noise_seed,
+                             batch_size=args.batch_size, progress=not args.json, ctx=ctx)
+    ctx.close()
+    if not ctx.is_main:
+        return 0
     summary = summarize(run, model, test.name, tuple(meta.get("class_names", [str(i) for i in range(10)])))
     summary["checkpoint"] = str(args.checkpoint or "shipped")
     if args.json:
@@ -91,11 +97,17 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .evaluate import sweep
+    from .distributed import DistributedContext, sweep_sharded
 
-    model, meta = load_checkpoint(args.checkpoint, device=default_device())
+    ctx = DistributedContext()  # under torchrun every setting's evaluation is sharded
+    ctx.quiet_other_ranks()
+    model, meta = load_checkpoint(args.checkpoint, device=ctx.device if ctx.distributed else default_device())
     test, inputs = _eval_set(args, meta)
-    rows = sweep(model, inputs, test.labels, args.taus, args.thresholds, progress=True)
+    rows = sweep_sharded(model, inputs, test.labels, args.taus, args.thresholds, progress=True,
+                         batch_size=args.batch_size, ctx=ctx)
+    ctx.close()
+    if not ctx.is_main:
+        return 0
     for row in rows:
         row["dataset"] = test.name
     text = json.dumps(rows, indent=1) if args.format == "json" else None
@@ -128,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def data_options(sub):
-        sub.add_argument("--data-dir", help="dataset folder (default: $DRNET_DATA, then /usr/share/datasets/fashion-mnist)")
+        sub.add_argument("--data-dir", help="dataset folder (default: $DRNET_DATA, then /usr/share/datasets/fashion-mnist; "
+                                            "CIFAR-10: the extracted cifar-10-batches-py folder)")
 
     train = commands.add_parser("train", help="train a DRNet; rerun the same command to resume")
     train.add_argument("--preset", default="fashion", choices=sorted(PRESETS), help="model and training preset")
@@ -149,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--noise-seed", type=int, default=None, help="turn Gumbel noise on with this seed")
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N images")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--batch-size", type=int, default=1000, help="images per forward pass (under torchrun, "
+                          "each process takes whole batches)")
     data_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -159,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--limit", type=int, default=None)
     sweep.add_argument("--format", choices=["csv", "json"], default="csv")
     sweep.add_argument("--output", help="file to write (default: stdout)")
+    sweep.add_argument("--batch-size", type=int, default=1000, help="images per forward pass (under torchrun, "
+                       "each process takes whole batches)")
     data_options(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
