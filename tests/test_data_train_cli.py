@@ -1,0 +1,167 @@
+"""Data loading and its errors, training and resuming, checkpoints, the command line, the shipped model."""
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from drnet_core import cli
+from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, save_checkpoint, sha256_of
+from drnet_core.config import PRESETS, ModelConfig
+from drnet_core.data import (FASHION_CLASSES, DatasetError, augment, load_fashion_mnist, load_shipped_subset,
+                             load_test_set, to_model_input)
+from drnet_core.evaluate import run_routed
+from drnet_core.train import train
+
+from helpers import tiny_model, write_fake_fashion
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_missing_dataset_names_both_ways_to_provide_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("DRNET_DATA", raising=False)
+    with pytest.raises(DatasetError) as error:
+        load_fashion_mnist("test", tmp_path / "nowhere")
+    message = str(error.value)
+    assert "DRNET_DATA" in message and "--data-dir" in message and "dataset-fashion-mnist" in message
+
+
+def test_data_dir_comes_from_the_environment(tmp_path, monkeypatch):
+    write_fake_fashion(tmp_path)
+    monkeypatch.setenv("DRNET_DATA", str(tmp_path))
+    assert len(load_fashion_mnist("test")) == 40
+
+
+@pytest.mark.parametrize("damage", ["truncate", "not_gzip", "bad_magic"])
+def test_corrupt_idx_files_give_a_clear_error(tmp_path, damage):
+    write_fake_fashion(tmp_path)
+    target = tmp_path / "t10k-images-idx3-ubyte.gz"
+    raw = gzip.decompress(target.read_bytes())
+    if damage == "truncate":
+        target.write_bytes(gzip.compress(raw[:-100]))
+    elif damage == "not_gzip":
+        target.write_bytes(b"hello, not a gzip file")
+    else:
+        target.write_bytes(gzip.compress(b"\x00\x00\x09\x03" + raw[4:]))
+    with pytest.raises(DatasetError, match="t10k-images-idx3-ubyte.gz"):
+        load_fashion_mnist("test", tmp_path)
+
+
+def test_shipped_subset_is_class_balanced_and_named():
+    subset = load_shipped_subset()
+    assert len(subset) == 2000 and subset.images.shape == (2000, 28, 28) and subset.images.dtype == torch.uint8
+    assert torch.bincount(subset.labels, minlength=10).tolist() == [200] * 10
+    assert "subset" in subset.name
+    assert (ROOT / "assets" / "FASHION_MNIST_LICENSE.txt").read_text().count("Zalando") >= 1
+
+
+def test_test_set_falls_back_to_the_shipped_subset(tmp_path):
+    assert "subset" in load_test_set(tmp_path / "nowhere").name
+
+
+def test_inputs_are_normalised_and_augmentation_keeps_shape():
+    images = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8)
+    x = to_model_input(images)
+    assert x.shape == (8, 1, 28, 28) and x.dtype == torch.float32
+    moved = augment(x, torch.Generator().manual_seed(0))
+    assert moved.shape == x.shape and not torch.equal(moved, x)
+    assert augment(x, torch.Generator().manual_seed(0)).equal(moved)
+
+
+def tiny_training(tmp_path, epochs=1):
+    data = write_fake_fashion(tmp_path / "data", train=96, test=40)
+    chosen = PRESETS["tiny"]
+    config = replace(chosen.train, epochs=epochs, limit=None, val_size=16, batch_size=16)
+    return data, chosen.model, config
+
+
+def test_training_resumes_and_writes_a_checkpoint_with_metadata(tmp_path):
+    data, model_config, train_config = tiny_training(tmp_path, epochs=2)
+    output = tmp_path / "model.pt"
+    first = train(model_config, replace(train_config, epochs=1), output, data_dir=str(data), progress=False,
+                  select_defaults=False)
+    assert first["epochs"] == 1
+    # A different config must not silently resume someone else's run.
+    with pytest.raises(ValueError, match="different config"):
+        train(model_config, replace(train_config, epochs=1, lr=0.2), output, data_dir=str(data), progress=False)
+    resume = Path(str(output) + ".resume.pt")
+    state = torch.load(resume, weights_only=True)
+    assert state["epoch"] == 1
+    # Same run extended: pick up from the resume file's epoch.
+    state["train_config"]["epochs"] = 2
+    torch.save(state, resume)
+    meta = train(model_config, train_config, output, data_dir=str(data), progress=False)
+    assert meta["epochs"] == 2 and len(meta["history"]) == 2
+    model, loaded = load_checkpoint(output)
+    for key in ("default_tau", "default_threshold", "seed", "torch_version", "test_default", "test_dense", "class_names"):
+        assert key in loaded
+    assert loaded["test_dense"]["mean_mflops"] == pytest.approx(model.dense_mflops())
+    assert (tmp_path / "model.pt.sha256").read_text().split()[0] == sha256_of(output)
+
+
+def test_training_on_learnable_data_beats_chance(tmp_path):
+    data = write_fake_fashion(tmp_path / "data", train=320, test=100)
+    chosen = PRESETS["tiny"]
+    config = replace(chosen.train, epochs=4, limit=None, val_size=20, batch_size=20, augment=False, lr=0.05)
+    meta = train(chosen.model, config, tmp_path / "m.pt", data_dir=str(data), progress=False, select_defaults=False)
+    assert meta["test_dense"]["accuracy"] > 0.3  # three times chance
+
+
+def test_checkpoint_round_trip_keeps_outputs(tmp_path):
+    model = tiny_model()
+    path = save_checkpoint(tmp_path / "m.pt", model, {"default_tau": 0.5, "default_threshold": 0.2})
+    loaded, meta = load_checkpoint(path)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(model(x, tau=0.5, threshold=0.2)[0], loaded(x, tau=0.5, threshold=0.2)[0])
+    assert meta["default_tau"] == 0.5 and loaded.config == model.config
+    assert torch.load(path, weights_only=True)["config"] == ModelConfig.from_dict(model.config.to_dict()).to_dict()
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "drnet_core", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_evaluate_json_has_every_field(tmp_path):
+    model = tiny_model()
+    path = save_checkpoint(tmp_path / "m.pt", model, {"default_tau": 0.5, "default_threshold": 0.2,
+                                                     "class_names": list(FASHION_CLASSES)})
+    result = run_cli("evaluate", "--checkpoint", str(path), "--limit", "50", "--json", "--threshold", "0.3")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    for key in ("accuracy", "n", "dataset", "mean_mflops", "dense_mflops", "mean_active_params", "dense_params",
+                "distinct_paths", "mflops_cv", "per_class"):
+        assert key in summary
+    assert summary["n"] == 50 and summary["threshold"] == 0.3
+
+
+def test_sweep_writes_a_csv_grid(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", tiny_model(), {})
+    out = tmp_path / "sweep.csv"
+    assert cli.main(["sweep", "--checkpoint", str(path), "--limit", "20", "--taus", "0.5,1",
+                     "--thresholds", "0,0.3,1", "--output", str(out)]) == 0
+    lines = out.read_text().strip().splitlines()
+    assert lines[0].startswith("tau,threshold,accuracy") and len(lines) == 1 + 6
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    result = run_cli("evaluate", "--checkpoint", str(tmp_path / "missing.pt"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "missing.pt" in result.stderr
+    result = run_cli("evaluate", "--threshold", "1.5")
+    assert result.returncode == 2 and "threshold must be in [0, 1]" in result.stderr
+
+
+def test_shipped_checkpoint_classifies_the_shipped_subset():
+    model, meta = load_checkpoint(SHIPPED_CHECKPOINT)
+    subset = load_shipped_subset()
+    run = run_routed(model, to_model_input(subset.images), subset.labels,
+                     tau=meta["default_tau"], threshold=meta["default_threshold"])
+    assert float(run.correct.float().mean()) > 0.9
+    assert float(run.mflops.mean()) < 0.5 * model.dense_mflops()
+    assert meta["dataset"] == "fashion-mnist" and meta["epochs"] >= 10
