@@ -150,31 +150,77 @@ def write_shipped_subset(data_dir: str | os.PathLike | None = None, per_class: i
 
 # ---- CIFAR-10 (python pickle batches) -------------------------------------------------------
 
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+_CIFAR_FILES = {
+    "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
+    "test": ("test_batch",),
+}
+# All a CIFAR-10 batch references when unpickled: numpy arrays (numpy 1 and 2 module names) and
+# byte strings. Anything else is refused, so a tampered batch file cannot run code.
+_CIFAR_PICKLE_GLOBALS = frozenset({
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+})
+
+
+def _cifar_help() -> str:
+    return (f"Download the python version of CIFAR-10 ({CIFAR10_URL}), extract it with "
+            "`tar xzf cifar-10-python.tar.gz` and pass the extracted 'cifar-10-batches-py' folder as --data-dir; "
+            "it holds data_batch_1 ... data_batch_5 and test_batch.")
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One python batch file -> (images uint8 (N, 32, 32, 3), labels int64 (N,))."""
+    try:
+        with open(path, "rb") as handle:
+            # The batches were pickled by Python 2: their strings load as bytes.
+            batch = _BatchUnpickler(handle, encoding="bytes").load()
+    except Exception as error:  # a corrupt pickle fails in many ways; all mean the same here
+        raise DatasetError(f"{path} is not a readable CIFAR-10 python batch ({type(error).__name__}: {error}). "
+                           + _cifar_help()) from None
+    if not isinstance(batch, dict):
+        raise DatasetError(f"{path} is not a CIFAR-10 python batch (it holds a {type(batch).__name__}, not a dict).")
+    batch = {key.decode() if isinstance(key, bytes) else key: value for key, value in batch.items()}
+    if "data" not in batch or "labels" not in batch:
+        raise DatasetError(f"{path} is not a CIFAR-10 python batch: it lacks 'data' or 'labels' "
+                           f"(keys: {sorted(map(str, batch))}).")
+    data, labels = np.asarray(batch["data"]), np.asarray(batch["labels"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DatasetError(f"{path}: 'data' must be uint8 rows of 3072 values (3 x 32 x 32), "
+                           f"found {data.dtype} with shape {data.shape}.")
+    if labels.ndim != 1 or len(labels) != len(data):
+        raise DatasetError(f"{path} holds {len(data)} images but {labels.size} labels.")
+    if len(labels) and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 9):
+        raise DatasetError(f"{path} holds labels outside 0-9.")
+    # A row is the red plane, then green, then blue, each 32 rows of 32 pixels.
+    images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return images, labels.astype(np.int64)
+
+
 def load_cifar10(split: str, data_dir: str | os.PathLike | None) -> ImageSet:
-    """CIFAR-10 from its standard python batches: data_batch_1..5 and test_batch."""
+    """CIFAR-10 from its standard python batches: data_batch_1..5 (train) and test_batch (test)."""
+    if split not in _CIFAR_FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if not data_dir:
-        raise DatasetError("CIFAR-10 needs --data-dir pointing at the extracted 'cifar-10-batches-py' folder "
-                           "(the python version from the CIFAR-10 page of the University of Toronto).")
+        raise DatasetError("CIFAR-10 needs --data-dir. " + _cifar_help())
     directory = Path(data_dir)
-    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    images, labels = [], []
-    for name in names:
-        path = directory / name
-        if not path.is_file():
-            raise DatasetError(f"CIFAR-10 {split} split not found: {path} is missing. Download and extract the "
-                               "python version of CIFAR-10 (cifar-10-python.tar.gz) and pass its "
-                               "'cifar-10-batches-py' folder as --data-dir.")
-        try:
-            with open(path, "rb") as handle:
-                batch = pickle.load(handle, encoding="bytes")
-            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-            batch_labels = np.asarray(batch[b"labels"], dtype=np.int64)
-        except Exception as error:  # a corrupt pickle can fail in many ways; all mean the same here
-            raise DatasetError(f"{path} is not a CIFAR-10 python batch ({type(error).__name__}: {error}).") from None
-        if len(data) != len(batch_labels):
-            raise DatasetError(f"{path} holds {len(data)} images but {len(batch_labels)} labels.")
-        images.append(data)
-        labels.append(batch_labels)
+    if not directory.is_dir():
+        raise DatasetError(f"CIFAR-10 folder {directory} does not exist. " + _cifar_help())
+    paths = [directory / name for name in _CIFAR_FILES[split]]
+    missing = [path.name for path in paths if not path.is_file()]
+    if missing:
+        raise DatasetError(f"CIFAR-10 {split} split not found: {', '.join(missing)} missing in {directory}. "
+                           + _cifar_help())
+    images, labels = zip(*(read_cifar_batch(path) for path in paths))
     stacked = np.concatenate(images)
     return ImageSet(torch.from_numpy(stacked), torch.from_numpy(np.concatenate(labels)),
                     f"CIFAR-10 {split} split ({len(stacked):,} images)", dataset="cifar10")
