@@ -66,7 +66,7 @@ class TrainConfig:
     train_threshold: float = 0.2
     threshold_warmup_epochs: float = 2.0
     # Weight of the expected-cost term (expected branch MACs / worst case, in [0, 1]).
-    cost_weight: float = 0.15
+    cost_weight: float = 0.05
     # Held out from the training split to choose tau/threshold; the test split is never used.
     val_size: int = 5000
     augment: bool = True
