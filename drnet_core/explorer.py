@@ -165,3 +165,18 @@ def connection_logits(model: DRNet, inspection: Inspection, cell: int, connectio
             return inspection.router_logits[offset:offset + branches]
         start += connections * branches
     raise ValueError(f"the model has {len(model.cells)} cells, got cell {cell}")
+
+
+def gallery_positions(labels: torch.Tensor, per_class: int = 2) -> list[int]:
+    """The first `per_class` positions of every class in a set, ordered by class: a small gallery."""
+    labels = torch.as_tensor(labels)
+    positions = []
+    for cls in sorted(torch.unique(labels).tolist()):
+        positions += (labels == cls).nonzero().squeeze(1)[:per_class].tolist()
+    return positions
+
+
+def connection_noise(model: DRNet, seed: int, cell: int, connection: int) -> np.ndarray:
+    """The seeded Gumbel noise `sample_noise(1, seed)` adds to one connection's logits: (branches,)."""
+    noise = model.sample_noise(1, seed)
+    return noise[cell][0, connection].cpu().numpy()

@@ -1,0 +1,304 @@
+"""App plumbing: cached loaders, the sidebar's global settings, URL query-parameter sync, small UI helpers.
+
+Computation lives in drnet_core; this module only decides what is cached and how: the model once
+per process and checkpoint (st.cache_resource, keyed by path and sha256), results by every setting
+that changes them (st.cache_data). Environment: DRNET_EVAL_LIMIT sets the default number of
+evaluation images (the "first N images" control; tests and slow machines use a small value).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+from PIL import Image
+
+from drnet_core import attribution, explorer
+from drnet_core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError, default_device, load_checkpoint, sha256_of
+from drnet_core.data import FASHION_CLASSES, ImageSet, load_test_set, to_model_input
+from drnet_core.evaluate import RoutedRun, run_routed, summarize
+from drnet_core.images import ImageRejected, PreparedImage, image_from_bytes, prepare_dataset_image, prepare_image
+
+EVAL_LIMIT_ENV = "DRNET_EVAL_LIMIT"
+DEFAULT_EVAL_LIMIT = 2000
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "drnet-explorer-checkpoints"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The sidebar's global settings; every cached result is keyed by the fields it depends on."""
+
+    checkpoint_path: str
+    checkpoint_sha: str
+    checkpoint_name: str
+    tau: float
+    threshold: float
+    noise: bool
+    seed: int
+    eval_limit: int
+    dataset_name: str
+
+    @property
+    def noise_seed(self) -> int | None:
+        return self.seed if self.noise else None
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(model_and_meta(self.checkpoint_path, self.checkpoint_sha)[1].get("class_names", FASHION_CLASSES))
+
+
+# ---- URL query parameters ----------------------------------------------------------------------
+
+def _parse(raw: str, default):
+    try:
+        if isinstance(default, bool):
+            return raw.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(float(raw))
+        if isinstance(default, float):
+            value = float(raw)
+            return value if np.isfinite(value) else default
+        return type(default)(raw)
+    except (TypeError, ValueError):
+        return default
+
+
+def bound(key: str, default, *, low=None, high=None, options=None) -> str:
+    """Seed a widget's session state from the URL (once per session) and return its key.
+
+    Out-of-range or unknown values from a hand-edited link fall back to the default.
+    """
+    if key not in st.session_state:
+        value = default
+        if key in st.query_params:
+            value = _parse(st.query_params[key], default)
+        if low is not None and not low <= value <= high:
+            value = default
+        if options is not None and value not in options:
+            value = default
+        st.session_state[key] = value
+    return key
+
+
+def publish(*keys: str) -> None:
+    """Mirror the current widget values into the URL so a link reproduces the view."""
+    for key in keys:
+        if key in st.session_state:
+            value = st.session_state[key]
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            if st.query_params.get(key) != text:
+                st.query_params[key] = text
+
+
+# ---- cached loaders ------------------------------------------------------------------------------
+
+@st.cache_resource(show_spinner="Loading the checkpoint…")
+def model_and_meta(path: str, sha256: str):
+    """One model per process and checkpoint, shared read-only by every session (never trained or edited)."""
+    model, meta = load_checkpoint(path, device=default_device(), verify_sha256=path == str(SHIPPED_CHECKPOINT))
+    return model, meta
+
+
+@st.cache_resource(show_spinner="Loading the evaluation set…")
+def evaluation_set() -> ImageSet:
+    return load_test_set()
+
+
+@st.cache_resource(show_spinner=False)
+def evaluation_inputs(dataset_name: str) -> torch.Tensor:
+    return to_model_input(evaluation_set().images)
+
+
+def limited_set(settings: Settings) -> ImageSet:
+    return evaluation_set().subset(settings.eval_limit)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def routed(path: str, sha256: str, dataset_name: str, limit: int, tau: float, threshold: float,
+           noise_seed: int | None) -> RoutedRun:
+    model, _ = model_and_meta(path, sha256)
+    images = evaluation_set()
+    inputs = evaluation_inputs(dataset_name)[:limit]
+    return run_routed(model, inputs, images.labels[:limit], tau=tau, threshold=threshold, noise_seed=noise_seed)
+
+
+def routed_run(settings: Settings, tau: float | None = None, threshold: float | None = None,
+               limit: int | None = None) -> RoutedRun:
+    """The evaluation set routed at the sidebar setting (or the given tau/threshold), with a spinner."""
+    tau = settings.tau if tau is None else tau
+    threshold = settings.threshold if threshold is None else threshold
+    limit = settings.eval_limit if limit is None else min(limit, settings.eval_limit)
+    with st.spinner(f"Routing {limit:,} images at tau {tau:g}, threshold {threshold:g}…", show_time=True):
+        return routed(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name, limit,
+                      tau, threshold, settings.noise_seed)
+
+
+def run_summary(settings: Settings, run: RoutedRun) -> dict:
+    model, _ = model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
+    return summarize(run, model, limited_set(settings).name, settings.class_names)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def inspection(path: str, sha256: str, image_key: str, _model_input: torch.Tensor, tau: float, threshold: float,
+               noise_seed: int | None, force_on: tuple[int, ...] = (), force_off: tuple[int, ...] = ()):
+    model, _ = model_and_meta(path, sha256)
+    overrides = explorer.branch_overrides(model, list(force_on), list(force_off))
+    return explorer.inspect_input(model, _model_input, tau=tau, threshold=threshold, noise_seed=noise_seed,
+                                  branch_overrides=overrides)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def attributions(path: str, sha256: str, image_key: str, _model_input: torch.Tensor, target: int, tau: float,
+                 threshold: float, method: str, class_names: tuple[str, ...]):
+    model, _ = model_and_meta(path, sha256)
+    explained = attribution.class_attribution(model, _model_input, target, tau=tau, threshold=threshold,
+                                              class_names=class_names, method=method)
+    cost = attribution.cost_attribution(model, _model_input, tau=tau, threshold=threshold, method=method)
+    return explained, cost
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def noise_paths(path: str, sha256: str, image_key: str, _model_input: torch.Tensor, tau: float, threshold: float,
+                samples: int, seed: int, class_names: tuple[str, ...]):
+    model, _ = model_and_meta(path, sha256)
+    return explorer.noise_path_frequencies(model, _model_input, tau=tau, threshold=threshold, samples=samples,
+                                           seed=seed, class_names=class_names)
+
+
+def image_key(prepared: PreparedImage) -> str:
+    """Content hash of what the model sees: the cache key of an image's results."""
+    return hashlib.sha256(prepared.pixels.numpy().tobytes()).hexdigest()[:16]
+
+
+def gallery_image(position: int, invert: bool = False) -> PreparedImage:
+    """A test image as the model sees it; `invert` flips it (dataset images are never inverted by default)."""
+    pixels = evaluation_set().images[position]
+    if invert:
+        return prepare_image(Image.fromarray(pixels.numpy()), invert=True)
+    return prepare_dataset_image(pixels)
+
+
+def uploaded_image(upload, invert: bool | None) -> PreparedImage | None:
+    """The prepared upload, or None after showing st.error naming what was wrong."""
+    try:
+        return image_from_bytes(upload.getvalue(), upload.name, invert=invert)
+    except ImageRejected as error:
+        st.error(f"Could not use this upload: {error}")
+        return None
+
+
+# ---- checkpoint choice ----------------------------------------------------------------------------
+
+def store_uploaded_checkpoint(data: bytes) -> Path:
+    """Keep an uploaded checkpoint on disk under its sha256, so the model cache can key on it."""
+    digest = hashlib.sha256(data).hexdigest()
+    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    path = UPLOAD_DIR / f"{digest}.pt"
+    if not path.exists():
+        path.write_bytes(data)
+    return path
+
+
+def checkpoint_choice() -> tuple[str, str, str]:
+    """(path, sha256, display name) of the checkpoint to use; errors fall back to the shipped one."""
+    shipped = (str(SHIPPED_CHECKPOINT), sha256_of(SHIPPED_CHECKPOINT), SHIPPED_CHECKPOINT.name)
+    with st.sidebar.expander("Checkpoint", expanded=False):
+        source = st.radio("Model", ["Shipped", "Upload a file", "Path on the server"], key="checkpoint_source",
+                          horizontal=False)
+        chosen = None
+        try:
+            if source == "Upload a file":
+                upload = st.file_uploader("DRNet checkpoint (.pt)", key="checkpoint_upload")
+                if upload is not None:
+                    path = store_uploaded_checkpoint(upload.getvalue())
+                    chosen = (str(path), path.stem, upload.name)
+            elif source == "Path on the server":
+                text = st.text_input("Checkpoint path", key="checkpoint_path", placeholder="runs/fashion/best.pt")
+                if text.strip():
+                    path = Path(text.strip()).expanduser()
+                    if not path.is_file():
+                        raise CheckpointError(f"{path}: no such checkpoint file.")
+                    chosen = (str(path.resolve()), sha256_of(path), path.name)
+            if chosen is not None:
+                model_and_meta(chosen[0], chosen[1])  # validate now, so a bad file never reaches a page
+                return chosen
+        except CheckpointError as error:
+            st.error(f"{error} Using the shipped checkpoint instead.")
+        except OSError as error:
+            st.error(f"Could not read the checkpoint: {error}. Using the shipped checkpoint instead.")
+    return shipped
+
+
+# ---- sidebar --------------------------------------------------------------------------------------
+
+def sidebar() -> Settings:
+    """Draw the global settings and return them; their values are mirrored into the URL."""
+    st.sidebar.title("DRNet Explorer")
+    path, sha, name = checkpoint_choice()
+    model, meta = model_and_meta(path, sha)
+    images = evaluation_set()
+    default_limit = int(os.environ.get(EVAL_LIMIT_ENV, DEFAULT_EVAL_LIMIT) or DEFAULT_EVAL_LIMIT)
+    default_limit = max(1, min(default_limit, len(images)))
+    default_tau = float(meta.get("default_tau", 1.0))
+    default_threshold = float(meta.get("default_threshold", 0.2))
+
+    st.sidebar.subheader("Routing")
+    st.sidebar.slider("Gumbel temperature tau", 0.1, 4.0, step=0.05, key=bound("tau", default_tau, low=0.1, high=4.0),
+                      help="softmax((logits + noise) / tau): low tau sharpens the branch weights, high tau flattens them.")
+    st.sidebar.slider("Selection threshold", 0.0, 1.0, step=0.01,
+                      key=bound("threshold", default_threshold, low=0.0, high=1.0),
+                      help="A branch runs iff its weight is at least this. 0 runs every branch (the dense network).")
+    noise = st.sidebar.toggle("Gumbel noise", key=bound("noise", False),
+                              help="Add seeded Gumbel noise to the router logits, as in training.")
+    st.sidebar.number_input("Noise seed", 0, 2**31 - 1, step=1, key=bound("seed", 0, low=0, high=2**31 - 1),
+                            disabled=not noise)
+    st.sidebar.number_input(f"Evaluation images (first N of {len(images):,})", 1, len(images), step=500,
+                            key=bound("n", default_limit, low=1, high=len(images)),
+                            help="Fewer images answer faster; the full set gives the real figures.")
+    publish("tau", "threshold", "noise", "seed", "n")
+
+    settings = Settings(checkpoint_path=path, checkpoint_sha=sha, checkpoint_name=name,
+                        tau=float(st.session_state["tau"]), threshold=float(st.session_state["threshold"]),
+                        noise=bool(st.session_state["noise"]), seed=int(st.session_state["seed"]),
+                        eval_limit=int(st.session_state["n"]), dataset_name=images.name)
+
+    st.sidebar.subheader("Model")
+    device = str(model.device).upper() if model.device.type == "cuda" else "CPU"
+    st.sidebar.markdown(f"**Checkpoint:** `{name}`  \n**Device:** {device}")
+    test = meta.get("test_default") or {}
+    if "accuracy" in test:
+        st.sidebar.markdown(f"**Test accuracy:** {test['accuracy']:.1%} at tau {test.get('tau', default_tau):g}, "
+                            f"threshold {test.get('threshold', default_threshold):g}  \n"
+                            f"<small>{test.get('dataset', '')}</small>", unsafe_allow_html=True)
+    else:
+        st.sidebar.markdown("**Test accuracy:** not recorded in this checkpoint")
+    shown = images.subset(settings.eval_limit).name
+    st.sidebar.markdown(f"**Evaluating on:** {shown}")
+    return settings
+
+
+def current_settings() -> Settings:
+    return st.session_state["_settings"]
+
+
+# ---- display helpers ------------------------------------------------------------------------------
+
+def enlarge(pixels, scale: int = 4) -> Image.Image:
+    """A crisp, enlarged copy of a small grayscale image (browsers blur small images when scaling)."""
+    array = np.asarray(pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels, dtype=np.uint8)
+    image = Image.fromarray(array)
+    return image.resize((array.shape[1] * scale, array.shape[0] * scale), Image.Resampling.NEAREST)
+
+
+def thumbnails(images, captions: list[str], per_row: int = 8) -> None:
+    """A grid of enlarged thumbnails with captions."""
+    images = list(images)
+    for start in range(0, len(images), per_row):
+        columns = st.columns(per_row)
+        for column, image, caption in zip(columns, images[start:start + per_row], captions[start:start + per_row]):
+            column.image(enlarge(image, 3), caption=caption, width="stretch")

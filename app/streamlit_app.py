@@ -1,0 +1,41 @@
+"""DRNet Explorer: a Streamlit app showing how a Dynamic Routing Network routes each input.
+
+Run with `streamlit run app/streamlit_app.py`. The sidebar holds the global settings (tau,
+threshold, Gumbel noise, evaluation size, checkpoint); each view is one page under app/views/.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parent.parent
+for entry in (str(ROOT), str(ROOT / "app")):
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+
+import state  # noqa: E402  (needs the paths above)
+
+st.set_page_config(page_title="DRNet Explorer", page_icon=":material/alt_route:", layout="wide")
+
+VIEWS = Path(__file__).resolve().parent / "views"
+PAGES = [
+    st.Page(VIEWS / "inspect.py", title="Inspect an image", icon=":material/image_search:", url_path="inspect",
+            default=True),
+    st.Page(VIEWS / "tradeoff.py", title="Temperature & threshold", icon=":material/tune:", url_path="tradeoff"),
+    st.Page(VIEWS / "clusters.py", title="Routing clusters", icon=":material/bubble_chart:", url_path="clusters"),
+    st.Page(VIEWS / "audit.py", title="Cost audit", icon=":material/receipt_long:", url_path="audit"),
+    st.Page(VIEWS / "teach.py", title="How it works", icon=":material/school:", url_path="how-it-works"),
+]
+
+page = st.navigation(PAGES)
+try:
+    st.session_state["_settings"] = state.sidebar()
+except Exception as error:  # the shipped checkpoint or data itself is unusable: say so, never a traceback
+    st.error(f"The explorer cannot start: {error}")
+    st.stop()
+try:
+    page.run()
+except Exception as error:  # last line of defence: a message, never a traceback on the page
+    st.error(f"Something went wrong on this page: {type(error).__name__}: {error}")

@@ -1,0 +1,184 @@
+"""Inspect an image: preprocessing, prediction, routing path, weights, cost, attributions,
+counterfactuals, noise resampling and path comparison for one input."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+import state
+from drnet_core import explorer, figures, routing_graph
+
+settings = state.current_settings()
+model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
+images = state.evaluation_set()
+classes = settings.class_names
+labels = routing_graph.branch_labels(model)
+gallery = explorer.gallery_positions(images.labels, per_class=2)
+
+
+def gallery_name(position: int) -> str:
+    index = int(images.indices[position]) if images.indices is not None else position
+    return f"{classes[int(images.labels[position])]} · test image #{index}"
+
+
+st.title("Inspect an image")
+st.caption("Upload a picture of a garment or pick a test image; see what the router selects for it and what that costs.")
+
+left, right = st.columns([1, 2], gap="large")
+with left:
+    source = st.radio("Image", ["Gallery", "Upload"], horizontal=True,
+                      key=state.bound("source", "Gallery", options=["Gallery", "Upload"]))
+    invert_choice = st.radio("Inversion", ["Auto", "Invert", "Keep"], horizontal=True,
+                             key=state.bound("invert", "Auto", options=["Auto", "Invert", "Keep"]),
+                             help="Fashion-MNIST garments are light on black. Auto inverts pictures whose background "
+                                  "(border) is light.")
+    invert = {"Auto": None, "Invert": True, "Keep": False}[invert_choice]
+    prepared, true_class, name = None, None, ""
+    if source == "Upload":
+        upload = st.file_uploader("PNG, JPEG, WebP, BMP or GIF (first frame), up to 10 MB", key="upload")
+        if upload is None:
+            st.info("Choose a picture to upload, or switch to the gallery.")
+        else:
+            prepared = state.uploaded_image(upload, invert)
+            name = upload.name
+    else:
+        position = st.selectbox("Gallery image", gallery, format_func=gallery_name,
+                                key=state.bound("image", gallery[0], options=gallery))
+        prepared = state.gallery_image(position, invert=invert is True)
+        true_class, name = int(images.labels[position]), gallery_name(position)
+    state.publish("source", "invert", "image")
+
+if prepared is None:
+    st.stop()
+
+key = state.image_key(prepared)
+result = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, key, prepared.model_input,
+                          settings.tau, settings.threshold, settings.noise_seed)
+
+with left:
+    a, b, c = st.columns(3)
+    a.image(prepared.original, caption="original", width="stretch")
+    b.image(prepared.grayscale, caption="grayscale, square", width="stretch")
+    c.image(state.enlarge(prepared.pixels, 4), caption="model input 28×28" + (" (inverted)" if prepared.inverted else ""),
+            width="stretch")
+with right:
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Prediction", classes[result.prediction], f"{result.confidence:.1%} confident", delta_color="off")
+    m2.metric("Executed MFLOPs", f"{result.mflops:.3f}", f"{result.fraction_of_dense:.0%} of dense ({result.dense_mflops:.2f})",
+              delta_color="off")
+    m3.metric("Active parameters", f"{result.active_params:,.0f}", f"of {model.dense_params():,}", delta_color="off")
+    st.plotly_chart(figures.probabilities_figure(result.probabilities, classes, true_class), key="probabilities")
+
+graph = routing_graph.routing_graph(model, result.weights, result.executed)
+tabs = st.tabs(["Routing path", "Branch weights", "Cost", "Attribution", "Counterfactual", "Same image, different paths",
+                "Compare"])
+
+with tabs[0]:
+    ran = int(result.executed.sum())
+    st.plotly_chart(routing_graph.routing_figure(
+        graph, f"Routing path of {name}: {ran} of {len(labels)} branches ran (tau {settings.tau:g}, "
+               f"threshold {settings.threshold:g})"), key="routing_graph")
+    st.caption("Coloured lines are branches that ran, wider and more opaque the higher their weight; grey ones were "
+               "skipped. Hover a branch for its op, weight and cost.")
+
+with tabs[1]:
+    st.plotly_chart(figures.weight_heatmap(model, result.weights, result.executed), key="weights")
+
+with tabs[2]:
+    run = state.routed_run(settings)
+    st.plotly_chart(figures.flops_distribution_figure(
+        run.mflops.numpy(), result.mflops, result.dense_mflops,
+        f"This image's cost against {state.limited_set(settings).name}"), key="cost_distribution")
+
+with tabs[3]:
+    method = st.radio("Method", ["integrated_gradients", "saliency"], horizontal=True,
+                      format_func=lambda m: m.replace("_", " ").capitalize(),
+                      key=state.bound("attr_method", "integrated_gradients",
+                                      options=["integrated_gradients", "saliency"]))
+    with st.spinner("Attributing…", show_time=True):
+        explained, cost = state.attributions(settings.checkpoint_path, settings.checkpoint_sha, key,
+                                             prepared.model_input, result.prediction, settings.tau,
+                                             settings.threshold, method, classes)
+    x1, x2 = st.columns(2)
+    x1.plotly_chart(figures.attribution_figure(
+        explained.pixels, prepared.pixels.numpy(), f"What drives '{classes[result.prediction]}' "
+                                                   f"(p = {explained.value:.2f})"), key="class_attribution")
+    x2.plotly_chart(figures.attribution_figure(
+        cost.pixels, prepared.pixels.numpy(), f"What drives the routed cost ({cost.value:.2f} expected MFLOPs)"),
+        key="cost_attribution")
+    st.caption("Red pixels raise the explained output, blue ones lower it. Branch selection itself has no gradient, "
+               "so the cost map explains the router's expected branch MFLOPs (its weights times each branch's cost).")
+
+with tabs[4]:
+    st.markdown("Force branches on or off and see how the prediction and the cost change.")
+    on_col, off_col = st.columns(2)
+    force_on = on_col.multiselect("Force on", range(len(labels)), format_func=labels.__getitem__, key="force_on")
+    force_off = off_col.multiselect("Force off", range(len(labels)), format_func=labels.__getitem__, key="force_off",
+                                    default=None)
+    try:
+        changed = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, key, prepared.model_input,
+                                   settings.tau, settings.threshold, settings.noise_seed,
+                                   tuple(sorted(force_on)), tuple(sorted(force_off)))
+    except ValueError as error:
+        st.error(str(error))
+    else:
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Prediction", classes[changed.prediction],
+                  "unchanged" if changed.prediction == result.prediction else f"was {classes[result.prediction]}",
+                  delta_color="off")
+        c2.metric("Confidence", f"{changed.confidence:.1%}")
+        c3.metric("Executed MFLOPs", f"{changed.mflops:.3f}", f"{changed.mflops - result.mflops:+.3f}",
+                  delta_color="inverse")
+        diff = routing_graph.path_diff_graph(model, result.executed, changed.executed, result.weights, changed.weights)
+        st.plotly_chart(routing_graph.path_diff_figure(diff, "Router's path (A) vs. counterfactual path (B)",
+                                                       "router", "counterfactual"), key="counterfactual_diff")
+
+with tabs[5]:
+    if not settings.noise:
+        st.info("Turn on **Gumbel noise** in the sidebar to resample this image's path with fresh noise.")
+    else:
+        samples = st.slider("Noise samples", 16, 256, step=16, key=state.bound("samples", 64, low=16, high=256))
+        with st.spinner(f"Routing {samples} noisy copies…"):
+            table = state.noise_paths(settings.checkpoint_path, settings.checkpoint_sha, key, prepared.model_input,
+                                      settings.tau, settings.threshold, samples, settings.seed, classes)
+        s1, s2 = st.columns(2)
+        s1.metric("Distinct paths", f"{len(table)}", f"in {samples} samples", delta_color="off")
+        s2.metric("Most frequent path", f"{table['share'].iloc[0]:.0%}", f"predicts {table['prediction'].iloc[0]}",
+                  delta_color="off")
+        st.plotly_chart(figures.path_frequency_figure(table, f"Same image, different paths (seed {settings.seed})"),
+                        key="noise_paths")
+        st.dataframe(table.drop(columns=["mask"]).head(20), hide_index=True, key="noise_table",
+                     column_config={"share": st.column_config.ProgressColumn("share", format="percent", min_value=0,
+                                                                            max_value=1),
+                                    "mflops": st.column_config.NumberColumn("MFLOPs", format="%.3f")})
+
+with tabs[6]:
+    mode = st.radio("Compare with", ["Another image", "Another setting"], horizontal=True,
+                    key=state.bound("compare", "Another image", options=["Another image", "Another setting"]))
+    if mode == "Another image":
+        other = st.selectbox("Image B", gallery, format_func=gallery_name,
+                             key=state.bound("image_b", gallery[1], options=gallery))
+        other_image = state.gallery_image(other)
+        other_result = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, state.image_key(other_image),
+                                        other_image.model_input, settings.tau, settings.threshold, settings.noise_seed)
+        label_b = gallery_name(other)
+    else:
+        t_col, h_col = st.columns(2)
+        tau_b = t_col.slider("tau for B", 0.1, 4.0, step=0.05, key=state.bound("cmp_tau", 1.0, low=0.1, high=4.0))
+        threshold_b = h_col.slider("threshold for B", 0.0, 1.0, step=0.01,
+                                   key=state.bound("cmp_threshold", 0.3, low=0.0, high=1.0))
+        other_result = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, key, prepared.model_input,
+                                        tau_b, threshold_b, settings.noise_seed)
+        label_b = f"tau {tau_b:g}, threshold {threshold_b:g}"
+    state.publish("compare", "image_b", "cmp_tau", "cmp_threshold")
+    d1, d2 = st.columns(2)
+    d1.metric("A (this image, sidebar setting)", classes[result.prediction], f"{result.mflops:.3f} MFLOPs",
+              delta_color="off")
+    d2.metric(f"B ({label_b})", classes[other_result.prediction], f"{other_result.mflops:.3f} MFLOPs", delta_color="off")
+    diff = routing_graph.path_diff_graph(model, result.executed, other_result.executed, result.weights,
+                                         other_result.weights)
+    counts = routing_graph.diff_counts(diff)
+    st.plotly_chart(routing_graph.path_diff_figure(
+        diff, f"Path diff: {counts['both']} shared, {counts['only A']} only in A, {counts['only B']} only in B"),
+        key="compare_diff")
+state.publish("attr_method", "samples")

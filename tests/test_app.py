@@ -1,0 +1,182 @@
+"""Every view of the Streamlit app through streamlit.testing.v1.AppTest: it renders without an exception
+or an error, and moving a widget changes what the view shows. DRNET_EVAL_LIMIT keeps evaluations small."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+os.environ.setdefault("DRNET_EVAL_LIMIT", "120")
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
+TIMEOUT = 240
+
+
+def start(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    if page is not None:
+        at.switch_page(page).run()
+    assert_clean(at)
+    return at
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def markdown_text(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def png_bytes(color: int = 255) -> bytes:
+    image = Image.new("L", (60, 40), color)
+    image.paste(Image.new("L", (20, 30), 0), (20, 5))  # a dark garment on a light background
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_inspect_renders_and_sidebar_shows_the_model():
+    at = start()
+    assert at.title[0].value == "Inspect an image"
+    sidebar = "\n".join(m.value for m in at.sidebar.markdown)
+    for needle in ("Checkpoint", "Device", "Test accuracy", "Evaluating on"):
+        assert needle in sidebar
+    assert "Prediction" in metrics(at)
+    assert at.query_params["tau"] and at.query_params["threshold"]
+
+
+def test_threshold_slider_changes_the_inspected_cost():
+    at = start()
+    before = metrics(at)["Executed MFLOPs"]
+    at.slider(key="threshold").set_value(0.0).run()
+    assert_clean(at)
+    after = metrics(at)["Executed MFLOPs"]
+    assert after != before
+    assert at.query_params["threshold"] in ("0.0", ["0.0"])
+
+
+def test_gallery_choice_changes_the_prediction_view():
+    at = start()
+    box = at.selectbox(key="image")
+    before = [(m.value, m.delta) for m in at.metric[:2]]
+    box.select_index(len(box.options) - 1).run()
+    assert_clean(at)
+    assert at.selectbox(key="image").index == len(box.options) - 1
+    assert [(m.value, m.delta) for m in at.metric[:2]] != before
+
+
+def test_upload_goes_through_and_bad_upload_shows_an_error():
+    at = start()
+    at.radio(key="source").set_value("Upload").run()
+    assert_clean(at)
+    at.file_uploader(key="upload").upload("shirt.png", png_bytes(), "image/png").run()
+    assert_clean(at)
+    assert "Prediction" in metrics(at)
+    at.file_uploader(key="upload").clear().upload("notes.png", b"this is not an image", "image/png").run()
+    assert not at.exception
+    assert at.error and "notes.png" in at.error[0].value
+
+
+def test_counterfactual_force_off_changes_the_cost():
+    at = start()
+    base = metrics(at)["Executed MFLOPs"]
+    executed = at.multiselect(key="force_off")
+    # Force off every branch: the cost falls to the always-on parts.
+    executed.set_value(list(range(len(executed.options)))).run()
+    assert_clean(at)
+    values = [m.value for m in at.metric if m.label == "Executed MFLOPs"]
+    assert len(values) == 2 and values[1] != base
+
+
+def test_noise_toggle_enables_path_resampling():
+    at = start()
+    at.toggle(key="noise").set_value(True).run()
+    assert_clean(at)
+    assert "Distinct paths" in metrics(at)
+    first = [m.delta for m in at.metric if m.label == "Distinct paths"]
+    at.slider(key="samples").set_value(16).run()
+    assert_clean(at)
+    assert [m.delta for m in at.metric if m.label == "Distinct paths"] == ["in 16 samples"] != first
+
+
+def test_tradeoff_view_updates_with_setting_b():
+    at = start("views/tradeoff.py")
+    assert at.title[0].value == "Temperature & threshold"
+    before = [m.value for m in at.metric if m.label == "Mean MFLOPs"]
+    at.slider(key="threshold_b").set_value(0.0).run()
+    assert_clean(at)
+    after = [m.value for m in at.metric if m.label == "Mean MFLOPs"]
+    assert before[0] == after[0] and before[1] != after[1]
+    assert "predictions" in markdown_text(at)
+
+
+def test_clusters_view_changes_with_k_and_method():
+    at = start("views/clusters.py")
+    assert at.title[0].value == "Routing clusters"
+    at.slider(key="k").set_value(2).run()
+    assert_clean(at)
+    rows_two = len(at.dataframe[0].value)
+    at.slider(key="k").set_value(5).run()
+    assert_clean(at)
+    assert len(at.dataframe[0].value) >= rows_two
+    at.selectbox(key="method").set_value("agglomerative").run()
+    at.selectbox(key="metric").set_value("jaccard").run()
+    at.selectbox(key="embedding").set_value("tsne").run()
+    assert_clean(at)
+    assert "Adjusted mutual information (clusters vs. classes)" in metrics(at)
+
+
+def test_audit_filters_change_the_shown_inputs():
+    at = start("views/audit.py")
+    total = metrics(at)["Inputs shown"]
+    at.radio(key="answers").set_value("incorrect").run()
+    assert_clean(at)
+    wrong = metrics(at)["Inputs shown"]
+    at.multiselect(key="audit_classes").set_value(["Bag"]).run()
+    assert_clean(at)
+    bags = metrics(at)["Inputs shown"]
+    assert len({total, wrong, bags}) >= 2
+    assert at.get("download_button")
+
+
+def test_teaching_demo_reacts_to_tau():
+    at = start("views/teach.py")
+    assert at.title[0].value == "How it works"
+    at.slider(key="demo_tau").set_value(0.05).run()
+    sharp = metrics(at)["Branches that run"]
+    at.slider(key="demo_tau").set_value(5.0).run()
+    assert_clean(at)
+    flat = metrics(at)["Branches that run"]
+    assert sharp != flat
+
+
+def test_settings_come_from_the_url():
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["tau"] = "2.5"
+    at.query_params["threshold"] = "0.05"
+    at.query_params["noise"] = "true"
+    at.run()
+    assert_clean(at)
+    assert at.slider(key="tau").value == pytest.approx(2.5)
+    assert at.slider(key="threshold").value == pytest.approx(0.05)
+    assert at.toggle(key="noise").value is True
+
+
+def test_bad_checkpoint_upload_shows_an_error_and_keeps_working():
+    at = start()
+    at.radio(key="checkpoint_source").set_value("Upload a file").run()
+    at.file_uploader(key="checkpoint_upload").upload("model.pt", b"definitely not a checkpoint").run()
+    assert not at.exception
+    assert at.error and "shipped checkpoint instead" in at.error[0].value
+    assert "Prediction" in metrics(at)

@@ -1,0 +1,202 @@
+"""The app in a real browser: Debian's headless chromium against `streamlit run` on a free localhost port.
+
+Visits every page, uploads a gallery image through the file input, moves the threshold slider and
+checks the numbers change, and saves screenshots into test-artifacts/. Skipped when chromium or
+chromedriver is missing (`apt-get install chromium chromium-driver`). No traffic beyond localhost.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+PAGES = {"inspect": "Inspect an image", "tradeoff": "Temperature & threshold", "clusters": "Routing clusters",
+         "audit": "Cost audit", "how-it-works": "How it works"}
+
+pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+                                reason="chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("streamlit did not become healthy")
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    env = {**os.environ, "DRNET_EVAL_LIMIT": "200", "PYTHONPATH": str(ROOT)}
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"),
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="drnet-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-gpu", "--window-size=1500,1150",
+                 f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(120)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_idle(driver, timeout: float = 240) -> str:
+    """Wait until Streamlit's script has finished (no running indicator, no spinner) and the text is stable."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout
+    previous, stable_since = None, None
+    while time.monotonic() < deadline:
+        busy = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"], [data-testid="stSpinner"], '
+                                                     '[data-testid="stSkeleton"]')
+        text = driver.find_element(By.TAG_NAME, "body").text
+        if not busy and text == previous and "Please wait" not in text:
+            if stable_since is not None and time.monotonic() - stable_since >= 1.5:
+                return text
+            stable_since = stable_since or time.monotonic()
+        else:
+            stable_since = None
+        previous = text
+        time.sleep(0.4)
+    raise TimeoutError("the app did not finish running")
+
+
+def assert_no_error(driver, text: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    assert not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'), text[:2000]
+    assert "Traceback" not in text
+    assert "Something went wrong" not in text
+
+
+def metric_value(driver, label: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    for metric in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]'):
+        if metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricLabel"]').text.strip() == label:
+            return metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricValue"]').text
+    raise AssertionError(f"no metric labelled {label!r}")
+
+
+def screenshot(driver, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def test_every_page_renders(server, browser):
+    from selenium.webdriver.common.by import By
+
+    for path, title in PAGES.items():
+        browser.get(f"{server}/{path}")
+        text = wait_idle(browser)
+        assert_no_error(browser, text)
+        assert browser.find_element(By.TAG_NAME, "h1").text.strip() == title
+        assert "NaN" not in text and "inf MFLOPs" not in text
+        screenshot(browser, f"page-{path}")
+
+
+def test_threshold_slider_changes_the_numbers(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(f"{server}/inspect?threshold=0.2")
+    wait_idle(browser)
+    before = metric_value(browser, "Executed MFLOPs")
+    sliders = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebar"] [role="slider"]')
+    threshold = [s for s in sliders if s.get_attribute("aria-valuemax") == "1"][0]
+    threshold.click()
+    threshold.send_keys(Keys.HOME)  # threshold 0: every branch runs, the dense cost
+    text = wait_idle(browser)
+    assert_no_error(browser, text)
+    assert threshold.get_attribute("aria-valuenow") in ("0", "0.0")
+    after = metric_value(browser, "Executed MFLOPs")
+    assert after != before
+    assert "threshold=0.0" in browser.current_url
+    screenshot(browser, "slider-moved")
+
+
+def test_upload_a_gallery_image(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    sys.path.insert(0, str(ROOT))
+    from PIL import Image
+
+    from drnet_core.data import load_test_set
+
+    pixels = load_test_set().images[0].numpy()
+    # A photo-like version: dark garment on a light, larger canvas, so the auto inversion is exercised.
+    picture = Image.fromarray(255 - pixels).resize((112, 112))
+    path = tmp_path / "gallery_garment.png"
+    picture.save(path)
+
+    browser.get(f"{server}/inspect?source=Upload")
+    wait_idle(browser)
+    browser.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys(str(path))
+    text = wait_idle(browser)
+    assert_no_error(browser, text)
+    assert "gallery_garment.png" in text
+    assert "(inverted)" in text
+    assert metric_value(browser, "Prediction")
+    screenshot(browser, "upload")
+
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"just some text, not a picture")
+    browser.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys(str(bad))
+    text = wait_idle(browser)
+    assert "Could not use this upload" in text and "Traceback" not in text
+    screenshot(browser, "bad-upload")
