@@ -82,10 +82,14 @@ def save_checkpoint(path: str | os.PathLike, model: DRNet, meta: dict, *, write_
 # ---- reading the file ----------------------------------------------------------------------------
 
 def _name_of(source) -> str:
-    return str(getattr(source, "name", None) or source)
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)  # the full path (a Path's .name would drop the folder)
+    if isinstance(source, (bytes, bytearray)):
+        return "uploaded checkpoint"
+    return str(getattr(source, "name", None) or "uploaded checkpoint")
 
 
-def _leading_bytes(source, count: int = 8) -> bytes:
+def _leading_bytes(source, count: int = 2048) -> bytes:
     if isinstance(source, (str, os.PathLike)):
         with open(source, "rb") as handle:
             return handle.read(count)
@@ -122,7 +126,7 @@ def read_checkpoint(source) -> dict:
     """
     name = _name_of(source)
     if isinstance(source, (bytes, bytearray)):
-        source, name = io.BytesIO(bytes(source)), "uploaded checkpoint"
+        source = io.BytesIO(bytes(source))
     try:
         head = _leading_bytes(source)
     except OSError as error:
@@ -193,7 +197,7 @@ def _architecture_of(payload: dict, name: str) -> tuple[ModelConfig, dict[str, t
     try:
         with torch.device("meta"):
             skeleton = DRNet(config)
-    except (KeyError, TypeError, ValueError, RuntimeError, ZeroDivisionError) as error:
+    except (KeyError, TypeError, ValueError, RuntimeError, ZeroDivisionError, IndexError, AssertionError) as error:
         raise CheckpointError(f"{name}: invalid model config, the architecture cannot be built: "
                               f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
     return config, skeleton.state_dict()
@@ -271,7 +275,7 @@ def _verify_recorded_sha256(path: Path, name: str) -> None:
 def load_checkpoint(source=None, *, device: str | torch.device = "cpu", verify_sha256: bool = True):
     """Returns (model in eval mode on `device`, metadata dict). `source`: path, binary file object or bytes."""
     source = SHIPPED_CHECKPOINT if source is None else source
-    name = _name_of(source) if not isinstance(source, (bytes, bytearray)) else "uploaded checkpoint"
+    name = _name_of(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():

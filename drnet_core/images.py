@@ -203,7 +203,11 @@ def decode_upload(data: bytes, filename: str | None = None) -> Image.Image:
         raise CorruptImage(f"{_describe(filename)} is a damaged or truncated {kind} image and cannot be decoded "
                            f"({_reason(error)}). Save it again and re-upload. {_ACCEPTED_TEXT}") from None
     image = _apply_exif_rotation(image)
-    return to_display_mode(image)
+    try:
+        return to_display_mode(image)
+    except (ValueError, OSError) as error:
+        raise UnsupportedFormat(f"{_describe(filename)} uses the {image.mode} colour mode, which cannot be converted "
+                                f"to grayscale ({_reason(error)}). {_ACCEPTED_TEXT}") from None
 
 
 def _apply_exif_rotation(image: Image.Image) -> Image.Image:

@@ -9,8 +9,6 @@ import io
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from drnet_core.checkpoint import (FORMAT, SHIPPED_CHECKPOINT, CheckpointError, 
                                    save_checkpoint, sha256_of)
 from drnet_core.config import PRESETS
 from drnet_core.model import DRNet
-from tests.helpers import tiny_model
+from helpers import tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -96,13 +94,15 @@ def test_crafted_pickles_are_refused_and_never_executed(tmp_path):
 
 
 def test_crafted_pickles_really_run_code_when_loaded_unsafely(tmp_path):
-    """Non-vacuity: the same files do execute their payload under an unsafe load (in a child process)."""
+    """Non-vacuity: the same files do execute their payload under an unsafe load.
+
+    The payloads only create an empty marker file inside tmp_path, so running them here is harmless.
+    """
     for label, path, marker in malicious_files(tmp_path):
-        script = ("import sys, torch; sys.path.insert(0, sys.argv[2]);"
-                  "import tests.test_checkpoint_safety;"
-                  "torch.load(sys.argv[1], weights_only=False)")
-        subprocess.run([sys.executable, "-c", script, str(path), str(Path(__file__).resolve().parent.parent)],
-                       capture_output=True, timeout=120)
+        try:
+            torch.load(path, weights_only=False)
+        except Exception:  # noqa: BLE001 - the payload's return value may not unpickle into a dict; irrelevant
+            pass
         assert marker.exists(), f"{label}: the crafted file is not actually malicious"
 
 
@@ -207,7 +207,7 @@ def test_format_and_version_mismatch(tmp_path, found, match):
 def test_state_dict_of_a_different_architecture(tmp_path):
     payload = valid_payload()
     payload["config"] = PRESETS["fashion"].model.to_dict()  # weights are the tiny model's
-    with pytest.raises(CheckpointError, match=r"shape .* the architecture needs .*different model"):
+    with pytest.raises(CheckpointError, match=r"mixed\.pt: weights do not match the architecture.*different model"):
         load_checkpoint(write(tmp_path / "mixed.pt", payload))
 
 
