@@ -183,10 +183,15 @@ def gallery_image(position: int, invert: bool = False) -> PreparedImage:
     return prepare_dataset_image(pixels)
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def prepared_upload(data: bytes, filename: str, invert: bool | None) -> PreparedImage:
+    return image_from_bytes(data, filename, invert=invert)
+
+
 def uploaded_image(upload, invert: bool | None) -> PreparedImage | None:
     """The prepared upload, or None after showing st.error naming what was wrong."""
     try:
-        return image_from_bytes(upload.getvalue(), upload.name, invert=invert)
+        return prepared_upload(upload.getvalue(), upload.name, invert)
     except ImageRejected as error:
         st.error(f"Could not use this upload: {error}")
         return None
@@ -293,6 +298,14 @@ def enlarge(pixels, scale: int = 4) -> Image.Image:
     array = np.asarray(pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels, dtype=np.uint8)
     image = Image.fromarray(array)
     return image.resize((array.shape[1] * scale, array.shape[0] * scale), Image.Resampling.NEAREST)
+
+
+def crisp(image: Image.Image, side: int = 224) -> Image.Image:
+    """Enlarge a small picture with nearest-neighbour sampling; leave large ones alone."""
+    if max(image.size) >= side:
+        return image
+    scale = max(1, side // max(image.size))
+    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
 
 
 def thumbnails(images, captions: list[str], per_row: int = 8) -> None:

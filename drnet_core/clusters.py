@@ -4,7 +4,7 @@ A routing vector is an instance's selected-branch mask (or its branch weights) o
 Vectors are clustered with scikit-learn (k-means, or agglomerative with a Hamming, Jaccard or
 Euclidean distance), embedded in 2-D (PCA or t-SNE), and compared with the classes through the
 adjusted mutual information. Masks repeat a lot (a few hundred distinct paths over 10,000 images),
-so mask clustering and embedding run on the distinct patterns and map back: identical paths always
+so clustering and embedding run on the distinct vectors and map back: identical paths always
 share a cluster and a point, and the cost no longer grows with the square of the set size.
 """
 from __future__ import annotations
@@ -46,10 +46,9 @@ def routing_vectors(run: RoutedRun, kind: str = "mask") -> np.ndarray:
 
 
 def _distinct(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(distinct rows, row of each instance, count of each distinct row); weights are kept as they are."""
-    if vectors.dtype == bool:
-        return np.unique(vectors, axis=0, return_inverse=True, return_counts=True)
-    return vectors, np.arange(len(vectors)), np.ones(len(vectors), dtype=int)
+    """(distinct rows, row of each instance, count of each distinct row)."""
+    rows, inverse, counts = np.unique(vectors, axis=0, return_inverse=True, return_counts=True)
+    return rows, np.asarray(inverse).ravel(), counts
 
 
 def _relabel_by_size(labels: np.ndarray) -> np.ndarray:

@@ -231,8 +231,12 @@ def routing_figure(graph: nx.DiGraph, title: str = "Routing path", height: int =
                  f"weight {d['weight']:.3f}<br>{d['mflops']:.3f} MFLOPs<br>"
                  f"{'selected (ran)' if d['executed'] else 'skipped'}"
                  for d in (graph.nodes[k] for k in keys)]
+        # A legend entry of its own, so the key shows the op's colour rather than a skipped branch's grey.
+        figure.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=op, legendgroup=op,
+                                    marker=dict(size=11, color=color)))
         figure.add_trace(go.Scatter(
             x=[graph.nodes[k]["x"] for k in keys], y=[graph.nodes[k]["y"] for k in keys], mode="markers", name=op,
+            legendgroup=op, showlegend=False,
             marker=dict(size=[8 + 10 * graph.nodes[k]["weight"] if o else 6 for k, o in zip(keys, on)],
                         color=[color if o else SKIPPED_COLOR for o in on],
                         line=dict(color=[color for _ in keys], width=1.5)),

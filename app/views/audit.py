@@ -24,6 +24,9 @@ chosen_classes = f1.multiselect("True class", list(classes), key="audit_classes"
 correctness = f2.radio("Answers", ["all", "correct", "incorrect"], horizontal=True,
                        key=state.bound("answers", "all", options=["all", "correct", "incorrect"]))
 if high > low:
+    kept = st.session_state.get("audit_range")
+    if kept is not None and not (low <= kept[0] <= kept[1] <= high):
+        st.session_state["audit_range"] = (low, high)  # the setting changed the costs: reset the range
     cost_range = f3.slider("Cost range (MFLOPs)", low, high, (low, high), step=max((high - low) / 200, 1e-6),
                            format="%.3f", key="audit_range")
 else:

@@ -2,7 +2,6 @@
 counterfactuals, noise resampling and path comparison for one input."""
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 import state
@@ -57,8 +56,8 @@ result = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, key
 
 with left:
     a, b, c = st.columns(3)
-    a.image(prepared.original, caption="original", width="stretch")
-    b.image(prepared.grayscale, caption="grayscale, square", width="stretch")
+    a.image(state.crisp(prepared.original), caption="original", width="stretch")
+    b.image(state.crisp(prepared.grayscale), caption="grayscale, square", width="stretch")
     c.image(state.enlarge(prepared.pixels, 4), caption="model input 28×28" + (" (inverted)" if prepared.inverted else ""),
             width="stretch")
 with right:
