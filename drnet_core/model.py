@@ -144,6 +144,20 @@ class DRNet(nn.Module):
         worst = sum(float(cell.branch_macs.max(dim=1).values.sum()) for cell in self.cells)
         return expected / worst
 
+    def branch_usage_imbalance(self, trace: RoutingTrace) -> torch.Tensor:
+        """Scalar in [0, 1]: how unevenly a batch spreads its weight over each connection's branches.
+
+        The batch-mean weight p of a connection's branches gives (n * sum(p^2) - 1) / (n - 1): 0 when
+        usage is even, 1 when all instances put all weight on one branch (the importance loss of
+        sparsely-gated mixtures of experts, Shazeer et al. 2017, scaled to [0, 1]).
+        """
+        terms = []
+        for weights in trace.weights:
+            usage = weights.mean(dim=0)  # (connections, branches)
+            n = usage.shape[-1]
+            terms.append((n * usage.square().sum(dim=-1) - 1) / max(n - 1, 1))
+        return torch.cat(terms).mean()
+
     def dense_mflops(self) -> float:
         return (self.always_on_macs + sum(float(cell.branch_macs.sum()) for cell in self.cells)) / 1e6
 

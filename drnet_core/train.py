@@ -1,12 +1,13 @@
-"""Training: cross-entropy plus an expected-cost term, on the same sparse routing used at inference.
+"""Training: cross-entropy plus cost and balance terms, on the same sparse routing used at inference.
 
-    python -m drnet_core train --preset fashion --epochs 20 --output assets/drnet_fashion.pt
+    python -m drnet_core train --preset fashion --output assets/drnet_fashion.pt
     torchrun --nproc_per_node=2 -m drnet_core train ...   # DistributedDataParallel
 
-Loss = CE(label-smoothed) + cost_weight * expected_cost_fraction, where the expected cost is the
-branch multiply-adds expected under the Gumbel-Softmax weights divided by the worst case (costliest
-branch everywhere), so it lies in [0, 1] and pushes every RouterNet toward cheap branches when they
-suffice. The threshold ramps from 0 (dense) to `train_threshold` over the warm-up, and branches below
+Loss = CE(label-smoothed) + cost_weight * expected_cost_fraction + balance_weight * branch_usage_imbalance.
+The expected cost is the branch multiply-adds expected under the Gumbel-Softmax weights divided by
+the worst case (costliest branch everywhere), so it lies in [0, 1] and pushes every RouterNet toward
+cheap branches when they suffice; the imbalance term keeps a batch from putting all its weight on one
+branch per connection, so routing stays instance-aware. The threshold ramps from 0 (dense) to `train_threshold` over the warm-up, and branches below
 it are skipped in training exactly as at inference; tau anneals geometrically.
 
 A resume file (`<output>.resume.pt`) is written after every epoch; rerunning the same command
@@ -77,6 +78,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
     ctx = DistributedContext(device)
     ctx.quiet_other_ranks()
     output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     resume_path = output.with_name(output.name + ".resume.pt")
     torch.manual_seed(train_config.seed + ctx.rank)
 
@@ -132,13 +134,15 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
                 batch = augment(batch.cpu(), augment_rng).to(ctx.device) if ctx.device.type != "cpu" else augment(batch, augment_rng)
             logits, trace = wrapped(batch, tau=tau, threshold=threshold)
             cost = model.expected_cost_fraction(trace).mean()
-            loss = F.cross_entropy(logits, labels, label_smoothing=train_config.label_smoothing) + train_config.cost_weight * cost
+            balance = model.branch_usage_imbalance(trace)
+            loss = (F.cross_entropy(logits, labels, label_smoothing=train_config.label_smoothing)
+                    + train_config.cost_weight * cost + train_config.balance_weight * balance)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             n = len(labels)
-            sums[0] += float(loss) * n
+            sums[0] += loss.item() * n
             sums[1] += float((logits.argmax(1) == labels).sum())
             sums[2] += n
             sums[3] += float(cost) * n
