@@ -235,3 +235,16 @@ def test_cuda_matches_cpu():
     gpu_logits, gpu_trace = gpu(x.cuda(), tau=0.5, threshold=0.2)
     assert torch.allclose(cpu_logits, gpu_logits.cpu(), atol=1e-4)
     assert torch.equal(cpu_trace.path_masks(), gpu_trace.path_masks().cpu())
+
+
+def test_branch_usage_imbalance_is_zero_for_even_use_and_one_for_a_single_shared_branch():
+    from drnet_core.model import RoutingTrace
+
+    model = tiny_model()
+    shape = model.routing_shape()
+    even = [torch.eye(b).repeat(2, 1)[:, None, :].expand(2 * b, c, b) for c, b in shape]
+    same = [torch.nn.functional.one_hot(torch.zeros(4, c, dtype=torch.long), b).float() for c, b in shape]
+    assert float(model.branch_usage_imbalance(RoutingTrace([], even, []))) == pytest.approx(0.0, abs=1e-6)
+    assert float(model.branch_usage_imbalance(RoutingTrace([], same, []))) == pytest.approx(1.0)
+    random = [torch.softmax(torch.randn(8, c, b), -1) for c, b in shape]
+    assert 0.0 < float(model.branch_usage_imbalance(RoutingTrace([], random, []))) < 1.0
