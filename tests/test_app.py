@@ -156,11 +156,12 @@ def test_teaching_demo_reacts_to_tau():
     at = start("views/teach.py")
     assert at.title[0].value == "How it works"
     at.slider(key="demo_tau").set_value(0.05).run()
-    sharp = metrics(at)["Branches that run"]
+    sharp = float(metrics(at)["Largest weight"])
     at.slider(key="demo_tau").set_value(5.0).run()
     assert_clean(at)
-    flat = metrics(at)["Branches that run"]
-    assert sharp != flat
+    flat = float(metrics(at)["Largest weight"])
+    assert sharp > flat  # a higher temperature flattens the weights
+    assert "Branches that run" in metrics(at)
 
 
 def test_settings_come_from_the_url():

@@ -76,7 +76,7 @@ hover = [f"#{i}: {names[t]} → {names[p]}, cluster {c + 1}, {f:.3f} MFLOPs"
          for i, t, p, c, f in zip(split_index, labels, predictions, result.labels, run.mflops.numpy())]
 st.plotly_chart(figures.embedding_figure(coords, values, color_by, hover, categorical=color_by != "FLOPs",
                                          title=f"{embedding.upper()} of routing vectors, coloured by {color_by}"),
-                key="embedding")
+                key="embedding_chart")
 
 left, right = st.columns([3, 2])
 summary = clusters.cluster_summary(result, run, classes)

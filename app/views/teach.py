@@ -68,6 +68,8 @@ left.image(state.enlarge(prepared.pixels, 5), caption=f"{classes[int(images.labe
            width="stretch")
 selected = [branch_names[b] for b in now.loc[now["selected"], "branch"]]
 left.metric("Branches that run", f"{len(selected)} of {len(branch_names)}")
+left.metric("Largest weight", f"{now['weight'].max():.3f}", f"uniform would be {1 / len(branch_names):.3f}",
+            delta_color="off")
 left.markdown(("Running: " + ", ".join(f"`{name}`" for name in selected)) if selected else
               "Nothing passes the threshold: this connection is skipped.")
 right.plotly_chart(figures.connection_weights_figure(
