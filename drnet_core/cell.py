@@ -16,6 +16,13 @@ Unselected branches are never computed: each branch runs once on the sub-batch o
 selected it, and its weighted output is scattered back with `index_add`. The same executor serves
 training (Gumbel weights, training threshold) and inference, so the network trains on the very
 sparsity it is evaluated with; when every instance selects a branch it runs on the whole batch.
+
+In eval mode `Cell.forward` takes a faster route to the same result (`Cell.forward_sparse`): the
+reachability rule is applied to the whole cell's selection up front, branch counts reach the host
+once per cell instead of once per branch, every instance list comes from one `nonzero` per cell,
+and contributions accumulate in place (`addcmul_`, `index_add_`). It computes exactly the branches
+the reference executor computes; `Cell.reference_executor = True` switches back to the reference
+(tests compare the two; see docs/PERFORMANCE.md for what each step is worth).
 """
 from __future__ import annotations
 
@@ -65,12 +72,18 @@ def run_connection(
 
 
 class Cell(nn.Module):
+    # True: evaluation uses the straightforward executor that training uses (the reference).
+    reference_executor: bool = False
+
     def __init__(self, channels: int, height: int, width: int, nodes_per_cell: int,
                  branch_names: tuple[str, ...], router_hidden: int):
         super().__init__()
         self.channels, self.height, self.width = channels, height, width
         self.nodes_per_cell = nodes_per_cell
         self.connections = cell_connections(nodes_per_cell)
+        # incoming[target]: indices of the connections that feed node `target` (index 0 unused).
+        self.incoming = [[e for e, (_, t) in enumerate(self.connections) if t == target]
+                         for target in range(nodes_per_cell + 1)]
         self.branch_names = tuple(branch_names)
         self.router = RouterNet(channels, len(self.connections), len(branch_names), router_hidden)
         self.edges = nn.ModuleList(
@@ -97,6 +110,9 @@ class Cell(nn.Module):
         if branch_overrides is not None:
             overrides = branch_overrides.to(selected.device)
             selected = (selected | (overrides > 0)) & ~(overrides < 0)
+        if not self.training and not self.reference_executor:
+            out, executed = self.forward_sparse(x, weights, selected)
+            return out, logits, weights, executed
 
         batch = x.shape[0]
         nodes = [x]
@@ -120,3 +136,60 @@ class Cell(nn.Module):
         for node in nodes[1:]:
             out = out + node
         return out, logits, weights, executed
+
+    # ---- inference ---------------------------------------------------------------------------
+
+    def executed_mask(self, selected: torch.Tensor) -> torch.Tensor:
+        """(B, connections, branches) selection -> what runs: connections out of an empty node run nothing."""
+        executed = selected.clone()
+        reached: list[torch.Tensor | None] = [None]  # node 0, the cell input, is always reached
+        for target in range(1, self.nodes_per_cell + 1):
+            node_reached = None
+            for edge_index in self.incoming[target]:
+                source_reached = reached[self.connections[edge_index][0]]
+                if source_reached is not None:
+                    executed[:, edge_index] &= source_reached.unsqueeze(1)
+                edge_ran = executed[:, edge_index].any(dim=1)
+                node_reached = edge_ran if node_reached is None else node_reached | edge_ran
+            reached.append(node_reached)
+        return executed
+
+    def forward_sparse(self, x: torch.Tensor, weights: torch.Tensor, selected: torch.Tensor):
+        """Eval-mode executor: the reference's result, with one host sync per cell. Returns (output, executed)."""
+        executed = self.executed_mask(selected)
+        batch, _, num_branches = executed.shape
+        counts = executed.sum(dim=0).tolist()  # (connections, branches) ints: the cell's only host sync
+        flat_counts = [count for row in counts for count in row]
+        row_chunks = weight_chunks = None
+        if any(0 < count < batch for count in flat_counts):
+            # One nonzero for the whole cell: instance indices grouped by (connection, branch), in order.
+            by_branch = executed.permute(1, 2, 0)
+            row_chunks = by_branch.nonzero()[:, 2].split(flat_counts)
+            weight_chunks = weights.permute(1, 2, 0)[by_branch].split(flat_counts)
+        nodes: list[torch.Tensor | None] = [x]
+        for target in range(1, self.nodes_per_cell + 1):
+            node = None
+            for edge_index in self.incoming[target]:
+                source = nodes[self.connections[edge_index][0]]
+                for branch_index, count in enumerate(counts[edge_index]):
+                    if count == 0:
+                        continue
+                    branch = self.edges[edge_index][branch_index]
+                    if count == batch:
+                        out = branch(source)
+                        scale = weights[:, edge_index, branch_index].view(-1, 1, 1, 1)
+                        node = out * scale if node is None else node.addcmul_(out, scale)
+                        continue
+                    chunk = edge_index * num_branches + branch_index
+                    rows = row_chunks[chunk]
+                    # index_select drops channels_last; restore it so the depthwise kernels stay fast.
+                    out_rows = branch(source.index_select(0, rows).contiguous(memory_format=torch.channels_last))
+                    if node is None:
+                        node = torch.zeros_like(x)
+                    node.index_add_(0, rows, out_rows * weight_chunks[chunk].view(-1, 1, 1, 1))
+            nodes.append(node)  # None: no instance reached this node
+        out = x
+        for node in nodes[1:]:
+            if node is not None:
+                out = out + node
+        return out, executed

@@ -4,6 +4,8 @@
   evaluate  accuracy and executed FLOPs of a checkpoint at one (tau, threshold), as JSON
   sweep     the accuracy/FLOPs trade-off over a grid of tau and threshold (CSV or JSON)
   subset    rebuild the shipped class-balanced test subset from the installed dataset
+  bench     wall-clock cost of dense vs routed inference, router overhead, training speed
+  baseline  train a static baseline (fixed-branch cells or a plain CNN) the way the DRNet trains
 """
 from __future__ import annotations
 
@@ -39,6 +41,16 @@ def _threshold(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"threshold must be in [0, 1], got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
 
 
@@ -127,6 +139,74 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """Dense vs routed wall time, router overhead, evaluation and training throughput (drnet_core.bench)."""
+    import torch
+
+    from .bench import format_table, run_bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, meta = load_checkpoint(args.checkpoint, device=default_device())
+    result = run_bench(model, meta, data_dir=args.data_dir, eval_images=args.limit, warmup=args.warmup,
+                       repeats=args.repeats, single_images=args.single_images, train_steps=args.train_steps)
+    result["settings"]["checkpoint"] = str(args.checkpoint or "shipped")
+    print(json.dumps(result, indent=1) if args.json else format_table(result))
+    return 0
+
+
+def cmd_baseline(args) -> int:
+    """Train a static baseline the way the DRNet preset is trained (see drnet_core.baselines)."""
+    import torch
+
+    from .baselines import BaselineConfig, build_baseline, most_picked_branches, plain_cnn_widths
+    from .train import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    chosen = preset(args.preset)
+    overrides = {key: getattr(args, key) for key in ("epochs", "limit", "val_size") if getattr(args, key) is not None}
+    train_config = chosen.train.__class__(**{**chosen.train.to_dict(), **overrides})
+    base = chosen.model.to_dict()
+    if args.kind == "static-cells":
+        if args.branches:
+            branches = tuple(name.strip() for name in args.branches.split(",") if name.strip())
+        else:
+            from .data import load_fashion_mnist, to_model_input
+            from .train import split_train_val
+
+            drnet, meta = load_checkpoint(args.checkpoint)
+            images = load_fashion_mnist("train", args.data_dir)
+            _, val_idx = split_train_val(images, train_config.val_size, train_config.seed)
+            branches = most_picked_branches(drnet, to_model_input(images.images[val_idx]),
+                                            tau=meta.get("default_tau", 1.0), threshold=meta.get("default_threshold", 0.0))
+        config = BaselineConfig("static-cells", base=base, branches=branches)
+    else:
+        target = args.target_mflops
+        if target is None:
+            _, meta = load_checkpoint(args.checkpoint)
+            target = float(meta["test_default"]["mean_mflops"])
+        config = BaselineConfig("plain-cnn", base=base, widths=plain_cnn_widths(target, chosen.model))
+    try:
+        model = build_baseline(config)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    log.info("%s baseline: %.3f MFLOPs, %d parameters, config %s", args.kind, model.dense_mflops(),
+             model.dense_params(), config.to_dict())
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        meta = train(config, train_config, args.output, data_dir=args.data_dir, progress=not args.no_progress,
+                     select_defaults=False, model=model)
+    except ValueError as error:  # e.g. a resume file left by a run with another config
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if meta:
+        print(json.dumps({"kind": args.kind, "config": config.to_dict(), "epochs": meta["epochs"],
+                          "test": meta.get("test_default")}, indent=2))
+    return 0
+
+
 def cmd_subset(args) -> int:
     from .data import write_shipped_subset
 
@@ -178,6 +258,34 @@ def build_parser() -> argparse.ArgumentParser:
                        "each process takes whole batches)")
     data_options(sweep)
     sweep.set_defaults(func=cmd_sweep)
+
+    bench = commands.add_parser("bench", help="wall-clock cost of dense vs routed inference, and training speed")
+    bench.add_argument("--checkpoint", default=None, help="checkpoint file (default: the shipped one)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object holding every figure")
+    bench.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N test images")
+    bench.add_argument("--warmup", type=_positive_int, default=2, help="untimed calls before each timing")
+    bench.add_argument("--repeats", type=_positive_int, default=5, help="timed calls; the median is reported")
+    bench.add_argument("--single-images", type=_positive_int, default=100, help="images timed one at a time")
+    bench.add_argument("--train-steps", type=_positive_int, default=5, help="timed training steps")
+    bench.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads")
+    data_options(bench)
+    bench.set_defaults(func=cmd_bench)
+
+    baseline = commands.add_parser("baseline", help="train a static baseline (fixed-branch cells or a plain CNN)")
+    baseline.add_argument("--kind", required=True, choices=["static-cells", "plain-cnn"])
+    baseline.add_argument("--output", required=True, help="checkpoint path (its resume file sits beside it)")
+    baseline.add_argument("--preset", default="fashion", choices=sorted(PRESETS), help="architecture and training preset")
+    baseline.add_argument("--checkpoint", default=None,
+                          help="DRNet whose routing picks the static branches / whose mean cost the CNN targets "
+                               "(default: the shipped one)")
+    baseline.add_argument("--branches", help="static-cells: comma-separated branch per connection, cell after cell")
+    baseline.add_argument("--target-mflops", type=float, default=None, help="plain-cnn: cost to aim at")
+    for name in ("epochs", "limit", "val-size"):
+        baseline.add_argument(f"--{name}", type=int, default=None, help="override the preset's value")
+    baseline.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    baseline.add_argument("--no-progress", action="store_true", help="no progress bar")
+    data_options(baseline)
+    baseline.set_defaults(func=cmd_baseline)
 
     subset = commands.add_parser("subset", help="rebuild assets/fashion_mnist_test_subset.npz")
     data_options(subset)

@@ -1,0 +1,239 @@
+"""Benchmarks: what routed inference saves in wall-clock time, measured on the machine it runs on.
+
+`python -m drnet_core bench [--json]` runs `run_bench` once on a checkpoint (the shipped one by
+default) and reports, in one dict:
+
+  * latency of dense (threshold 0) and routed (the checkpoint's default tau and threshold) inference
+    at batch 1 and batch 256 (warm-up first, median of repeats, `torch.inference_mode`), with the
+    FLOPs ratio (dense / routed mean), speedup and efficiency = speedup / FLOPs ratio: 1.0 means
+    routed time shrinks exactly as multiply-adds do (DRNet, Cai et al., arXiv 1905.04849, counts
+    cost in multiply-adds; this asks whether that count is a real saving);
+  * the RouterNets' share of routed multiply-adds and of routed wall time;
+  * a cold evaluation (the first `run_routed` after loading, as a slider move in the app triggers
+    it) and the warm throughput of the same full evaluation, in images/s;
+  * training throughput of the checkpoint's architecture: forward, backward and SGD step on
+    augmented training images at the post-warm-up training threshold.
+
+Timings are never asserted in tests: they depend on the machine and its load.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+from .data import augment, load_split, load_test_set, to_model_input
+from .evaluate import run_routed
+from .model import DRNet
+from .router import recalibrate
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], *, warmup: int, repeats: int, device: torch.device) -> float:
+    """Median wall time of `fn()` over `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine_info(device: torch.device) -> dict:
+    return {
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()),
+        "torch_version": str(torch.__version__),
+        "python_version": platform.python_version(),
+    }
+
+
+@torch.inference_mode()
+def latency(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: float, batch: int,
+            warmup: int, repeats: int) -> dict:
+    """Dense vs routed wall time for `batch`-sized forwards over `inputs` (a multiple of batch)."""
+    device = model.device
+    batches = [inputs[i:i + batch].to(device) for i in range(0, len(inputs) - batch + 1, batch)]
+
+    def run(at: float) -> Callable[[], None]:
+        return lambda: [model(b, tau=tau, threshold=at) for b in batches]
+
+    dense = median_seconds(run(0.0), warmup=warmup, repeats=repeats, device=device) / len(batches)
+    routed = median_seconds(run(threshold), warmup=warmup, repeats=repeats, device=device) / len(batches)
+    routed_mflops = torch.cat([model.mflops_per_instance(model(b, tau=tau, threshold=threshold)[1]).cpu()
+                               for b in batches])
+    flops_ratio = model.dense_mflops() / float(routed_mflops.mean())
+    speedup = dense / routed
+    return {"batch": batch, "forwards": len(batches), "dense_ms": 1e3 * dense, "routed_ms": 1e3 * routed,
+            "dense_mflops": model.dense_mflops(), "routed_mean_mflops": float(routed_mflops.mean()),
+            "flops_ratio": flops_ratio, "speedup": speedup, "efficiency": speedup / flops_ratio}
+
+
+@torch.inference_mode()
+def router_share(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: float,
+                 warmup: int, repeats: int) -> dict:
+    """The RouterNets' multiply-adds and wall time (router, recalibration, threshold) over a routed forward."""
+    device = model.device
+    batch = inputs.to(device)
+    cell_inputs: list[torch.Tensor] = []
+    hooks = [cell.register_forward_pre_hook(lambda _m, args: cell_inputs.append(args[0])) for cell in model.cells]
+    try:
+        _, trace = model(batch, tau=tau, threshold=threshold)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    def routers() -> None:
+        for cell, x in zip(model.cells, cell_inputs):
+            _ = recalibrate(cell.router(x), tau, training=False) >= threshold
+
+    router_time = median_seconds(routers, warmup=warmup, repeats=repeats, device=device)
+    routed_time = median_seconds(lambda: model(batch, tau=tau, threshold=threshold), warmup=warmup,
+                                 repeats=repeats, device=device)
+    router_mflops = sum(cell.router_macs for cell in model.cells) / 1e6
+    routed_mflops = float(model.mflops_per_instance(trace).mean())
+    return {"batch": len(batch), "router_mflops": router_mflops, "routed_mean_mflops": routed_mflops,
+            "flops_share": router_mflops / routed_mflops, "router_ms": 1e3 * router_time,
+            "routed_ms": 1e3 * routed_time, "time_share": router_time / routed_time}
+
+
+def evaluation_speed(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, tau: float, threshold: float,
+                     repeats: int, batch_size: int) -> dict:
+    """Cold: the first `run_routed` since loading (call this first). Warm: the median of `repeats` more."""
+    device = model.device
+
+    def evaluate() -> None:
+        run_routed(model, inputs, labels, tau=tau, threshold=threshold, batch_size=batch_size)
+
+    start = time.perf_counter()
+    evaluate()
+    synchronize(device)
+    cold = time.perf_counter() - start
+    warm = median_seconds(evaluate, warmup=0, repeats=repeats, device=device)
+    return {"images": len(inputs), "batch_size": batch_size, "cold_seconds": cold, "warm_seconds": warm,
+            "cold_images_per_second": len(inputs) / cold, "warm_images_per_second": len(inputs) / warm}
+
+
+def training_speed(model_config, train_config: TrainConfig, images: torch.Tensor, labels: torch.Tensor, *,
+                   device: torch.device, steps: int, warmup: int = 2) -> dict:
+    """Images/s of training steps (augment, forward, loss with its cost terms, backward, SGD) of a fresh model.
+
+    The step mirrors `drnet_core.train.train` after the threshold warm-up, the slow part of an epoch.
+    """
+    torch.manual_seed(train_config.seed)
+    model = DRNet(model_config).to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=train_config.lr, momentum=train_config.momentum,
+                                nesterov=True, weight_decay=train_config.weight_decay)
+    generator = torch.Generator().manual_seed(train_config.seed)
+    batch_size = train_config.batch_size
+    tau = (train_config.tau_start * train_config.tau_end) ** 0.5
+
+    def step(index: int) -> None:
+        start = (index * batch_size) % max(1, len(images) - batch_size + 1)
+        batch = augment(images[start:start + batch_size], generator).to(device)
+        target = labels[start:start + batch_size].to(device)
+        logits, trace = model(batch, tau=tau, threshold=train_config.train_threshold)
+        loss = (F.cross_entropy(logits, target, label_smoothing=train_config.label_smoothing)
+                + train_config.cost_weight * model.expected_cost_fraction(trace).mean())
+        balance_weight = getattr(train_config, "balance_weight", 0.0)
+        if balance_weight:
+            loss = loss + balance_weight * model.branch_usage_imbalance(trace)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    counter = iter(range(10 ** 9))
+    seconds = median_seconds(lambda: step(next(counter)), warmup=warmup, repeats=steps, device=device)
+    return {"batch_size": batch_size, "steps": steps, "threshold": train_config.train_threshold,
+            "step_ms": 1e3 * seconds, "images_per_second": min(batch_size, len(images)) / seconds}
+
+
+def run_bench(model: DRNet, meta: dict, *, data_dir: str | None = None, eval_images: int | None = None,
+              single_images: int = 100, big_batch: int = 256, warmup: int = 2, repeats: int = 5,
+              train_steps: int = 5, eval_batch_size: int = 1000, train_config: TrainConfig | None = None) -> dict:
+    """Every figure of the benchmark, in one dict. `model` in eval mode; `meta` its checkpoint metadata."""
+    device = model.device
+    tau = float(meta.get("default_tau", 1.0))
+    threshold = float(meta.get("default_threshold", 0.0))
+    dataset = meta.get("dataset", "fashion-mnist")
+    test = load_test_set(data_dir) if dataset == "fashion-mnist" else load_split(dataset, "test", data_dir)
+    test = test.subset(eval_images)
+    inputs = to_model_input(test.images, dataset)
+    # Cold first: nothing has run through the model yet in this process.
+    evaluation = evaluation_speed(model, inputs, test.labels, tau=tau, threshold=threshold, repeats=max(1, repeats // 2),
+                                  batch_size=eval_batch_size)
+    big = min(big_batch, len(inputs))
+    result = {
+        "machine": machine_info(device),
+        "settings": {"tau": tau, "threshold": threshold, "dataset": test.name, "warmup": warmup, "repeats": repeats,
+                     "single_images": min(single_images, len(inputs)), "big_batch": big},
+        "latency": {
+            "batch_1": latency(model, inputs[:single_images], tau=tau, threshold=threshold, batch=1,
+                               warmup=warmup, repeats=repeats),
+            f"batch_{big_batch}": latency(model, inputs[:big], tau=tau, threshold=threshold, batch=big,
+                                          warmup=warmup, repeats=repeats),
+        },
+        "router": {
+            "batch_1": router_share(model, inputs[:1], tau=tau, threshold=threshold, warmup=warmup * 10,
+                                    repeats=repeats * 20),
+            f"batch_{big_batch}": router_share(model, inputs[:big], tau=tau, threshold=threshold, warmup=warmup,
+                                               repeats=repeats),
+        },
+        "evaluation": evaluation,
+    }
+    train_config = train_config or TrainConfig(**{k: v for k, v in (meta.get("train_config") or {}).items()
+                                                  if k in TrainConfig.__dataclass_fields__})
+    train_set = load_split(dataset, "train", data_dir)
+    train_images = to_model_input(train_set.images[: train_config.batch_size * (train_steps + 2)], dataset)
+    result["training"] = training_speed(model.config, train_config, train_images,
+                                        train_set.labels[: len(train_images)], device=device, steps=train_steps)
+    training = result["training"]
+    training["epoch_images"] = max(0, min(train_config.limit or len(train_set), len(train_set)) - train_config.val_size)
+    training["estimated_epoch_seconds"] = training["epoch_images"] / training["images_per_second"]
+    history = meta.get("history") or []
+    if history:
+        # As measured while the checkpoint trained (whatever else the machine was doing then).
+        training["recorded_epoch_seconds"] = [round(float(h["seconds"]), 1) for h in history]
+    return result
+
+
+def format_table(result: dict) -> str:
+    """A short human-readable table of `run_bench`'s result."""
+    machine, settings = result["machine"], result["settings"]
+    lines = [f"{machine['device']} ({machine['device_name']}), {machine['cpu_cores']} cores, "
+             f"{machine['torch_threads']} torch threads, torch {machine['torch_version']}",
+             f"routed = tau {settings['tau']:g}, threshold {settings['threshold']:g}; dense = threshold 0; "
+             f"{settings['dataset']}",
+             "",
+             f"{'batch':>6} {'dense ms':>10} {'routed ms':>10} {'speedup':>8} {'FLOPs ratio':>12} {'efficiency':>10}"]
+    for row in result["latency"].values():
+        lines.append(f"{row['batch']:>6} {row['dense_ms']:>10.3f} {row['routed_ms']:>10.3f} {row['speedup']:>8.2f} "
+                     f"{row['flops_ratio']:>12.2f} {row['efficiency']:>10.2f}")
+    lines.append("")
+    for row in result["router"].values():
+        lines.append(f"routers at batch {row['batch']}: {100 * row['flops_share']:.2f}% of routed FLOPs, "
+                     f"{100 * row['time_share']:.1f}% of routed wall time")
+    ev = result["evaluation"]
+    lines.append(f"evaluation of {ev['images']:,} images: cold {ev['cold_seconds']:.2f} s "
+                 f"({ev['cold_images_per_second']:,.0f} images/s), warm {ev['warm_seconds']:.2f} s "
+                 f"({ev['warm_images_per_second']:,.0f} images/s)")
+    tr = result["training"]
+    lines.append(f"training: {tr['images_per_second']:,.0f} images/s at batch {tr['batch_size']} "
+                 f"(~{tr['estimated_epoch_seconds'] / 60:.1f} min per epoch of {tr['epoch_images']:,} images)")
+    return "\n".join(lines)

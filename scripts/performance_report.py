@@ -1,0 +1,132 @@
+"""Accuracy per FLOP: the DRNet over thresholds against static baselines, on the full test split.
+
+    python scripts/performance_report.py                       # shipped DRNet + assets/baselines/*.pt
+    python scripts/performance_report.py --checkpoint X.pt --baselines a.pt b.pt
+
+Writes docs/results/accuracy_vs_flops.json (every figure in the tables of docs/PERFORMANCE.md) and
+docs/accuracy_vs_flops.png (accuracy vs mean multiply-adds: the DRNet's curve over thresholds at its
+default tau, the static baselines as points). Latency is the median wall time of a forward at batch 1
+(averaged over `--single-images` images) and at batch 256, warm, under torch.inference_mode.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from drnet_core.baselines import load_baseline  # noqa: E402
+from drnet_core.bench import machine_info, median_seconds  # noqa: E402
+from drnet_core.checkpoint import default_device, load_checkpoint  # noqa: E402
+from drnet_core.data import load_test_set, to_model_input  # noqa: E402
+from drnet_core.evaluate import run_routed  # noqa: E402
+
+log = logging.getLogger("performance_report")
+THRESHOLDS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+
+
+@torch.inference_mode()
+def measured_latency(model, inputs: torch.Tensor, *, tau: float, threshold: float, single_images: int,
+                     repeats: int) -> dict:
+    device = model.device
+    singles = [inputs[i:i + 1].to(device) for i in range(single_images)]
+    batch = inputs[:256].to(device)
+    one = median_seconds(lambda: [model(x, tau=tau, threshold=threshold) for x in singles], warmup=1,
+                         repeats=repeats, device=device) / len(singles)
+    many = median_seconds(lambda: model(batch, tau=tau, threshold=threshold), warmup=1, repeats=repeats, device=device)
+    return {"latency_batch_1_ms": 1e3 * one, "latency_batch_256_ms": 1e3 * many}
+
+
+def evaluate_row(model, inputs, labels, *, name: str, kind: str, tau: float, threshold: float,
+                 single_images: int, repeats: int) -> dict:
+    run = run_routed(model, inputs, labels, tau=tau, threshold=threshold)
+    row = {"name": name, "kind": kind, "tau": tau, "threshold": threshold,
+           "accuracy": float(run.correct.float().mean()), "mean_mflops": float(run.mflops.mean()),
+           "mean_active_params": float(run.active_params.mean()), "params": int(model.dense_params())}
+    row.update(measured_latency(model, inputs, tau=tau, threshold=threshold, single_images=single_images,
+                                repeats=repeats))
+    log.info("%s", row)
+    return row
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    drnet = sorted((r for r in rows if r["kind"] == "drnet"), key=lambda r: r["mean_mflops"])
+    axes.plot([r["mean_mflops"] for r in drnet], [100 * r["accuracy"] for r in drnet], "o-", color="tab:blue",
+              label=f"DRNet, tau={drnet[0]['tau']:g}, threshold varied")
+    for r in drnet:
+        axes.annotate(f"{r['threshold']:g}", (r["mean_mflops"], 100 * r["accuracy"]), textcoords="offset points",
+                      xytext=(4, -10), fontsize=7, color="tab:blue")
+    markers = {"static-cells": ("s", "tab:orange"), "plain-cnn": ("^", "tab:green")}
+    for r in rows:
+        if r["kind"] in markers:
+            marker, color = markers[r["kind"]]
+            axes.scatter([r["mean_mflops"]], [100 * r["accuracy"]], marker=marker, s=60, color=color, zorder=3,
+                         label=f"{r['name']} ({r['params']:,} params)")
+    axes.set_xscale("log")
+    axes.set_xlabel("mean multiply-adds per image (millions, log scale)")
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title(title, fontsize=10)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
+    parser.add_argument("--baselines", nargs="*", default=None,
+                        help="baseline checkpoints (default: assets/baselines/*.pt)")
+    parser.add_argument("--thresholds", type=float, nargs="*", default=list(THRESHOLDS))
+    parser.add_argument("--single-images", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--output", default=str(ROOT / "docs" / "results" / "accuracy_vs_flops.json"))
+    parser.add_argument("--plot", default=str(ROOT / "docs" / "accuracy_vs_flops.png"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    device = default_device()
+    model, meta = load_checkpoint(args.checkpoint, device=device)
+    tau = float(meta.get("default_tau", 1.0))
+    test = load_test_set(args.data_dir)
+    inputs = to_model_input(test.images)
+    rows = [evaluate_row(model, inputs, test.labels, name=f"DRNet threshold {threshold:g}", kind="drnet", tau=tau,
+                         threshold=threshold, single_images=args.single_images, repeats=args.repeats)
+            for threshold in args.thresholds]
+    baseline_paths = args.baselines if args.baselines is not None else sorted(
+        str(p) for p in (ROOT / "assets" / "baselines").glob("*.pt"))
+    for path in baseline_paths:
+        baseline, baseline_meta = load_baseline(path, device=device)
+        kind = baseline.config.kind
+        name = {"static-cells": "static cells", "plain-cnn": "plain CNN"}[kind] + f" ({Path(path).stem})"
+        row = evaluate_row(baseline, inputs, test.labels, name=name, kind=kind, tau=tau, threshold=0.0,
+                           single_images=args.single_images, repeats=args.repeats)
+        row.update(checkpoint=str(Path(path).relative_to(ROOT) if Path(path).is_absolute() else path),
+                   epochs=baseline_meta.get("epochs"), config=baseline.config.to_dict())
+        rows.append(row)
+    report = {"dataset": test.name, "drnet_checkpoint": str(args.checkpoint or "shipped"),
+              "drnet_default": {"tau": tau, "threshold": meta.get("default_threshold")},
+              "drnet_epochs": meta.get("epochs"), "machine": machine_info(device), "rows": rows}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
+    plot(rows, Path(args.plot), f"Accuracy vs cost on {test.name}")
+    print(f"wrote {args.output} and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""`bench` reports every figure with sane types; static baselines build, train, cost and reload.
+
+No timing is asserted anywhere: timings depend on the machine and its load.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from drnet_core.baselines import (BaselineConfig, PlainCNN, StaticCellNet, build_baseline, load_baseline,
+                                  most_picked_branches, plain_cnn_widths)
+from drnet_core.checkpoint import CheckpointError, save_checkpoint
+from drnet_core.config import PRESETS
+from drnet_core.train import train
+from tests.helpers import tiny_model, write_fake_fashion
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = PRESETS["tiny"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "drnet_core", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    data = write_fake_fashion(root / "data", train=96, test=40)
+    checkpoint = save_checkpoint(root / "tiny.pt", tiny_model(), {
+        "dataset": "fashion-mnist", "default_tau": 0.7, "default_threshold": 0.2,
+        "train_config": TINY.train.to_dict(), "history": [{"seconds": 1.5}]})
+    return data, checkpoint
+
+
+def test_bench_json_has_every_field(tiny_setup):
+    data, checkpoint = tiny_setup
+    done = run_cli("bench", "--json", "--checkpoint", str(checkpoint), "--data-dir", str(data), "--limit", "40",
+                   "--single-images", "4", "--warmup", "1", "--repeats", "2", "--train-steps", "1", "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    machine = result["machine"]
+    assert machine["cpu_cores"] >= 1 and machine["torch_threads"] == 1
+    assert machine["torch_version"] == str(torch.__version__) and isinstance(machine["device"], str)
+    assert result["settings"]["tau"] == 0.7 and result["settings"]["threshold"] == 0.2
+    model = tiny_model()
+    for key, batch in (("batch_1", 1), ("batch_256", 40)):  # the big batch is capped by the 40 test images
+        row = result["latency"][key]
+        assert row["batch"] == batch
+        for field in ("dense_ms", "routed_ms", "speedup", "flops_ratio", "efficiency"):
+            assert isinstance(row[field], float) and row[field] > 0, field
+        assert row["dense_mflops"] == pytest.approx(model.dense_mflops())
+        assert row["flops_ratio"] == pytest.approx(row["dense_mflops"] / row["routed_mean_mflops"])
+        assert row["efficiency"] == pytest.approx(row["speedup"] / row["flops_ratio"])
+        share = result["router"][key]
+        assert 0 < share["flops_share"] < 1 and share["time_share"] > 0
+        assert share["router_mflops"] == pytest.approx(sum(c.router_macs for c in model.cells) / 1e6)
+    evaluation = result["evaluation"]
+    assert evaluation["images"] == 40
+    assert evaluation["cold_images_per_second"] == pytest.approx(40 / evaluation["cold_seconds"])
+    assert evaluation["warm_seconds"] > 0
+    training = result["training"]
+    assert training["batch_size"] == TINY.train.batch_size and training["images_per_second"] > 0
+    assert training["epoch_images"] == 96 - TINY.train.val_size
+    assert training["recorded_epoch_seconds"] == [1.5]
+
+
+def test_bench_table_and_bad_arguments(tiny_setup):
+    data, checkpoint = tiny_setup
+    done = run_cli("bench", "--checkpoint", str(checkpoint), "--data-dir", str(data), "--limit", "8",
+                   "--single-images", "2", "--warmup", "1", "--repeats", "1", "--train-steps", "1")
+    assert done.returncode == 0, done.stderr
+    assert "efficiency" in done.stdout and "images/s" in done.stdout
+    bad = run_cli("bench", "--repeats", "0")
+    assert bad.returncode != 0 and "must be at least 1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_static_cell_net_costs_and_flop_counter_agree():
+    base = TINY.model.to_dict()
+    branches = ("sep_conv_3x3", "identity", "max_pool_3x3") * 2
+    model = StaticCellNet(BaselineConfig("static-cells", base=base, branches=branches)).eval()
+    drnet = tiny_model()
+    # Stem, reductions and head as the DRNet's, plus the chosen branches' own cost; no routers.
+    expected = (drnet.always_on_macs - sum(c.router_macs for c in drnet.cells)
+                + sum(float(cell.branch_macs[e, cell.branch_names.index(name)])
+                      for cell, names in zip(drnet.cells, (branches[:3], branches[3:]))
+                      for e, name in enumerate(names)))
+    assert model.dense_mflops() == pytest.approx(expected / 1e6)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        logits, trace = model(torch.randn(1, 1, 28, 28))
+    assert logits.shape == (1, 10)
+    assert counter.get_total_flops() / 2 / 1e6 == pytest.approx(model.dense_mflops())
+    assert float(model.mflops_per_instance(trace)[0]) == pytest.approx(model.dense_mflops())
+
+
+def test_plain_cnn_lands_near_its_target():
+    for target in (1.0, 4.0):
+        widths = plain_cnn_widths(target)
+        model = PlainCNN(BaselineConfig("plain-cnn", widths=widths))
+        assert abs(model.dense_mflops() - target) / target < 0.2
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model.eval()(torch.randn(1, 1, 28, 28))
+        assert counter.get_total_flops() / 2 / 1e6 == pytest.approx(model.dense_mflops())
+
+
+def test_most_picked_branches_follow_the_router():
+    model = tiny_model()
+    inputs = torch.randn(32, 1, 28, 28)
+    names = most_picked_branches(model, inputs, tau=0.7, threshold=0.2)
+    with torch.inference_mode():
+        _, trace = model(inputs, tau=0.7, threshold=0.2)
+    expected = [cell.branch_names[int(row.argmax())] for executed, cell in zip(trace.executed, model.cells)
+                for row in executed.sum(0)]
+    assert list(names) == expected
+
+
+def test_bad_baseline_configs_are_refused():
+    with pytest.raises(ValueError, match="unknown baseline kind"):
+        BaselineConfig("mlp")
+    with pytest.raises(ValueError, match="needs 6 branch names"):
+        StaticCellNet(BaselineConfig("static-cells", base=TINY.model.to_dict(), branches=("identity",)))
+    with pytest.raises(ValueError, match="unknown branch"):
+        StaticCellNet(BaselineConfig("static-cells", base=TINY.model.to_dict(), branches=("conv_9x9",) * 6))
+
+
+def test_baseline_trains_the_drnet_way_and_reloads(tmp_path):
+    data = write_fake_fashion(tmp_path / "data", train=96, test=40)
+    config = BaselineConfig("static-cells", base=TINY.model.to_dict(),
+                            branches=("sep_conv_3x3", "avg_pool_3x3", "identity") * 2)
+    model = build_baseline(config)
+    train_config = TINY.train.__class__(**{**TINY.train.to_dict(), "val_size": 16})
+    meta = train(config, train_config, tmp_path / "static.pt", data_dir=str(data), progress=False,
+                 select_defaults=False, model=model)
+    assert meta["epochs"] == 1 and len(meta["history"]) == 1
+    test = meta["test_default"]
+    assert test["n"] == 40 and 0.0 <= test["accuracy"] <= 1.0
+    assert test["mean_mflops"] == pytest.approx(model.dense_mflops())
+    assert test["dense_params"] == sum(p.numel() for p in model.parameters())
+    reloaded, reloaded_meta = load_baseline(tmp_path / "static.pt")
+    assert reloaded.config == config and reloaded_meta["epochs"] == 1
+    x = torch.randn(4, 1, 28, 28)
+    with torch.inference_mode():
+        torch.testing.assert_close(reloaded(x)[0], model.eval()(x)[0])
+    with pytest.raises(CheckpointError, match="not a baseline checkpoint"):
+        save_checkpoint(tmp_path / "drnet.pt", tiny_model(), {})
+        load_baseline(tmp_path / "drnet.pt")
+
+
+def test_baseline_cli_trains_a_plain_cnn(tmp_path):
+    data = write_fake_fashion(tmp_path / "data", train=96, test=40)
+    done = run_cli("baseline", "--kind", "plain-cnn", "--preset", "tiny", "--target-mflops", "0.3",
+                   "--val-size", "16", "--threads", "1", "--no-progress", "--data-dir", str(data),
+                   "--output", str(tmp_path / "cnn" / "plain.pt"))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout[done.stdout.index("{"):])
+    assert report["kind"] == "plain-cnn" and report["epochs"] == 1
+    assert report["test"]["mean_mflops"] == pytest.approx(0.3, rel=0.3)
+    bad = run_cli("baseline", "--kind", "static-cells", "--preset", "tiny", "--branches", "identity",
+                  "--data-dir", str(data), "--output", str(tmp_path / "bad.pt"))
+    assert bad.returncode == 2 and "needs 6 branch names" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,128 @@
+"""The fast eval-mode executor computes what the reference executor computes, and nothing more."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from drnet_core.cell import Cell
+from drnet_core.config import ModelConfig, PRESETS
+from drnet_core.model import DRNet
+
+THRESHOLDS = (0.0, 0.1, 0.17, 0.25, 0.4, 0.7, 1.0)
+
+
+def _model(config: ModelConfig, seed: int = 0) -> DRNet:
+    torch.manual_seed(seed)
+    model = DRNet(config)
+    # Random running statistics, so that batch norm is not the identity and differences would show.
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.2)
+    # Larger router logits spread the softmax weights, so thresholds select different subsets.
+    for cell in model.cells:
+        cell.router.mlp[-1].weight.data.mul_(20)
+    return model.eval()
+
+
+def _set_reference(model: DRNet, reference: bool) -> None:
+    for cell in model.cells:
+        cell.reference_executor = reference
+
+
+def _both(model: DRNet, x: torch.Tensor, **kwargs):
+    _set_reference(model, True)
+    reference = model(x, **kwargs)
+    _set_reference(model, False)
+    fast = model(x, **kwargs)
+    return reference, fast
+
+
+def _assert_same(reference, fast) -> None:
+    (ref_logits, ref_trace), (fast_logits, fast_trace) = reference, fast
+    torch.testing.assert_close(fast_logits, ref_logits, atol=1e-5, rtol=1e-5)
+    for ref_executed, fast_executed in zip(ref_trace.executed, fast_trace.executed):
+        assert torch.equal(ref_executed, fast_executed)
+    # Later cells see inputs that differ in the last float bits (another summation order).
+    for ref_weights, fast_weights in zip(ref_trace.weights, fast_trace.weights):
+        torch.testing.assert_close(fast_weights, ref_weights, atol=1e-6, rtol=1e-5)
+    assert torch.equal(ref_trace.weights[0], fast_trace.weights[0])
+
+
+@pytest.mark.parametrize("preset_name", ["tiny", "fashion"])
+@pytest.mark.parametrize("threshold", THRESHOLDS)
+def test_fast_executor_matches_reference(preset_name: str, threshold: float) -> None:
+    model = _model(PRESETS[preset_name].model)
+    x = torch.randn(12, 1, 28, 28)
+    with torch.inference_mode():
+        reference, fast = _both(model, x, tau=0.7, threshold=threshold)
+    _assert_same(reference, fast)
+    selected = torch.cat([e.flatten(1) for e in fast[1].executed], 1).float().mean()
+    if 0 < threshold < 1:
+        # The case worth testing: some instances run a branch and others do not.
+        assert 0 < float(selected) < 1
+
+
+def test_fast_executor_matches_reference_at_batch_one() -> None:
+    model = _model(PRESETS["fashion"].model, seed=1)
+    with torch.inference_mode():
+        for index in range(6):
+            x = torch.randn(1, 1, 28, 28)
+            for threshold in (0.0, 0.2, 0.5):
+                _assert_same(*_both(model, x, tau=1.0, threshold=threshold))
+
+
+def test_fast_executor_with_noise_and_overrides() -> None:
+    model = _model(PRESETS["fashion"].model, seed=2)
+    x = torch.randn(16, 1, 28, 28)
+    overrides = [torch.zeros(c, b, dtype=torch.long) for c, b in model.routing_shape()]
+    overrides[0][0, 0] = 1    # force a branch on
+    overrides[1][2, 1] = -1   # and one off
+    overrides[2][:, :] = -1   # a cell with every branch off degrades to the identity
+    with torch.inference_mode():
+        noise = model.sample_noise(16, seed=5)
+        reference, fast = _both(model, x, tau=0.5, threshold=0.2, gumbel_noise=noise, branch_overrides=overrides)
+    _assert_same(reference, fast)
+    assert bool(fast[1].executed[0][:, 0, 0].all())
+    assert not bool(fast[1].executed[2].any())
+
+
+def test_fast_executor_gradients_match_reference() -> None:
+    """Attribution methods differentiate an eval-mode model: the in-place accumulation must be exact there too."""
+    model = _model(PRESETS["tiny"].model, seed=3)
+    x = torch.randn(8, 1, 28, 28)
+    grads = []
+    for reference in (True, False):
+        _set_reference(model, reference)
+        xi = x.clone().requires_grad_(True)
+        logits, _ = model(xi, tau=0.7, threshold=0.2)
+        logits[:, 3].sum().backward()
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("threshold", (0.0, 0.15, 0.3, 0.6))
+def test_flop_counter_matches_mflops_per_instance(threshold: float) -> None:
+    """torch's FlopCounterMode counts 2 per multiply-add: half of it must equal what the trace claims ran."""
+    model = _model(PRESETS["fashion"].model, seed=4)
+    for seed in range(3):
+        x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            _, trace = model(x, tau=0.7, threshold=threshold)
+        assert counter.get_total_flops() / 2 / 1e6 == pytest.approx(float(model.mflops_per_instance(trace)[0]), rel=1e-9)
+
+
+def test_training_mode_ignores_the_fast_executor() -> None:
+    """Training keeps the reference executor (the shipped checkpoint was trained with it)."""
+    model = _model(PRESETS["tiny"].model, seed=6).train()
+    x = torch.randn(8, 1, 28, 28)
+    outputs = []
+    for reference in (True, False):
+        _set_reference(model, reference)
+        torch.manual_seed(0)  # the same Gumbel noise for both runs
+        outputs.append(model(x, tau=1.0, threshold=0.2)[0])
+    assert torch.equal(outputs[0], outputs[1])
+    assert Cell.reference_executor is False
