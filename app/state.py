@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from drnet_core.evaluate import RoutedRun, run_routed, summarize
 from drnet_core.images import ImageRejected, PreparedImage, image_from_bytes, prepare_dataset_image, prepare_image
 
 EVAL_LIMIT_ENV = "DRNET_EVAL_LIMIT"
+SERVER_PATHS_ENV = "DRNET_ALLOW_SERVER_PATHS"
 DEFAULT_EVAL_LIMIT = 2000
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "drnet-explorer-checkpoints"
 
@@ -97,7 +99,8 @@ def publish(*keys: str) -> None:
 
 # ---- cached loaders ------------------------------------------------------------------------------
 
-@st.cache_resource(show_spinner="Loading the checkpoint…")
+# Bounded: every distinct uploaded checkpoint would otherwise stay in memory for the life of the server.
+@st.cache_resource(show_spinner="Loading the checkpoint…", max_entries=4)
 def model_and_meta(path: str, sha256: str):
     """One model per process and checkpoint, shared read-only by every session (never trained or edited)."""
     model, meta = load_checkpoint(path, device=default_device(), verify_sha256=path == str(SHIPPED_CHECKPOINT))
@@ -205,7 +208,10 @@ def store_uploaded_checkpoint(data: bytes) -> Path:
     UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
     path = UPLOAD_DIR / f"{digest}.pt"
     if not path.exists():
-        path.write_bytes(data)
+        # Write then rename, so a second session uploading the same file never reads it half-written.
+        partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        partial.write_bytes(data)
+        os.replace(partial, path)
     return path
 
 
@@ -213,8 +219,10 @@ def checkpoint_choice() -> tuple[str, str, str]:
     """(path, sha256, display name) of the checkpoint to use; errors fall back to the shipped one."""
     shipped = (str(SHIPPED_CHECKPOINT), sha256_of(SHIPPED_CHECKPOINT), SHIPPED_CHECKPOINT.name)
     with st.sidebar.expander("Checkpoint", expanded=False):
-        source = st.radio("Model", ["Shipped", "Upload a file", "Path on the server"], key="checkpoint_source",
-                          horizontal=False)
+        # Reading arbitrary server paths is for a local install only: anyone reaching a shared app could
+        # otherwise make the server open any file it can read.
+        sources = ["Shipped", "Upload a file"] + (["Path on the server"] if os.environ.get(SERVER_PATHS_ENV) == "1" else [])
+        source = st.radio("Model", sources, key="checkpoint_source", horizontal=False)
         chosen = None
         try:
             if source == "Upload a file":
