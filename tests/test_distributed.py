@@ -177,7 +177,8 @@ def test_sharded_sweep_equals_one_process_on_every_rank(collective):
     ranks, _ = collective
     for result in ranks:
         assert result["sweep_sharded"] == result["sweep_single"]
-    assert len({row["distinct_paths"] for row in ranks[0]["sweep_single"]}) > 1  # routing really varies
+    # The grid really changes what runs (threshold 0 is dense), so equal rows are not trivially equal.
+    assert len({round(row["mean_mflops"], 6) for row in ranks[0]["sweep_single"]}) > 1
 
 
 def test_sharded_noisy_run_equals_one_process_bit_for_bit(collective):
