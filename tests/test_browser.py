@@ -17,17 +17,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from chromium import AVAILABLE, MISSING_REASON, new_chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 # The default page is served at the root: Streamlit ignores its url_path.
 PAGES = {"": "Inspect an image", "tradeoff": "Temperature & threshold", "clusters": "Routing clusters",
          "audit": "Cost audit", "how-it-works": "How it works"}
 
-pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-                                reason="chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
+pytestmark = pytest.mark.skipif(not AVAILABLE,
+                                reason=MISSING_REASON)
 
 
 def free_port() -> int:
@@ -77,18 +76,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="drnet-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-gpu", "--window-size=1500,1150",
-                 f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(120)
+    driver, profile = new_chromium("1500,1150", page_load_timeout=120, profile_prefix="drnet-chromium-")
     try:
         yield driver
     finally:

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from chromium import AVAILABLE, MISSING_REASON, new_chromium
 import torch
 
 os.environ.setdefault("DRNET_EVAL_LIMIT", "40")
@@ -39,7 +40,6 @@ from drnet_core.images import prepare_dataset_image  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app" / "streamlit_app.py")
 TIMEOUT = 300
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 # Each session's own settings, as URL query parameters (the app reads them once per session).
 SESSIONS = [
@@ -179,19 +179,7 @@ def server():
 
 
 def new_browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="drnet-load-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-gpu", "--window-size=1400,1000",
-                 f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(300)
-    return driver, profile
+    return new_chromium("1400,1000", page_load_timeout=300, profile_prefix="drnet-load-")
 
 
 def metrics_when_idle(driver, timeout: float = 600) -> dict[str, str]:
@@ -238,8 +226,8 @@ def client(url: str, assignments: list[dict]) -> list[tuple[dict, dict]]:
 
 @pytest.mark.skipif(os.environ.get("DRNET_LOAD_TEST") != "1",
                     reason="opt-in: DRNET_LOAD_TEST=1 (starts a server and several browsers; minutes on a free machine)")
-@pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-                    reason="chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
+@pytest.mark.skipif(not AVAILABLE,
+                    reason=MISSING_REASON)
 def test_load_many_browsers_each_see_their_own_numbers(server, reference):
     assignments = [[SESSIONS[(c + r * CLIENTS) % len(SESSIONS)] for r in range(REQUESTS_PER_CLIENT)]
                    for c in range(CLIENTS)]

@@ -1,0 +1,30 @@
+"""Debian's headless Chromium for the real-browser tests, with the flags this machine needs.
+
+Background networking, component updates and sync are off: the machine reaches only localhost, and
+Chromium's own connections would otherwise be refused many at a time.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+AVAILABLE = Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()
+MISSING_REASON = "chromium / chromedriver not installed (apt-get install chromium chromium-driver)"
+
+
+def new_chromium(window_size: str, page_load_timeout: float, profile_prefix: str):
+    """(driver, profile folder): a fresh headless browser with its own user-data dir."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix=profile_prefix)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-gpu", f"--window-size={window_size}",
+                 f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(page_load_timeout)
+    return driver, profile
