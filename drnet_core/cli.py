@@ -68,7 +68,7 @@ def cmd_train(args) -> int:
 
     chosen = preset(args.preset)
     overrides = {key: getattr(args, key) for key in ("epochs", "seed", "batch_size", "lr", "cost_weight",
-                                                      "train_threshold", "limit", "val_size") if getattr(args, key) is not None}
+                                                      "balance_weight", "train_threshold", "limit", "val_size") if getattr(args, key) is not None}
     train_config = chosen.train.__class__(**{**chosen.train.to_dict(), **overrides})
     meta = train(chosen.model, train_config, args.output, dataset=args.dataset, data_dir=args.data_dir,
                  progress=not args.no_progress, evaluate_test=not args.skip_test)
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10"])
     train.add_argument("--output", required=True, help="checkpoint path (its resume file sits beside it)")
     for name, kind in (("epochs", int), ("seed", int), ("batch-size", int), ("lr", float), ("cost-weight", float),
-                       ("train-threshold", float), ("limit", int), ("val-size", int)):
+                       ("balance-weight", float), ("train-threshold", float), ("limit", int), ("val-size", int)):
         train.add_argument(f"--{name}", type=kind, default=None, help="override the preset's value")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--skip-test", action="store_true", help="do not evaluate the test split at the end")
