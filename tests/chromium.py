@@ -28,3 +28,30 @@ def new_chromium(window_size: str, page_load_timeout: float, profile_prefix: str
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(page_load_timeout)
     return driver, profile
+
+
+def wait_until_stable(driver, is_ready, settle: float, timeout: float, poll: float = 0.4) -> str:
+    """The page text once Streamlit has finished running and the text has not changed for `settle` s.
+
+    `is_ready(driver, text)` says the page holds what the test waits for: until the script's first
+    run arrives, the page holds only a skip link, which is stable too.
+    """
+    import time
+
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout
+    previous, stable_since = None, None
+    while time.monotonic() < deadline:
+        busy = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"], [data-testid="stSpinner"], '
+                                                     '[data-testid="stSkeleton"]')
+        text = driver.find_element(By.TAG_NAME, "body").text
+        if not busy and text == previous and is_ready(driver, text):
+            if stable_since is not None and time.monotonic() - stable_since >= settle:
+                return text
+            stable_since = stable_since or time.monotonic()
+        else:
+            stable_since = None
+        previous = text
+        time.sleep(poll)
+    raise TimeoutError("the app did not finish running")

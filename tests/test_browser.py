@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from chromium import AVAILABLE, MISSING_REASON, new_chromium
+from chromium import AVAILABLE, MISSING_REASON, new_chromium, wait_until_stable
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -85,26 +85,13 @@ def browser():
 
 
 def wait_idle(driver, timeout: float = 240) -> str:
-    """Wait until Streamlit's script has finished (no running indicator, no spinner) and the text is stable."""
+    """Page text once the script has finished and the view (every view has a title) is stable."""
     from selenium.webdriver.common.by import By
 
-    deadline = time.monotonic() + timeout
-    previous, stable_since = None, None
-    while time.monotonic() < deadline:
-        busy = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"], [data-testid="stSpinner"], '
-                                                     '[data-testid="stSkeleton"]')
-        text = driver.find_element(By.TAG_NAME, "body").text
-        # Until the script's first run arrives, the page holds only a skip link: every view has a title.
-        rendered = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] h1')
-        if rendered and not busy and text == previous and "Please wait" not in text:
-            if stable_since is not None and time.monotonic() - stable_since >= 1.5:
-                return text
-            stable_since = stable_since or time.monotonic()
-        else:
-            stable_since = None
-        previous = text
-        time.sleep(0.4)
-    raise TimeoutError("the app did not finish running")
+    def ready(driver, text: str) -> bool:
+        return bool(driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] h1')) and "Please wait" not in text
+
+    return wait_until_stable(driver, ready, settle=1.5, timeout=timeout)
 
 
 def assert_no_error(driver, text: str) -> None:

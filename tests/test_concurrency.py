@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from chromium import AVAILABLE, MISSING_REASON, new_chromium
+from chromium import AVAILABLE, MISSING_REASON, new_chromium, wait_until_stable
 import torch
 
 os.environ.setdefault("DRNET_EVAL_LIMIT", "40")
@@ -186,28 +186,16 @@ def metrics_when_idle(driver, timeout: float = 600) -> dict[str, str]:
     """The main metric row once the script has finished and the page text has been stable for 2 s."""
     from selenium.webdriver.common.by import By
 
-    deadline = time.monotonic() + timeout
-    previous, stable_since = None, None
-    while time.monotonic() < deadline:
-        busy = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"], [data-testid="stSpinner"], '
-                                                     '[data-testid="stSkeleton"]')
-        text = driver.find_element(By.TAG_NAME, "body").text
-        if not busy and text == previous and "Executed MFLOPs" in text:
-            if stable_since is not None and time.monotonic() - stable_since >= 2.0:
-                assert not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'), text[:2000]
-                assert "Something went wrong" not in text and "Traceback" not in text
-                values: dict[str, str] = {}
-                for metric in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]'):
-                    label = metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricLabel"]').text.strip()
-                    value = metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricValue"]').text.strip()
-                    values.setdefault(label, value)
-                return {key: values.get(key) for key in ("Executed MFLOPs", "Prediction", "Active parameters")}
-            stable_since = stable_since or time.monotonic()
-        else:
-            stable_since = None
-        previous = text
-        time.sleep(0.5)
-    raise TimeoutError("the page did not finish")
+    text = wait_until_stable(driver, lambda driver, text: "Executed MFLOPs" in text, settle=2.0, timeout=timeout,
+                             poll=0.5)
+    assert not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'), text[:2000]
+    assert "Something went wrong" not in text and "Traceback" not in text
+    values: dict[str, str] = {}
+    for metric in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]'):
+        label = metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricLabel"]').text.strip()
+        value = metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricValue"]').text.strip()
+        values.setdefault(label, value)
+    return {key: values.get(key) for key in ("Executed MFLOPs", "Prediction", "Active parameters")}
 
 
 def client(url: str, assignments: list[dict]) -> list[tuple[dict, dict]]:
