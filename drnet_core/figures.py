@@ -121,7 +121,11 @@ def tradeoff_figure(rows: list[dict], current: dict, comparison: dict | None = N
                        f"accuracy {setting['accuracy']:.1%}<br>{setting['mflops_fraction_of_dense']:.1%} of dense"],
             hoverinfo="text"))
     figure.update_xaxes(title="mean FLOPs relative to dense", tickformat=".0%")
-    figure.update_yaxes(title="accuracy", tickformat=".0%")
+    # Autorange pads a flat curve far past 100%; keep the axis inside [0, 1] around the points shown.
+    shown = list(table["accuracy"]) + [s["accuracy"] for s in (current, comparison) if s is not None]
+    low, high = min(shown), max(shown)
+    margin = max(0.02, (high - low) * 0.15)
+    figure.update_yaxes(title="accuracy", tickformat=".0%", range=[max(0.0, low - margin), min(1.0, high + margin)])
     return _style(figure, title, height=380, legend=dict(orientation="h", y=-0.2))
 
 
