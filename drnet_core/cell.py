@@ -114,24 +114,17 @@ class Cell(nn.Module):
             out, executed = self.forward_sparse(x, weights, selected)
             return out, logits, weights, executed
 
-        batch = x.shape[0]
+        executed = self.executed_mask(selected)
         nodes = [x]
-        node_reached = [torch.ones(batch, dtype=torch.bool, device=x.device)]
-        executed = torch.zeros_like(selected)
         for target in range(1, self.nodes_per_cell + 1):
-            incoming = [e for e, (_, t) in enumerate(self.connections) if t == target]
-            node, reached = None, torch.zeros(batch, dtype=torch.bool, device=x.device)
-            for edge_index in incoming:
+            node = None
+            for edge_index in self.incoming[target]:
                 source = self.connections[edge_index][0]
-                mask = selected[:, edge_index] & node_reached[source].unsqueeze(1)
-                executed[:, edge_index] = mask
-                contribution = run_connection(self.edges[edge_index], nodes[source], weights[:, edge_index], mask,
-                                              training=self.training)
+                contribution = run_connection(self.edges[edge_index], nodes[source], weights[:, edge_index],
+                                              executed[:, edge_index], training=self.training)
                 if contribution is not None:
                     node = contribution if node is None else node + contribution
-                reached |= mask.any(dim=1)
             nodes.append(node if node is not None else torch.zeros_like(x))
-            node_reached.append(reached)
         out = nodes[0]
         for node in nodes[1:]:
             out = out + node
