@@ -22,17 +22,13 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .evaluate import RoutedRun, run_routed, summarize
+from .evaluate import RoutedRun, run_routed
 from .model import DRNet
 
 log = logging.getLogger(__name__)
 
 # Per-instance fields of a RoutedRun, concatenated across ranks; the rest are the shared settings.
 _INSTANCE_FIELDS = tuple(f.name for f in fields(RoutedRun) if f.name not in ("tau", "threshold", "noise_seed"))
-_SWEEP_KEYS = ("accuracy", "mean_mflops", "mflops_fraction_of_dense", "mean_active_params", "distinct_paths",
-               "mflops_cv")
-
-
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
@@ -204,7 +200,7 @@ def sweep_sharded(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, taus
                   progress: bool = False, batch_size: int = 1000,
                   ctx: DistributedContext | None = None) -> list[dict]:
     """`evaluate.sweep` with every setting's evaluation split across the ranks; same rows on every rank."""
-    from .evaluate import sweep
+    from .evaluate import sweep, sweep_row
 
     if ctx is None or not ctx.distributed:
         return sweep(model, inputs, labels, taus, thresholds, progress=progress, batch_size=batch_size)
@@ -214,7 +210,5 @@ def sweep_sharded(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, taus
     grid = [(float(t), float(h)) for t in taus for h in thresholds]
     for tau, threshold in tqdm(grid, desc="sweep", disable=not (progress and ctx.is_main)):
         run = run_routed_sharded(model, inputs, labels, tau=tau, threshold=threshold, batch_size=batch_size, ctx=ctx)
-        # summarize computes each sweep column with the same formula as evaluate.sweep.
-        summary = summarize(run, model, "", ())
-        rows.append({"tau": tau, "threshold": threshold, **{key: summary[key] for key in _SWEEP_KEYS}})
+        rows.append(sweep_row(run, model))
     return rows

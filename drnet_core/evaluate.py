@@ -103,21 +103,22 @@ def summarize(run: RoutedRun, model: DRNet, dataset: str, class_names: tuple[str
     }
 
 
+SWEEP_COLUMNS = ("accuracy", "mean_mflops", "mflops_fraction_of_dense", "mean_active_params", "distinct_paths",
+                 "mflops_cv")
+
+
+def sweep_row(run: RoutedRun, model: DRNet) -> dict:
+    """One trade-off row: the setting and the summary columns a sweep reports."""
+    summary = summarize(run, model, "", ())
+    return {"tau": run.tau, "threshold": run.threshold, **{key: summary[key] for key in SWEEP_COLUMNS}}
+
+
 def sweep(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, taus, thresholds, *,
           progress: bool = False, batch_size: int = 1000) -> list[dict]:
     """One row per (tau, threshold): accuracy, mean/relative MFLOPs, active params, paths, CV."""
-    rows = []
     grid = [(float(t), float(h)) for t in taus for h in thresholds]
-    dense = model.dense_mflops()
-    for tau, threshold in tqdm(grid, desc="sweep", disable=not progress):
-        run = run_routed(model, inputs, labels, tau=tau, threshold=threshold, batch_size=batch_size)
-        mean = float(run.mflops.mean())
-        rows.append({"tau": tau, "threshold": threshold, "accuracy": float(run.correct.float().mean()),
-                     "mean_mflops": mean, "mflops_fraction_of_dense": mean / dense,
-                     "mean_active_params": float(run.active_params.mean()),
-                     "distinct_paths": int(torch.unique(run.path_masks, dim=0).shape[0]),
-                     "mflops_cv": float(run.mflops.std(unbiased=False) / mean) if mean > 0 else 0.0})
-    return rows
+    return [sweep_row(run_routed(model, inputs, labels, tau=tau, threshold=threshold, batch_size=batch_size), model)
+            for tau, threshold in tqdm(grid, desc="sweep", disable=not progress)]
 
 
 def choose_default_setting(rows: list[dict], budget_fraction: float = 0.35) -> dict:
