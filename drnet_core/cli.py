@@ -63,15 +63,29 @@ def _eval_set(args, meta: dict):
     return test, to_model_input(test.images, dataset)
 
 
+TRAIN_OVERRIDES = {"epochs": int, "seed": int, "batch_size": int, "lr": float, "cost_weight": float,
+                   "balance_weight": float, "train_threshold": float, "threshold_warmup_epochs": float,
+                   "tau_start": _tau, "tau_end": _tau, "limit": int, "val_size": int}
+
+
 def cmd_train(args) -> int:
     from .train import train
 
     chosen = preset(args.preset)
-    overrides = {key: getattr(args, key) for key in ("epochs", "seed", "batch_size", "lr", "cost_weight",
-                                                      "balance_weight", "train_threshold", "limit", "val_size") if getattr(args, key) is not None}
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    overrides = {key: getattr(args, key) for key in TRAIN_OVERRIDES if getattr(args, key) is not None}
+    if args.init_from:
+        overrides["init_from"] = args.init_from
     train_config = chosen.train.__class__(**{**chosen.train.to_dict(), **overrides})
-    meta = train(chosen.model, train_config, args.output, dataset=args.dataset, data_dir=args.data_dir,
-                 progress=not args.no_progress, evaluate_test=not args.skip_test)
+    try:
+        meta = train(chosen.model, train_config, args.output, dataset=args.dataset, data_dir=args.data_dir,
+                     progress=not args.no_progress, evaluate_test=not args.skip_test)
+    except ValueError as error:  # a resume file of another config, an --init-from of another architecture
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if meta:
         print(json.dumps({k: v for k, v in meta.items() if k not in ("history", "validation_sweep", "train_config")},
                          indent=2))
@@ -227,9 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default="fashion", choices=sorted(PRESETS), help="model and training preset")
     train.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10"])
     train.add_argument("--output", required=True, help="checkpoint path (its resume file sits beside it)")
-    for name, kind in (("epochs", int), ("seed", int), ("batch-size", int), ("lr", float), ("cost-weight", float),
-                       ("balance-weight", float), ("train-threshold", float), ("limit", int), ("val-size", int)):
-        train.add_argument(f"--{name}", type=kind, default=None, help="override the preset's value")
+    for name, kind in TRAIN_OVERRIDES.items():
+        train.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help="override the preset's value")
+    train.add_argument("--init-from", default=None, help="start from this checkpoint's weights (same preset) with a "
+                       "fresh optimizer and schedule: fine-tune a finished run")
+    train.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--skip-test", action="store_true", help="do not evaluate the test split at the end")
     data_options(train)

@@ -76,6 +76,9 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     limit: int | None = None  # use only the first N training images (smoke runs, tests)
+    # Start from this checkpoint's weights (same architecture) with a fresh optimizer and schedule:
+    # continuing a finished run under a new objective costs a fraction of training from scratch.
+    init_from: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -95,6 +95,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
     loader = DataLoader(train_set, batch_size=train_config.batch_size, sampler=sampler, drop_last=True)
 
     model = (DRNet(model_config) if model is None else model).to(ctx.device)
+    parent = warm_start(model, model_config, train_config.init_from) if train_config.init_from else None
     optimizer = torch.optim.SGD(model.parameters(), lr=train_config.lr, momentum=train_config.momentum,
                                 nesterov=True, weight_decay=train_config.weight_decay)
     steps_per_epoch = len(loader)
@@ -175,10 +176,28 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
     replicas = replica_report(model, ctx)
     meta = finalize(model, model_config, train_config, output, history, full_train, inputs, val_idx,
                     dataset=dataset, data_dir=data_dir, select_defaults=select_defaults,
-                    evaluate_test=evaluate_test, progress=progress, ctx=ctx, replicas=replicas)
+                    evaluate_test=evaluate_test, progress=progress, ctx=ctx, replicas=replicas, parent=parent)
     ctx.barrier()
     ctx.close()
     return meta if ctx.is_main else {}
+
+
+def warm_start(model: torch.nn.Module, model_config, path: str) -> dict:
+    """Load a finished checkpoint's weights into `model`; returns what the new checkpoint records of it.
+
+    The checkpoint is loaded the safe way (`load_checkpoint`) and must hold the same architecture,
+    so a fine-tuned model is the parent's network trained further, never a silent reshape.
+    """
+    from .checkpoint import load_checkpoint, sha256_of
+
+    parent, meta = load_checkpoint(path)
+    if parent.config != model_config:
+        raise ValueError(f"{path} holds a different architecture ({parent.config}); "
+                         f"--init-from needs a checkpoint of the preset being trained ({model_config})")
+    model.load_state_dict(parent.state_dict())
+    return {"path": str(path), "sha256": sha256_of(path), "epochs": meta.get("epochs"),
+            "train_config": meta.get("train_config"), "history": meta.get("history", []),
+            "test_default": meta.get("test_default")}
 
 
 def check_input_fits(images: ImageSet, model_config) -> None:
@@ -258,7 +277,8 @@ def replica_report(model: torch.nn.Module, ctx: DistributedContext) -> dict | No
 def finalize(model: DRNet, model_config: ModelConfig, train_config: TrainConfig, output: Path, history: list,
              full_train: ImageSet, inputs: torch.Tensor, val_idx: torch.Tensor, *, dataset: str,
              data_dir: str | None, select_defaults: bool, evaluate_test: bool, progress: bool,
-             ctx: DistributedContext | None = None, replicas: dict | None = None) -> dict:
+             ctx: DistributedContext | None = None, replicas: dict | None = None,
+             parent: dict | None = None) -> dict:
     """Choose default routing on held-out training images, report test figures, write the checkpoint.
 
     With several processes every rank calls it (the evaluations are sharded); rank 0 writes.
@@ -279,6 +299,8 @@ def finalize(model: DRNet, model_config: ModelConfig, train_config: TrainConfig,
         "dataset": dataset,
         "class_names": list(class_names),
         "epochs": len(history),
+        # Epochs since random initialisation: a warm-started run adds its parent's.
+        "total_epochs": len(history) + (int(parent["epochs"] or 0) if parent else 0),
         "seed": train_config.seed,
         "train_config": train_config.to_dict(),
         "train_images": len(full_train) - len(val_idx),
@@ -300,6 +322,8 @@ def finalize(model: DRNet, model_config: ModelConfig, train_config: TrainConfig,
             meta[f"test_{label}"] = summary
     if replicas is not None:
         meta["distributed"] = replicas
+    if parent is not None:
+        meta["initialized_from"] = parent
     if is_main:
         save_checkpoint(output, model, meta)
         log.info("wrote %s", output)
