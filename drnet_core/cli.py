@@ -19,6 +19,7 @@ from pathlib import Path
 from .checkpoint import CheckpointError, default_device, load_checkpoint
 from .config import PRESETS, preset
 from .data import DatasetError
+from .evaluate import EVAL_BATCH_SIZE
 
 log = logging.getLogger("drnet_core")
 
@@ -258,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--noise-seed", type=int, default=None, help="turn Gumbel noise on with this seed")
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N images")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    evaluate.add_argument("--batch-size", type=int, default=1000, help="images per forward pass (under torchrun, "
+    evaluate.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH_SIZE, help="images per forward pass (under torchrun, "
                           "each process takes whole batches)")
     data_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
@@ -270,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--limit", type=int, default=None)
     sweep.add_argument("--format", choices=["csv", "json"], default="csv")
     sweep.add_argument("--output", help="file to write (default: stdout)")
-    sweep.add_argument("--batch-size", type=int, default=1000, help="images per forward pass (under torchrun, "
+    sweep.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH_SIZE, help="images per forward pass (under torchrun, "
                        "each process takes whole batches)")
     data_options(sweep)
     sweep.set_defaults(func=cmd_sweep)

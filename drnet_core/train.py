@@ -42,7 +42,7 @@ from .checkpoint import save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import FASHION_CLASSES, CIFAR10_CLASSES, DatasetError, ImageSet, augment, load_split, to_model_input
 from .distributed import DistributedContext, run_routed_sharded, state_fingerprint, sweep_sharded
-from .evaluate import choose_default_setting, summarize
+from .evaluate import DEFAULT_SELECTION_RULE, choose_default_setting, summarize
 from .model import DRNet
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
             sums[0] += loss.item() * n
             sums[1] += float((logits.argmax(1) == labels).sum())
             sums[2] += n
-            sums[3] += float(cost) * n
+            sums[3] += float(cost.detach()) * n
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}",
                                 cost=f"{sums[3] / sums[2]:.3f}", tau=f"{tau:.2f}", thr=f"{threshold:.2f}")
@@ -307,7 +307,7 @@ def finalize(model: DRNet, model_config: ModelConfig, train_config: TrainConfig,
         "validation_images": len(val_idx),
         "default_tau": default["tau"],
         "default_threshold": default["threshold"],
-        "default_selection": "most accurate setting within 35% of dense FLOPs on the held-out validation images",
+        "default_selection": DEFAULT_SELECTION_RULE,
         "history": history,
         "validation_sweep": val_rows,
     }

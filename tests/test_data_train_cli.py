@@ -16,7 +16,7 @@ from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, save_chec
 from drnet_core.config import PRESETS, ModelConfig
 from drnet_core.data import (FASHION_CLASSES, DatasetError, augment, load_fashion_mnist, load_shipped_subset,
                              load_test_set, to_model_input)
-from drnet_core.evaluate import run_routed
+from drnet_core.evaluate import choose_default_setting, run_routed
 from drnet_core.train import train
 
 from helpers import tiny_model, write_fake_fashion
@@ -103,6 +103,34 @@ def test_training_resumes_and_writes_a_checkpoint_with_metadata(tmp_path):
         assert key in loaded
     assert loaded["test_dense"]["mean_mflops"] == pytest.approx(model.dense_mflops())
     assert (tmp_path / "model.pt.sha256").read_text().split()[0] == sha256_of(output)
+
+
+def test_init_from_starts_at_the_parent_weights_and_records_it(tmp_path):
+    data, model_config, train_config = tiny_training(tmp_path, epochs=1)
+    parent = tmp_path / "parent.pt"
+    train(model_config, train_config, parent, data_dir=str(data), progress=False, select_defaults=False)
+    child_config = replace(train_config, init_from=str(parent), lr=0.0)
+    meta = train(model_config, child_config, tmp_path / "child.pt", data_dir=str(data), progress=False,
+                 select_defaults=False)
+    assert meta["total_epochs"] == 2 and meta["initialized_from"]["sha256"] == sha256_of(parent)
+    # With a zero learning rate only batch-norm statistics move: the weights are the parent's.
+    (before, _), (after, _) = load_checkpoint(parent), load_checkpoint(tmp_path / "child.pt")
+    assert torch.equal(before.stem[0].weight, after.stem[0].weight)
+    other = replace(model_config, stem_channels=model_config.stem_channels + 2)
+    with pytest.raises(ValueError, match="different architecture"):
+        train(other, child_config, tmp_path / "other.pt", data_dir=str(data), progress=False, select_defaults=False)
+
+
+def test_default_setting_is_the_most_accurate_instance_aware_one_within_budget():
+    def row(accuracy, fraction, paths, cv):
+        return {"accuracy": accuracy, "mflops_fraction_of_dense": fraction, "mean_mflops": 10 * fraction,
+                "distinct_paths": paths, "mflops_cv": cv}
+
+    one_path, aware, too_costly = row(0.95, 0.2, 1, 0.0), row(0.93, 0.3, 40, 0.2), row(0.96, 0.5, 80, 0.3)
+    assert choose_default_setting([one_path, aware, too_costly]) is aware
+    # Nothing instance-aware within budget: the most accurate affordable setting, not nothing.
+    assert choose_default_setting([one_path, too_costly]) is one_path
+    assert choose_default_setting([too_costly, row(0.9, 0.6, 3, 0.1)]) is too_costly
 
 
 def test_training_on_learnable_data_beats_chance(tmp_path):
