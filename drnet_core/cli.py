@@ -93,6 +93,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_select_default(args) -> int:
+    from .train import reselect_default
+
+    meta = reselect_default(args.checkpoint, args.output or args.checkpoint, data_dir=args.data_dir,
+                            progress=not args.no_progress)
+    print(json.dumps({"default_tau": meta["default_tau"], "default_threshold": meta["default_threshold"],
+                      "default_selection": meta["default_selection"], "test_default": meta.get("test_default"),
+                      "test_dense": meta.get("test_dense")}, indent=2))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .distributed import DistributedContext, run_routed_sharded
     from .evaluate import summarize
@@ -251,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--skip-test", action="store_true", help="do not evaluate the test split at the end")
     data_options(train)
     train.set_defaults(func=cmd_train)
+
+    select = commands.add_parser("select-default", help="choose a trained checkpoint's default tau/threshold again "
+                                 "on its held-out training images (current rule) and rewrite its test figures")
+    select.add_argument("--checkpoint", required=True, help="trained checkpoint")
+    select.add_argument("--output", default=None, help="where to write it (default: in place)")
+    select.add_argument("--no-progress", action="store_true", help="no progress bar")
+    data_options(select)
+    select.set_defaults(func=cmd_select_default)
 
     evaluate = commands.add_parser("evaluate", help="accuracy and executed FLOPs at one setting")
     evaluate.add_argument("--checkpoint", default=None, help="checkpoint file (default: the shipped one)")

@@ -200,6 +200,27 @@ def warm_start(model: torch.nn.Module, model_config, path: str) -> dict:
             "test_default": meta.get("test_default")}
 
 
+def reselect_default(checkpoint: str | os.PathLike, output: str | os.PathLike, *, data_dir: str | None = None,
+                     progress: bool = True) -> dict:
+    """Choose a trained checkpoint's default setting again under the current rule, report, and write it.
+
+    The held-out images are the same ones the run held out (its seed and `val_size`), so the choice
+    still never sees the test split; the weights are untouched.
+    """
+    from .checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint)
+    train_config = TrainConfig.from_dict(meta.get("train_config") or {})
+    dataset = meta.get("dataset", "fashion-mnist")
+    full_train = load_split(dataset, "train", data_dir)
+    if train_config.limit:
+        full_train = full_train.subset(train_config.limit)
+    _, val_idx = split_train_val(full_train, train_config.val_size, train_config.seed)
+    return finalize(model, model.config, train_config, Path(output), meta.get("history", []), full_train,
+                    to_model_input(full_train.images, dataset), val_idx, dataset=dataset, data_dir=data_dir,
+                    select_defaults=True, evaluate_test=True, progress=progress, parent=meta.get("initialized_from"))
+
+
 def check_input_fits(images: ImageSet, model_config) -> None:
     """A clear message instead of a shape error deep in the first convolution."""
     config = model_config if isinstance(model_config, ModelConfig) else getattr(model_config, "model_config", None)
