@@ -149,6 +149,8 @@ class Cell(nn.Module):
 
     def forward_sparse(self, x: torch.Tensor, weights: torch.Tensor, selected: torch.Tensor):
         """Eval-mode executor: the reference's result, with one host sync per cell. Returns (output, executed)."""
+        if len(x) == 1:
+            return self.forward_single(x, weights, selected)
         executed = self.executed_mask(selected)
         batch, _, num_branches = executed.shape
         counts = executed.sum(dim=0).tolist()  # (connections, branches) ints: the cell's only host sync
@@ -186,3 +188,32 @@ class Cell(nn.Module):
             if node is not None:
                 out = out + node
         return out, executed
+
+    def forward_single(self, x: torch.Tensor, weights: torch.Tensor, selected: torch.Tensor):
+        """`forward_sparse` for one instance, where bookkeeping tensors would cost more than the branches.
+
+        The selection is read to the host once and the reachability rule runs on Python booleans, so
+        a routed single image pays for its branches and little else (docs/PERFORMANCE.md, batch 1).
+        """
+        picked = selected[0].tolist()  # (connections, branches) bools: the cell's only host sync
+        ran = [[False] * len(row) for row in picked]
+        nodes: list[torch.Tensor | None] = [x]
+        for target in range(1, self.nodes_per_cell + 1):
+            node = None
+            for edge_index in self.incoming[target]:
+                source = nodes[self.connections[edge_index][0]]
+                if source is None:  # connections out of an empty node run nothing
+                    continue
+                for branch_index, chosen in enumerate(picked[edge_index]):
+                    if not chosen:
+                        continue
+                    ran[edge_index][branch_index] = True
+                    out = self.edges[edge_index][branch_index](source)
+                    scale = weights[:, edge_index, branch_index].view(-1, 1, 1, 1)
+                    node = out * scale if node is None else node.addcmul_(out, scale)
+            nodes.append(node)
+        out = x
+        for node in nodes[1:]:
+            if node is not None:
+                out = out + node
+        return out, torch.tensor(ran, device=selected.device).unsqueeze(0)
