@@ -166,7 +166,8 @@ def training_speed(model_config, train_config: TrainConfig, images: torch.Tensor
 
 def run_bench(model: DRNet, meta: dict, *, data_dir: str | None = None, eval_images: int | None = None,
               single_images: int = 100, big_batch: int = 256, warmup: int = 2, repeats: int = 5,
-              train_steps: int = 5, eval_batch_size: int = EVAL_BATCH_SIZE, train_config: TrainConfig | None = None) -> dict:
+              train_steps: int = 5, eval_batch_size: int = EVAL_BATCH_SIZE,
+              train_config: TrainConfig | None = None) -> dict:
     """Every figure of the benchmark, in one dict. `model` in eval mode; `meta` its checkpoint metadata."""
     device = model.device
     tau = float(meta.get("default_tau", 1.0))

@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--noise-seed", type=int, default=None, help="turn Gumbel noise on with this seed")
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N images")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH_SIZE, help="images per forward pass (under torchrun, "
+    evaluate.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH_SIZE,
+                          help="images per forward pass (under torchrun, "
                           "each process takes whole batches)")
     data_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
@@ -290,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--limit", type=int, default=None)
     sweep.add_argument("--format", choices=["csv", "json"], default="csv")
     sweep.add_argument("--output", help="file to write (default: stdout)")
-    sweep.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH_SIZE, help="images per forward pass (under torchrun, "
+    sweep.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH_SIZE,
+                          help="images per forward pass (under torchrun, "
                        "each process takes whole batches)")
     data_options(sweep)
     sweep.set_defaults(func=cmd_sweep)
