@@ -4,8 +4,9 @@
 default) and reports, in one dict:
 
   * latency of dense (threshold 0) and routed (the checkpoint's default tau and threshold) inference
-    at batch 1 and batch 256 (warm-up first, median of repeats, `torch.inference_mode`), with the
-    FLOPs ratio (dense / routed mean), speedup and efficiency = speedup / FLOPs ratio: 1.0 means
+    at batch 1 and batch 256 (warm-up first, dense and routed timed in alternation, medians of the
+    repeats, `torch.inference_mode`), with the FLOPs ratio (dense / routed mean), speedup (median of
+    the paired dense / routed ratios) and efficiency = speedup / FLOPs ratio: 1.0 means
     routed time shrinks exactly as multiply-adds do (DRNet, Cai et al., arXiv 1905.04849, counts
     cost in multiply-adds; this asks whether that count is a real saving);
   * the RouterNets' share of routed multiply-adds and of routed wall time;
@@ -32,6 +33,9 @@ from .data import augment, load_split, load_test_set, to_model_input
 from .evaluate import EVAL_BATCH_SIZE, run_routed
 from .model import DRNet
 from .router import recalibrate
+
+
+BIG_BATCHES = 4
 
 
 def synchronize(device: torch.device) -> None:
@@ -64,6 +68,28 @@ def machine_info(device: torch.device) -> dict:
     }
 
 
+def paired_seconds(first: Callable[[], object], second: Callable[[], object], *, warmup: int, repeats: int,
+                   device: torch.device) -> tuple[float, float, float]:
+    """Median wall times of `first()` and `second()` timed in alternation, and the median of their ratios.
+
+    On a shared or throttled machine the speed drifts over seconds; timing the two back to back,
+    repeat after repeat, lets a slow spell hit both sides of each ratio instead of one side only.
+    """
+    for _ in range(warmup):
+        first()
+        second()
+    synchronize(device)
+    first_times, second_times = [], []
+    for _ in range(repeats):
+        for fn, times in ((first, first_times), (second, second_times)):
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+    ratios = [a / b for a, b in zip(first_times, second_times)]
+    return statistics.median(first_times), statistics.median(second_times), statistics.median(ratios)
+
+
 @torch.inference_mode()
 def latency(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: float, batch: int,
             warmup: int, repeats: int) -> dict:
@@ -74,12 +100,11 @@ def latency(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: float,
     def run(at: float) -> Callable[[], None]:
         return lambda: [model(b, tau=tau, threshold=at) for b in batches]
 
-    dense = median_seconds(run(0.0), warmup=warmup, repeats=repeats, device=device) / len(batches)
-    routed = median_seconds(run(threshold), warmup=warmup, repeats=repeats, device=device) / len(batches)
+    dense, routed, speedup = paired_seconds(run(0.0), run(threshold), warmup=warmup, repeats=repeats, device=device)
+    dense, routed = dense / len(batches), routed / len(batches)
     routed_mflops = torch.cat([model.mflops_per_instance(model(b, tau=tau, threshold=threshold)[1]).cpu()
                                for b in batches])
     flops_ratio = model.dense_mflops() / float(routed_mflops.mean())
-    speedup = dense / routed
     return {"batch": batch, "forwards": len(batches), "dense_ms": 1e3 * dense, "routed_ms": 1e3 * routed,
             "dense_mflops": model.dense_mflops(), "routed_mean_mflops": float(routed_mflops.mean()),
             "flops_ratio": flops_ratio, "speedup": speedup, "efficiency": speedup / flops_ratio}
@@ -103,14 +128,13 @@ def router_share(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: f
         for cell, x in zip(model.cells, cell_inputs):
             _ = recalibrate(cell.router(x), tau, training=False) >= threshold
 
-    router_time = median_seconds(routers, warmup=warmup, repeats=repeats, device=device)
-    routed_time = median_seconds(lambda: model(batch, tau=tau, threshold=threshold), warmup=warmup,
-                                 repeats=repeats, device=device)
+    router_time, routed_time, time_share = paired_seconds(
+        routers, lambda: model(batch, tau=tau, threshold=threshold), warmup=warmup, repeats=repeats, device=device)
     router_mflops = sum(cell.router_macs for cell in model.cells) / 1e6
     routed_mflops = float(model.mflops_per_instance(trace).mean())
     return {"batch": len(batch), "router_mflops": router_mflops, "routed_mean_mflops": routed_mflops,
             "flops_share": router_mflops / routed_mflops, "router_ms": 1e3 * router_time,
-            "routed_ms": 1e3 * routed_time, "time_share": router_time / routed_time}
+            "routed_ms": 1e3 * routed_time, "time_share": time_share}
 
 
 def evaluation_speed(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, tau: float, threshold: float,
@@ -183,12 +207,14 @@ def run_bench(model: DRNet, meta: dict, *, data_dir: str | None = None, eval_ima
     result = {
         "machine": machine_info(device),
         "settings": {"tau": tau, "threshold": threshold, "dataset": test.name, "warmup": warmup, "repeats": repeats,
-                     "single_images": min(single_images, len(inputs)), "big_batch": big},
+                     "single_images": min(single_images, len(inputs)), "big_batch": big,
+                     "big_batches": max(1, min(BIG_BATCHES, len(inputs) // big))},
         "latency": {
             "batch_1": latency(model, inputs[:single_images], tau=tau, threshold=threshold, batch=1,
                                warmup=warmup, repeats=repeats),
-            f"batch_{big_batch}": latency(model, inputs[:big], tau=tau, threshold=threshold, batch=big,
-                                          warmup=warmup, repeats=repeats),
+            # Several distinct batches: each routes differently, so sub-batch sizes vary as in real use.
+            f"batch_{big_batch}": latency(model, inputs[:big * BIG_BATCHES], tau=tau, threshold=threshold,
+                                          batch=big, warmup=warmup, repeats=repeats),
         },
         "router": {
             "batch_1": router_share(model, inputs[:1], tau=tau, threshold=threshold, warmup=warmup * 10,

@@ -20,6 +20,7 @@ from .checkpoint import CheckpointError, default_device, load_checkpoint
 from .config import PRESETS, preset
 from .data import DatasetError
 from .evaluate import EVAL_BATCH_SIZE
+from .runtime import keep_freed_memory
 
 log = logging.getLogger("drnet_core")
 
@@ -335,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()
     try:
         return args.func(args)
     except (DatasetError, CheckpointError) as error:

@@ -164,3 +164,14 @@ def test_baseline_cli_trains_a_plain_cnn(tmp_path):
     bad = run_cli("baseline", "--kind", "static-cells", "--preset", "tiny", "--branches", "identity",
                   "--data-dir", str(data), "--output", str(tmp_path / "bad.pt"))
     assert bad.returncode == 2 and "needs 6 branch names" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_keep_freed_memory_is_idempotent_and_says_whether_it_applies():
+    import platform
+
+    from drnet_core.runtime import keep_freed_memory
+
+    first = keep_freed_memory()
+    assert keep_freed_memory() is first
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert first is True
