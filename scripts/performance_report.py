@@ -56,19 +56,29 @@ def evaluate_row(model, inputs, labels, *, name: str, kind: str, tau: float, thr
     return row
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def plot(rows: list[dict], path: Path, title: str, default_threshold: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
     drnet = sorted((r for r in rows if r["kind"] == "drnet"), key=lambda r: r["mean_mflops"])
     axes.plot([r["mean_mflops"] for r in drnet], [100 * r["accuracy"] for r in drnet], "o-", color="tab:blue",
               label=f"DRNet, tau={drnet[0]['tau']:g}, threshold varied")
+    # Thresholds above ~0.05 crowd into one spot; label the ends of the curve and the default only.
+    below = {drnet[0]["threshold"]}
+    labelled = below | {r["threshold"] for r in drnet[-2:]}
     for r in drnet:
-        axes.annotate(f"{r['threshold']:g}", (r["mean_mflops"], 100 * r["accuracy"]), textcoords="offset points",
-                      xytext=(4, -10), fontsize=7, color="tab:blue")
+        is_default = default_threshold is not None and r["threshold"] == default_threshold
+        if is_default:
+            axes.scatter([r["mean_mflops"]], [100 * r["accuracy"]], s=140, facecolors="none", edgecolors="tab:blue",
+                         zorder=4, label=f"DRNet default (threshold {r['threshold']:g})")
+        elif r["threshold"] in labelled:
+            axes.annotate(f"threshold {r['threshold']:g}", (r["mean_mflops"], 100 * r["accuracy"]),
+                          textcoords="offset points", xytext=(-10, -14 if r["threshold"] in below else 8),
+                          fontsize=7, color="tab:blue")
     markers = {"static-cells": ("s", "tab:orange"), "plain-cnn": ("^", "tab:green")}
     for r in rows:
         if r["kind"] in markers:
@@ -76,6 +86,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
             axes.scatter([r["mean_mflops"]], [100 * r["accuracy"]], marker=marker, s=60, color=color, zorder=3,
                          label=f"{r['name']} ({r['params']:,} params)")
     axes.set_xscale("log")
+    axes.xaxis.set_major_locator(FixedLocator([1.5, 2, 3, 5, 8, 13]))
+    axes.xaxis.set_minor_locator(NullLocator())
+    axes.xaxis.set_major_formatter(ScalarFormatter())
     axes.set_xlabel("mean multiply-adds per image (millions, log scale)")
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(title, fontsize=10)
@@ -125,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
               "drnet_epochs": meta.get("epochs"), "machine": machine_info(device), "rows": rows}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
-    plot(rows, Path(args.plot), f"Accuracy vs cost on {test.name}")
+    plot(rows, Path(args.plot), f"Accuracy vs cost on {test.name}", meta.get("default_threshold"))
     print(f"wrote {args.output} and {args.plot}")
     return 0
 
