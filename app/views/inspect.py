@@ -16,6 +16,7 @@ gallery = explorer.gallery_positions(images.labels, per_class=2)
 
 
 def gallery_name(position: int) -> str:
+    position = int(position)  # query-param and widget values may arrive as other integer types
     index = int(images.indices[position]) if images.indices is not None else position
     return f"{classes[int(images.labels[position])]} · test image #{index}"
 
