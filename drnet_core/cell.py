@@ -22,7 +22,8 @@ reachability rule is applied to the whole cell's selection up front, branch coun
 once per cell instead of once per branch, every instance list comes from one `nonzero` per cell,
 and contributions accumulate in place (`addcmul_`, `index_add_`). It computes exactly the branches
 the reference executor computes; `Cell.reference_executor = True` switches back to the reference
-(tests compare the two; see docs/PERFORMANCE.md for what each step is worth).
+(tests compare the two; see docs/PERFORMANCE.md for what each step is worth). A single instance takes
+`Cell.forward_single`, where the same rules run on Python booleans read from one host copy.
 """
 from __future__ import annotations
 
