@@ -16,7 +16,7 @@ from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, save_chec
 from drnet_core.config import PRESETS, ModelConfig
 from drnet_core.data import (FASHION_CLASSES, DatasetError, augment, load_fashion_mnist, load_shipped_subset,
                              load_test_set, to_model_input)
-from drnet_core.evaluate import choose_default_setting, run_routed
+from drnet_core.evaluate import DEFAULT_SELECTION_RULE, choose_default_setting, run_routed
 from drnet_core.train import train
 
 from helpers import tiny_model, write_fake_fashion
@@ -119,6 +119,22 @@ def test_init_from_starts_at_the_parent_weights_and_records_it(tmp_path):
     other = replace(model_config, stem_channels=model_config.stem_channels + 2)
     with pytest.raises(ValueError, match="different architecture"):
         train(other, child_config, tmp_path / "other.pt", data_dir=str(data), progress=False, select_defaults=False)
+
+
+def test_select_default_rewrites_the_setting_and_keeps_the_weights(tmp_path, capsys):
+    data, model_config, train_config = tiny_training(tmp_path)
+    trained = tmp_path / "trained.pt"
+    train(model_config, train_config, trained, data_dir=str(data), progress=False, select_defaults=False)
+    chosen = tmp_path / "chosen.pt"
+    assert cli.main(["select-default", "--checkpoint", str(trained), "--output", str(chosen), "--data-dir", str(data),
+                     "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    (before, old), (after, new) = load_checkpoint(trained), load_checkpoint(chosen)
+    assert new["default_selection"] == DEFAULT_SELECTION_RULE and new["validation_sweep"]
+    assert (new["default_tau"], new["default_threshold"]) == (printed["default_tau"], printed["default_threshold"])
+    assert new["history"] == old["history"] and new["test_default"]["threshold"] == new["default_threshold"]
+    for name, tensor in before.state_dict().items():
+        assert torch.equal(tensor, after.state_dict()[name]), name
 
 
 def test_default_setting_is_the_most_accurate_instance_aware_one_within_budget():
