@@ -13,9 +13,9 @@ from tqdm.auto import tqdm
 
 from .model import DRNet
 
-# Images per forward pass when evaluating. On CPU the activations of 256 images stay in the caches
-# (a 14x14x32 float map of 1,000 images is 25 MB and spills out): the full 10k test split runs in
-# 1.04 s at 256 against 2.1 s at 1,000 on the 2-core machine (docs/PERFORMANCE.md).
+# Images per forward pass when evaluating. Large batches allocate large buffers (a 14x14x32 float
+# map of 1,000 images is 25 MB): with glibc's default allocator the 10k test split took 2.65-2.79 s
+# at 1,000 and 1.37-1.64 s at 256 on the 2-core machine (docs/PERFORMANCE.md, `eval-batch`).
 EVAL_BATCH_SIZE = 256
 
 

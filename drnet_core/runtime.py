@@ -1,12 +1,13 @@
-"""Process-wide setting for fast routed inference on CPU: keep freed memory in the process.
+"""Process-wide setting for routed inference on CPU: keep freed memory in the process.
 
 Routed inference allocates tensors of a different size for every sub-batch (each branch runs on
 the instances that selected it). With glibc's defaults, freed blocks above its mmap/trim thresholds
-go back to the operating system, so the next large buffer (a 256-image stem output is 12.8 MB)
-comes back through page faults and is zero-filled again. On the 2-core reference machine a routed
-batch of 256 over varied test images took 87.8 ms with the defaults and 40.0 ms with this setting
-(dense: 161.7 vs 169.1 ms, unchanged); docs/PERFORMANCE.md has the command. The cost is that the
-process keeps its peak heap instead of shrinking after it.
+go back to the operating system, so the next large buffer comes back through page faults and is
+zero-filled again. On the 2-core reference machine, routing the 10k test split in batches of 1,000
+took 2.65 and 2.79 s with the defaults and 1.49 to 1.64 s with this setting; in batches of 256 (the
+default, `evaluate.EVAL_BATCH_SIZE`) the two are within the machine's noise
+(`python scripts/inference_experiments.py eval-batch [--keep-freed-memory off]`). The cost is that
+the process keeps its peak heap instead of shrinking after it.
 """
 from __future__ import annotations
 

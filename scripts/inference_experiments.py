@@ -1,0 +1,154 @@
+"""The inference A/B experiments behind docs/PERFORMANCE.md, one command each.
+
+    python scripts/inference_experiments.py eval-batch   # 10k routed evaluation at several batch sizes
+    python scripts/inference_experiments.py modules      # per-module wall time of routed and dense batches
+    python scripts/inference_experiments.py allocator    # `modules` with and without keep_freed_memory
+    python scripts/inference_experiments.py fold-bn      # conv + batch-norm folding: same outputs? faster?
+
+All run on the shipped checkpoint (or `--checkpoint`) at its default setting on the test split. This
+machine's speed drifts, so each experiment alternates its variants and prints every run.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from drnet_core.bench import latency  # noqa: E402
+from drnet_core.checkpoint import load_checkpoint  # noqa: E402
+from drnet_core.data import load_test_set, to_model_input  # noqa: E402
+from drnet_core.evaluate import run_routed  # noqa: E402
+from drnet_core.runtime import keep_freed_memory  # noqa: E402
+
+
+def setup(checkpoint: str | None):
+    model, meta = load_checkpoint(checkpoint)
+    test = load_test_set()
+    return model, meta, to_model_input(test.images), test.labels
+
+
+def eval_batch(args) -> None:
+    if args.keep_freed_memory != "off":
+        keep_freed_memory()
+    model, meta, inputs, labels = setup(args.checkpoint)
+    tau, threshold = meta["default_tau"], meta["default_threshold"]
+    for _ in range(args.rounds):
+        row = {}
+        for batch_size in (128, 256, 512, 1000):
+            start = time.perf_counter()
+            run_routed(model, inputs, labels, tau=tau, threshold=threshold, batch_size=batch_size)
+            row[batch_size] = round(time.perf_counter() - start, 3)
+        print("seconds for the test split by batch size:", row)
+
+
+@torch.inference_mode()
+def module_times(model, inputs: torch.Tensor, *, tau: float, threshold: float, batches: int = 10,
+                 passes: int = 3) -> dict:
+    """Wall ms per 256-image batch of the whole forward and of each top-level part (hooks)."""
+    totals, starts = collections.defaultdict(float), {}
+    parts = [("stem", model.stem)] + [(f"reduction{i}", r) for i, r in enumerate(model.reductions)]
+    parts += [(f"cell{i}", c) for i, c in enumerate(model.cells)] + [("head", model.head)]
+    hooks = []
+    for name, module in parts:
+        hooks.append(module.register_forward_pre_hook(lambda _m, _a, name=name: starts.__setitem__(name, time.perf_counter())))
+        hooks.append(module.register_forward_hook(
+            lambda _m, _a, _o, name=name: totals.__setitem__(name, totals[name] + time.perf_counter() - starts[name])))
+    chunks = [inputs[i:i + 256] for i in range(0, 256 * batches, 256)]
+    for chunk in chunks:
+        model(chunk, tau=tau, threshold=threshold)
+    totals.clear()
+    start = time.perf_counter()
+    for _ in range(passes):
+        for chunk in chunks:
+            model(chunk, tau=tau, threshold=threshold)
+    count = passes * len(chunks)
+    for hook in hooks:
+        hook.remove()
+    return {"total": round(1e3 * (time.perf_counter() - start) / count, 2),
+            **{name: round(1e3 * seconds / count, 2) for name, seconds in totals.items()}}
+
+
+def modules(args) -> None:
+    if args.keep_freed_memory != "off":
+        keep_freed_memory()
+    model, meta, inputs, _ = setup(args.checkpoint)
+    tau = meta["default_tau"]
+    result = {"keep_freed_memory": args.keep_freed_memory != "off",
+              "routed": module_times(model, inputs, tau=tau, threshold=meta["default_threshold"]),
+              "dense": module_times(model, inputs, tau=tau, threshold=0.0)}
+    print(json.dumps(result))
+
+
+def allocator(args) -> None:
+    """mallopt cannot be undone inside a process, so each variant runs in a fresh one, alternating."""
+    for _ in range(args.rounds):
+        for setting in ("on", "off"):
+            command = [sys.executable, __file__, "modules", "--keep-freed-memory", setting]
+            if args.checkpoint:
+                command += ["--checkpoint", args.checkpoint]
+            result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+            print(f"keep_freed_memory {setting:3s}: routed {result['routed']['total']} ms, "
+                  f"dense {result['dense']['total']} ms per batch of 256")
+
+
+def folded(model):
+    """A copy with every conv that feeds a batch norm folded into it (eval mode only)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model = copy.deepcopy(model)
+    for sequence in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(sequence) - 1):
+            if isinstance(sequence[i], nn.Conv2d) and isinstance(sequence[i + 1], nn.BatchNorm2d):
+                sequence[i] = fuse_conv_bn_eval(sequence[i], sequence[i + 1]).to(memory_format=torch.channels_last)
+                sequence[i + 1] = nn.Identity()
+    return model
+
+
+def fold_bn(args) -> None:
+    keep_freed_memory()
+    model, meta, inputs, labels = setup(args.checkpoint)
+    tau, threshold = meta["default_tau"], meta["default_threshold"]
+    fused = folded(model)
+    plain_run = run_routed(model, inputs[:2000], labels[:2000], tau=tau, threshold=threshold)
+    fused_run = run_routed(fused, inputs[:2000], labels[:2000], tau=tau, threshold=threshold)
+    print("same predictions:", bool((plain_run.predictions == fused_run.predictions).all()),
+          "same paths:", bool((plain_run.path_masks == fused_run.path_masks).all()),
+          "largest probability difference:", float((plain_run.probabilities - fused_run.probabilities).abs().max()))
+    for _ in range(args.rounds):
+        for name, variant in (("plain", model), ("folded", fused)):
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                run_routed(variant, inputs, labels, tau=tau, threshold=threshold)
+                times.append(time.perf_counter() - start)
+            big = latency(variant, inputs[:1024], tau=tau, threshold=threshold, batch=256, warmup=2, repeats=7)
+            print(f"{name:6s}: routed 10k evaluation {statistics.median(times):.2f} s; batch 256 dense "
+                  f"{big['dense_ms']:.1f} ms, routed {big['routed_ms']:.1f} ms, efficiency {big['efficiency']:.2f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn"])
+    parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per experiment")
+    parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    {"eval-batch": eval_batch, "modules": modules, "allocator": allocator, "fold-bn": fold_bn}[args.experiment](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
