@@ -246,7 +246,9 @@ def read_resume_state(resume_path: Path, model_config, train_config: TrainConfig
     state, problem = None, None
     if ctx.is_main and resume_path.is_file():
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if state["model_config"] != model_config.to_dict() or state["train_config"] != train_config.to_dict():
+        # from_dict fills fields added since the file was written with their defaults.
+        saved_train = TrainConfig.from_dict(state["train_config"]).to_dict()
+        if state["model_config"] != model_config.to_dict() or saved_train != train_config.to_dict():
             state, problem = None, f"{resume_path} belongs to a run with a different config; delete it to start afresh."
     if ctx.distributed:
         state, problem = ctx.broadcast_object((state, problem))
