@@ -20,14 +20,14 @@ config (it names its `kind`); `load_baseline` reads them.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from .cell import cell_connections
 from .checkpoint import CheckpointError, read_checkpoint
-from .config import ModelConfig
+from .config import ModelConfig, known_keys_only
 from .cost import module_macs, module_params
 from .evaluate import EVAL_BATCH_SIZE
 from .model import DRNet, RoutingTrace, reduction
@@ -61,11 +61,7 @@ class BaselineConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "BaselineConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"unknown baseline config keys: {sorted(unknown)}")
-        values = dict(raw)
+        values = known_keys_only(cls, raw, "baseline config")
         values["branches"] = tuple(values.get("branches", ()))
         values["widths"] = tuple(int(w) for w in values.get("widths", ()))
         return cls(**values)

@@ -16,6 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
+
 from .checkpoint import CheckpointError, default_device, load_checkpoint
 from .config import PRESETS, preset
 from .data import DatasetError
@@ -74,10 +76,6 @@ def cmd_train(args) -> int:
     from .train import train
 
     chosen = preset(args.preset)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     overrides = {key: getattr(args, key) for key in TRAIN_OVERRIDES if getattr(args, key) is not None}
     if args.init_from:
         overrides["init_from"] = args.init_from
@@ -168,12 +166,8 @@ def cmd_sweep(args) -> int:
 
 def cmd_bench(args) -> int:
     """Dense vs routed wall time, router overhead, evaluation and training throughput (drnet_core.bench)."""
-    import torch
-
     from .bench import format_table, run_bench
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model, meta = load_checkpoint(args.checkpoint, device=default_device())
     result = run_bench(model, meta, data_dir=args.data_dir, eval_images=args.limit, warmup=args.warmup,
                        repeats=args.repeats, single_images=args.single_images, train_steps=args.train_steps)
@@ -184,13 +178,9 @@ def cmd_bench(args) -> int:
 
 def cmd_baseline(args) -> int:
     """Train a static baseline the way the DRNet preset is trained (see drnet_core.baselines)."""
-    import torch
-
     from .baselines import BaselineConfig, build_baseline, most_picked_branches, plain_cnn_widths
     from .train import train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     chosen = preset(args.preset)
     overrides = {key: getattr(args, key) for key in ("epochs", "limit", "val_size") if getattr(args, key) is not None}
     train_config = chosen.train.__class__(**{**chosen.train.to_dict(), **overrides})
@@ -337,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     keep_freed_memory()
+    if getattr(args, "threads", None):  # train, bench and baseline take --threads
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except (DatasetError, CheckpointError) as error:

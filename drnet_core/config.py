@@ -17,6 +17,14 @@ DEFAULT_BRANCHES = (
 )
 
 
+def known_keys_only(config_class, raw: dict, what: str) -> dict:
+    """A copy of `raw`, refusing keys that are not fields of `config_class` (a file from elsewhere)."""
+    unknown = set(raw) - {f.name for f in fields(config_class)}
+    if unknown:
+        raise ValueError(f"unknown {what} keys: {sorted(unknown)}")
+    return dict(raw)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     in_channels: int = 1
@@ -39,11 +47,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        values = dict(raw)
+        values = known_keys_only(cls, raw, "model config")
         for key in ("stage_channels", "branches"):
             if key in values:
                 values[key] = tuple(values[key])
