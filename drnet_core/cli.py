@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--target-mflops", type=float, default=None, help="plain-cnn: cost to aim at")
     for name in ("epochs", "limit", "val-size"):
         baseline.add_argument(f"--{name}", type=int, default=None, help="override the preset's value")
-    baseline.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    baseline.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads")
     baseline.add_argument("--no-progress", action="store_true", help="no progress bar")
     data_options(baseline)
     baseline.set_defaults(func=cmd_baseline)
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     keep_freed_memory()
-    if getattr(args, "threads", None):  # train, bench and baseline take --threads
+    if getattr(args, "threads", None) is not None:  # train, bench and baseline take --threads
         torch.set_num_threads(args.threads)
     try:
         return args.func(args)

@@ -164,6 +164,9 @@ def test_baseline_cli_trains_a_plain_cnn(tmp_path):
     bad = run_cli("baseline", "--kind", "static-cells", "--preset", "tiny", "--branches", "identity",
                   "--data-dir", str(data), "--output", str(tmp_path / "bad.pt"))
     assert bad.returncode == 2 and "needs 6 branch names" in bad.stderr and "Traceback" not in bad.stderr
+    no_threads = run_cli("baseline", "--kind", "plain-cnn", "--preset", "tiny", "--threads", "0",
+                         "--data-dir", str(data), "--output", str(tmp_path / "bad.pt"))
+    assert no_threads.returncode == 2 and "--threads" in no_threads.stderr and "Traceback" not in no_threads.stderr
 
 
 def test_keep_freed_memory_is_idempotent_and_says_whether_it_applies():
