@@ -165,8 +165,8 @@ class StaticCellNet(StaticBaseline):
                                   nn.BatchNorm2d(base.stem_channels), nn.ReLU(inplace=True))
         self.reductions, self.cells, self.sizes = nn.ModuleList(), nn.ModuleList(), []
         in_channels, size, cell_index = base.stem_channels, base.image_size, 0
-        for channels in base.stage_channels:
-            self.reductions.append(reduction(in_channels, channels))
+        for stage, channels in enumerate(base.stage_channels):
+            self.reductions.append(reduction(in_channels, channels, input_rectified=stage == 0))
             self.sizes.append(size)
             size = (size + 1) // 2
             stage_cells = nn.ModuleList()

@@ -40,6 +40,22 @@ def cell_connections(nodes_per_cell: int) -> list[tuple[int, int]]:
     return [(source, target) for target in range(1, nodes_per_cell + 1) for source in range(target)]
 
 
+# Every activation is channels_last (depthwise kernels are ~20x faster that way), i.e. NHWC in memory.
+# Gathering and scattering instance rows on the NHWC view keeps both sides contiguous: index_select
+# on the NCHW view returns a contiguous-NCHW tensor that needs a second pass back to channels_last,
+# and index_add on it takes a strided path. Same values either way; for 140 of 256 instances at
+# 32x14x14 on the 2-core machine, gather 0.72-1.07 -> 0.10-0.12 ms and scatter 1.15-1.24 -> 0.11 ms
+# (`python scripts/inference_experiments.py gather-scatter`).
+
+def nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1)
+
+
+def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x[rows], channels_last, in one pass."""
+    return nhwc(x).index_select(0, rows).permute(0, 3, 1, 2)
+
+
 def run_connection(
     branches: nn.ModuleList, x: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor, *, training: bool = False
 ) -> torch.Tensor | None:
@@ -63,12 +79,41 @@ def run_connection(
             out = out_b if out is None else out + out_b
             continue
         rows = selected.nonzero().squeeze(1)
-        # index_select drops channels_last; restore it so the depthwise kernels stay fast.
-        x_rows = x.index_select(0, rows).contiguous(memory_format=torch.channels_last)
-        out_rows = branch(x_rows) * weights.index_select(0, rows)[:, branch_index].view(-1, 1, 1, 1)
+        out_rows = branch(gather_rows(x, rows)) * weights.index_select(0, rows)[:, branch_index].view(-1, 1, 1, 1)
         if out is None:
             out = torch.zeros_like(x)
-        out = out.index_add(0, rows, out_rows.to(out.dtype))
+        out = nhwc(out).index_add(0, rows, nhwc(out_rows.to(out.dtype))).permute(0, 3, 1, 2)
+    return out
+
+
+# The eval executors below own every node tensor they build, so without autograd they scale and sum
+# in place: at 14x14 px a fresh batch-256 buffer per product and per sum was a tenth of a routed
+# forward. Each in-place step computes the same IEEE operations in the same order as the reference.
+
+def accumulate(node: torch.Tensor | None, out: torch.Tensor, scale: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """node + out * scale, reusing `out` as the node when it is a fresh tensor (not the branch input).
+
+    With autograd on (attributions run the eval executor), `out` may be saved for the backward pass,
+    so it is never overwritten there.
+    """
+    if node is not None:
+        return node.addcmul_(out, scale)
+    aliases_input = out.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()  # identity
+    return out * scale if aliases_input or torch.is_grad_enabled() else out.mul_(scale)
+
+
+def sum_into_nodes(x: torch.Tensor, nodes: list[torch.Tensor | None]) -> torch.Tensor:
+    """x + node_1 + node_2 + ... (empty nodes skipped), summed into the first node's buffer.
+
+    With autograd on, a node that fed later branches is saved for the backward pass: sum afresh.
+    """
+    out = x
+    for node in nodes:
+        if node is not None:
+            if torch.is_grad_enabled():
+                out = out + node
+            else:
+                out = node.add_(x) if out is x else out.add_(node)
     return out
 
 
@@ -172,23 +217,17 @@ class Cell(nn.Module):
                         continue
                     branch = self.edges[edge_index][branch_index]
                     if count == batch:
-                        out = branch(source)
                         scale = weights[:, edge_index, branch_index].view(-1, 1, 1, 1)
-                        node = out * scale if node is None else node.addcmul_(out, scale)
+                        node = accumulate(node, branch(source), scale, source)
                         continue
                     chunk = edge_index * num_branches + branch_index
                     rows = row_chunks[chunk]
-                    # index_select drops channels_last; restore it so the depthwise kernels stay fast.
-                    out_rows = branch(source.index_select(0, rows).contiguous(memory_format=torch.channels_last))
+                    out_rows = branch(gather_rows(source, rows))
                     if node is None:
                         node = torch.zeros_like(x)
-                    node.index_add_(0, rows, out_rows * weight_chunks[chunk].view(-1, 1, 1, 1))
+                    nhwc(node).index_add_(0, rows, nhwc(out_rows * weight_chunks[chunk].view(-1, 1, 1, 1)))
             nodes.append(node)  # None: no instance reached this node
-        out = x
-        for node in nodes[1:]:
-            if node is not None:
-                out = out + node
-        return out, executed
+        return sum_into_nodes(x, nodes[1:]), executed
 
     def forward_single(self, x: torch.Tensor, weights: torch.Tensor, selected: torch.Tensor):
         """`forward_sparse` for one instance, where bookkeeping tensors would cost more than the branches.
@@ -209,12 +248,7 @@ class Cell(nn.Module):
                     if not chosen:
                         continue
                     ran[edge_index][branch_index] = True
-                    out = self.edges[edge_index][branch_index](source)
                     scale = weights[:, edge_index, branch_index].view(-1, 1, 1, 1)
-                    node = out * scale if node is None else node.addcmul_(out, scale)
+                    node = accumulate(node, self.edges[edge_index][branch_index](source), scale, source)
             nodes.append(node)
-        out = x
-        for node in nodes[1:]:
-            if node is not None:
-                out = out + node
-        return out, torch.tensor(ran, device=selected.device).unsqueeze(0)
+        return sum_into_nodes(x, nodes[1:]), torch.tensor(ran, device=selected.device).unsqueeze(0)

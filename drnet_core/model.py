@@ -34,9 +34,11 @@ class RoutingTrace:
         return torch.cat([weights.flatten(1) for weights in self.weights], dim=1)
 
 
-def reduction(in_channels: int, out_channels: int) -> nn.Sequential:
+def reduction(in_channels: int, out_channels: int, input_rectified: bool = False) -> nn.Sequential:
+    # After the stem's ReLU a second one is a no-op that would still cost a full-resolution pass;
+    # an Identity in its place keeps the parameter names of every checkpoint.
     return nn.Sequential(
-        nn.ReLU(inplace=False),
+        nn.Identity() if input_rectified else nn.ReLU(inplace=False),
         nn.Conv2d(in_channels, in_channels, 3, stride=2, padding=1, groups=in_channels, bias=False),
         nn.Conv2d(in_channels, out_channels, 1, bias=False),
         nn.BatchNorm2d(out_channels),
@@ -59,7 +61,7 @@ class DRNet(nn.Module):
         self.cell_stage: list[int] = []
         in_channels = config.stem_channels
         for stage, channels in enumerate(config.stage_channels):
-            self.reductions.append(reduction(in_channels, channels))
+            self.reductions.append(reduction(in_channels, channels, input_rectified=stage == 0))
             fixed_macs += module_macs(self.reductions[-1], size, size)
             size = (size + 1) // 2
             for _ in range(config.cells_per_stage):

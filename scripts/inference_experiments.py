@@ -4,6 +4,7 @@
     python scripts/inference_experiments.py modules      # per-module wall time of routed and dense batches
     python scripts/inference_experiments.py allocator    # `modules` with and without keep_freed_memory
     python scripts/inference_experiments.py fold-bn      # conv + batch-norm folding: same outputs? faster?
+    python scripts/inference_experiments.py gather-scatter  # sub-batch gather/scatter: NCHW vs NHWC view
 
 All run on the shipped checkpoint (or `--checkpoint`) at its default setting on the test split. This
 machine's speed drifts, so each experiment alternates its variants and prints every run.
@@ -138,15 +139,47 @@ def fold_bn(args) -> None:
                   f"{big['dense_ms']:.1f} ms, routed {big['routed_ms']:.1f} ms, efficiency {big['efficiency']:.2f}")
 
 
+def gather_scatter(args) -> None:
+    """The executor's per-branch gather and scatter at each cell's shape, on the NCHW and the NHWC view."""
+    from drnet_core.cell import gather_rows, nhwc
+
+    model, _, _, _ = setup(args.checkpoint)
+    generator = torch.Generator().manual_seed(0)
+
+    def ms(step, repeats: int = 50) -> float:
+        for _ in range(3):
+            step()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        return (time.perf_counter() - start) / repeats * 1000
+
+    with torch.inference_mode():
+        for cell in model.cells:
+            x = torch.randn(256, cell.channels, cell.height, cell.width, generator=generator)
+            x = x.contiguous(memory_format=torch.channels_last)
+            rows = torch.randperm(256, generator=generator)[:140].sort().values  # a typical sub-batch
+            out_rows, node = gather_rows(x, rows), torch.zeros_like(x)
+            gather_nchw = lambda: x.index_select(0, rows).contiguous(memory_format=torch.channels_last)  # noqa: E731
+            scatter_nchw = lambda: node.index_add_(0, rows, out_rows)  # noqa: E731
+            same = torch.equal(gather_nchw(), gather_rows(x, rows))
+            for _ in range(args.rounds):
+                print(f"{cell.channels}x{cell.height}x{cell.width}, 140 of 256 rows (same values: {same}): "
+                      f"gather {ms(gather_nchw):.3f} -> {ms(lambda: gather_rows(x, rows)):.3f} ms, "
+                      f"scatter {ms(scatter_nchw):.3f} -> "
+                      f"{ms(lambda: nhwc(node).index_add_(0, rows, nhwc(out_rows))):.3f} ms")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn"])
+    parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn", "gather-scatter"])
     parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per experiment")
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
     args = parser.parse_args()
     torch.manual_seed(0)
-    {"eval-batch": eval_batch, "modules": modules, "allocator": allocator, "fold-bn": fold_bn}[args.experiment](args)
+    {"eval-batch": eval_batch, "modules": modules, "allocator": allocator, "fold-bn": fold_bn,
+     "gather-scatter": gather_scatter}[args.experiment](args)
     return 0
 
 

@@ -136,3 +136,33 @@ def test_training_mode_ignores_the_fast_executor() -> None:
         outputs.append(model(x, tau=1.0, threshold=0.2)[0])
     assert torch.equal(outputs[0], outputs[1])
     assert Cell.reference_executor is False
+
+
+def test_row_gather_and_scatter_keep_values_and_channels_last() -> None:
+    from drnet_core.cell import gather_rows, nhwc
+
+    x = torch.randn(9, 5, 4, 3).contiguous(memory_format=torch.channels_last)
+    rows = torch.tensor([0, 4, 5, 8])
+    gathered = gather_rows(x, rows)
+    assert torch.equal(gathered, x[rows]) and gathered.is_contiguous(memory_format=torch.channels_last)
+    node = torch.zeros_like(x)
+    nhwc(node).index_add_(0, rows, nhwc(gathered * 2))
+    expected = torch.zeros_like(x)
+    expected[rows] = x[rows] * 2
+    assert torch.equal(node, expected) and node.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_in_place_eval_accumulation_leaves_the_cell_input_alone() -> None:
+    """The identity branch returns its input: scaling it in place would corrupt the cell's input."""
+    model = _model(PRESETS["tiny"].model, seed=4)
+    x = torch.randn(6, 1, 28, 28)
+    with torch.inference_mode():
+        stem = model.stem(x.contiguous(memory_format=torch.channels_last))
+        cell_input = model.reductions[0](stem)
+        kept = cell_input.clone()
+        identity = model.cells[0].branch_names.index("identity")
+        overrides = torch.full(model.routing_shape()[0], -1, dtype=torch.int64)
+        overrides[:, identity] = 1  # identity alone on every connection
+        out, *_ = model.cells[0](cell_input, 1.0, 0.5, branch_overrides=overrides)
+    assert torch.equal(cell_input, kept)
+    assert not torch.equal(out, cell_input)
