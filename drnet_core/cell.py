@@ -222,10 +222,12 @@ class Cell(nn.Module):
                         continue
                     chunk = edge_index * num_branches + branch_index
                     rows = row_chunks[chunk]
-                    out_rows = branch(gather_rows(source, rows))
+                    out_rows = branch(gather_rows(source, rows))  # a fresh tensor, even for identity
+                    scale = weight_chunks[chunk].view(-1, 1, 1, 1)
+                    out_rows = out_rows * scale if torch.is_grad_enabled() else out_rows.mul_(scale)
                     if node is None:
                         node = torch.zeros_like(x)
-                    nhwc(node).index_add_(0, rows, nhwc(out_rows * weight_chunks[chunk].view(-1, 1, 1, 1)))
+                    nhwc(node).index_add_(0, rows, nhwc(out_rows))
             nodes.append(node)  # None: no instance reached this node
         return sum_into_nodes(x, nodes[1:]), executed
 
