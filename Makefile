@@ -47,7 +47,7 @@ evaluate: setup data
 	$(PY) -m drnet_core evaluate
 
 train: setup data
-	$(PY) -m drnet_core train --preset fashion --output assets/drnet_fashion.pt
+	$(PY) -m drnet_core train --preset fashion-wide --output assets/drnet_fashion.pt
 
 clean:
 	rm -rf $(VENV) test-artifacts .pytest_cache

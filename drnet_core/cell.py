@@ -87,8 +87,9 @@ def run_connection(
 
 
 # The eval executors below own every node tensor they build, so without autograd they scale and sum
-# in place: at 14x14 px a fresh batch-256 buffer per product and per sum was a tenth of a routed
-# forward. Each in-place step computes the same IEEE operations in the same order as the reference.
+# in place instead of allocating and filling a fresh buffer per product and per sum (6.4 MB for a
+# batch of 256 at 32x14x14). Each in-place step computes the same IEEE operations in the same order
+# as the reference executor.
 
 def accumulate(node: torch.Tensor | None, out: torch.Tensor, scale: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """node + out * scale, reusing `out` as the node when it is a fresh tensor (not the branch input).

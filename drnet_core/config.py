@@ -101,10 +101,10 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # The shipped Fashion-MNIST model: three cells at 28, 14 and 7 pixels.
+    # The smaller Fashion-MNIST model (assets/drnet_fashion_small.pt): three cells at 14, 7 and 4 pixels.
     "fashion": Preset(ModelConfig(), TrainConfig(), "Fashion-MNIST, 3 cells at 14/7/4 px (32/64/128 channels)"),
-    # 1.5x the channels of "fashion" throughout, for 36 epochs: the next candidate for the accuracy the
-    # shipped model misses (docs/MODEL.md); about twice the cost per epoch.
+    # The shipped model (assets/drnet_fashion.pt, after 10 more epochs of fine-tuning; docs/MODEL.md):
+    # 1.5x the channels of "fashion" throughout, for 36 epochs, at about twice the cost per epoch.
     "fashion-wide": Preset(
         ModelConfig(stem_channels=24, stage_channels=(48, 96, 192), router_hidden=24),
         TrainConfig(epochs=36),

@@ -1,10 +1,10 @@
 """Accuracy per FLOP: the DRNet over thresholds against static baselines, on the full test split.
 
-    python scripts/performance_report.py                       # shipped DRNet + assets/baselines/*.pt
-    python scripts/performance_report.py --checkpoint X.pt --baselines a.pt b.pt
+    python scripts/performance_report.py                       # shipped + small DRNet, assets/baselines/*.pt
+    python scripts/performance_report.py --checkpoint X.pt Y.pt --baselines a.pt b.pt
 
 Writes docs/results/accuracy_vs_flops.json (every figure in the tables of docs/PERFORMANCE.md) and
-docs/accuracy_vs_flops.png (accuracy vs mean multiply-adds: the DRNet's curve over thresholds at its
+docs/accuracy_vs_flops.png (accuracy vs mean multiply-adds: each DRNet's curve over thresholds at its
 default tau, the static baselines as points). Latency is the median wall time of a forward at batch 1
 (averaged over `--single-images` images) and at batch 256, warm, under torch.inference_mode.
 """
@@ -56,7 +56,8 @@ def evaluate_row(model, inputs, labels, *, name: str, kind: str, tau: float, thr
     return row
 
 
-def plot(rows: list[dict], path: Path, title: str, default_threshold: float | None = None) -> None:
+def plot(rows: list[dict], path: Path, title: str, defaults: dict[str, float]) -> None:
+    """One curve per DRNet (its default tau, threshold varied, its default ringed); baselines as points."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,21 +65,22 @@ def plot(rows: list[dict], path: Path, title: str, default_threshold: float | No
     from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
-    drnet = sorted((r for r in rows if r["kind"] == "drnet"), key=lambda r: r["mean_mflops"])
-    axes.plot([r["mean_mflops"] for r in drnet], [100 * r["accuracy"] for r in drnet], "o-", color="tab:blue",
-              label=f"DRNet, tau={drnet[0]['tau']:g}, threshold varied")
-    # Thresholds above ~0.05 crowd into one spot; label the ends of the curve and the default only.
-    below = {drnet[0]["threshold"]}
-    labelled = below | {r["threshold"] for r in drnet[-2:]}
-    for r in drnet:
-        is_default = default_threshold is not None and r["threshold"] == default_threshold
-        if is_default:
-            axes.scatter([r["mean_mflops"]], [100 * r["accuracy"]], s=140, facecolors="none", edgecolors="tab:blue",
-                         zorder=4, label=f"DRNet default (threshold {r['threshold']:g})")
-        elif r["threshold"] in labelled:
-            axes.annotate(f"threshold {r['threshold']:g}", (r["mean_mflops"], 100 * r["accuracy"]),
-                          textcoords="offset points", xytext=(-10, -14 if r["threshold"] in below else 8),
-                          fontsize=7, color="tab:blue")
+    for model_name, color in zip(defaults, ("tab:blue", "tab:purple", "tab:red", "tab:brown")):
+        drnet = sorted((r for r in rows if r["kind"] == "drnet" and r["model"] == model_name),
+                       key=lambda r: r["mean_mflops"])
+        axes.plot([r["mean_mflops"] for r in drnet], [100 * r["accuracy"] for r in drnet], "o-", color=color,
+                  label=f"{model_name}, tau={drnet[0]['tau']:g}, threshold varied")
+        # Thresholds above ~0.05 crowd into one spot; label the ends of the curve and the default only.
+        below = {drnet[0]["threshold"]}
+        labelled = below | {r["threshold"] for r in drnet[-2:]}
+        for r in drnet:
+            if r["threshold"] == defaults[model_name]:
+                axes.scatter([r["mean_mflops"]], [100 * r["accuracy"]], s=140, facecolors="none", edgecolors=color,
+                             zorder=4, label=f"{model_name} default (threshold {r['threshold']:g})")
+            elif r["threshold"] in labelled:
+                axes.annotate(f"threshold {r['threshold']:g}", (r["mean_mflops"], 100 * r["accuracy"]),
+                              textcoords="offset points", xytext=(-10, -14 if r["threshold"] in below else 8),
+                              fontsize=7, color=color)
     markers = {"static-cells": ("s", "tab:orange"), "plain-cnn": ("^", "tab:green")}
     for r in rows:
         if r["kind"] in markers:
@@ -86,7 +88,7 @@ def plot(rows: list[dict], path: Path, title: str, default_threshold: float | No
             axes.scatter([r["mean_mflops"]], [100 * r["accuracy"]], marker=marker, s=60, color=color, zorder=3,
                          label=f"{r['name']} ({r['params']:,} params)")
     axes.set_xscale("log")
-    axes.xaxis.set_major_locator(FixedLocator([1.5, 2, 3, 5, 8, 13]))
+    axes.xaxis.set_major_locator(FixedLocator([1.5, 2, 3, 5, 8, 13, 27]))
     axes.xaxis.set_minor_locator(NullLocator())
     axes.xaxis.set_major_formatter(ScalarFormatter())
     axes.set_xlabel("mean multiply-adds per image (millions, log scale)")
@@ -101,7 +103,9 @@ def plot(rows: list[dict], path: Path, title: str, default_threshold: float | No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
+    parser.add_argument("--checkpoint", nargs="*", default=None,
+                        help="DRNet checkpoints, one curve each (default: the shipped one and "
+                             "assets/drnet_fashion_small.pt, the model the baselines were matched to)")
     parser.add_argument("--baselines", nargs="*", default=None,
                         help="baseline checkpoints (default: assets/baselines/*.pt)")
     parser.add_argument("--thresholds", type=float, nargs="*", default=list(THRESHOLDS))
@@ -115,30 +119,37 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     device = default_device()
-    model, meta = load_checkpoint(args.checkpoint, device=device)
-    tau = float(meta.get("default_tau", 1.0))
     test = load_test_set(args.data_dir)
     inputs = to_model_input(test.images)
-    rows = [evaluate_row(model, inputs, test.labels, name=f"DRNet threshold {threshold:g}", kind="drnet", tau=tau,
-                         threshold=threshold, single_images=args.single_images, repeats=args.repeats)
-            for threshold in args.thresholds]
+    checkpoints = args.checkpoint or [None] + [str(p) for p in [ROOT / "assets" / "drnet_fashion_small.pt"] if p.is_file()]
+    rows, drnets, defaults = [], [], {}
+    for checkpoint in checkpoints:
+        model, meta = load_checkpoint(checkpoint, device=device)
+        model_name = "DRNet " + (Path(checkpoint).stem if checkpoint else "(shipped)")
+        tau, defaults[model_name] = float(meta.get("default_tau", 1.0)), meta.get("default_threshold")
+        thresholds = sorted(set(args.thresholds) | {defaults[model_name]} - {None})
+        rows += [dict(model=model_name, **evaluate_row(
+                     model, inputs, test.labels, name=f"{model_name} threshold {threshold:g}", kind="drnet",
+                     tau=tau, threshold=threshold, single_images=args.single_images, repeats=args.repeats))
+                 for threshold in thresholds]
+        drnets.append({"model": model_name, "checkpoint": checkpoint or "shipped", "config": model.config.to_dict(),
+                       "default": {"tau": tau, "threshold": defaults[model_name]},
+                       "epochs": meta.get("total_epochs", meta.get("epochs"))})
     baseline_paths = args.baselines if args.baselines is not None else sorted(
         str(p) for p in (ROOT / "assets" / "baselines").glob("*.pt"))
     for path in baseline_paths:
         baseline, baseline_meta = load_baseline(path, device=device)
         kind = baseline.config.kind
         name = {"static-cells": "static cells", "plain-cnn": "plain CNN"}[kind] + f" ({Path(path).stem})"
-        row = evaluate_row(baseline, inputs, test.labels, name=name, kind=kind, tau=tau, threshold=0.0,
+        row = evaluate_row(baseline, inputs, test.labels, name=name, kind=kind, tau=1.0, threshold=0.0,
                            single_images=args.single_images, repeats=args.repeats)
         row.update(checkpoint=str(Path(path).relative_to(ROOT) if Path(path).is_absolute() else path),
                    epochs=baseline_meta.get("epochs"), config=baseline.config.to_dict())
         rows.append(row)
-    report = {"dataset": test.name, "drnet_checkpoint": str(args.checkpoint or "shipped"),
-              "drnet_default": {"tau": tau, "threshold": meta.get("default_threshold")},
-              "drnet_epochs": meta.get("epochs"), "machine": machine_info(device), "rows": rows}
+    report = {"dataset": test.name, "drnets": drnets, "machine": machine_info(device), "rows": rows}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
-    plot(rows, Path(args.plot), f"Accuracy vs cost on {test.name}", meta.get("default_threshold"))
+    plot(rows, Path(args.plot), f"Accuracy vs cost on {test.name}", defaults)
     print(f"wrote {args.output} and {args.plot}")
     return 0
 
