@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                      model, inputs, test.labels, name=f"{model_name} threshold {threshold:g}", kind="drnet",
                      tau=tau, threshold=threshold, single_images=args.single_images, repeats=args.repeats))
                  for threshold in thresholds]
-        drnets.append({"model": model_name, "checkpoint": checkpoint or "shipped", "config": model.config.to_dict(),
+        where = Path(checkpoint).resolve() if checkpoint else None
+        shown = "shipped" if where is None else str(where.relative_to(ROOT) if where.is_relative_to(ROOT) else where)
+        drnets.append({"model": model_name, "checkpoint": shown, "config": model.config.to_dict(),
                        "default": {"tau": tau, "threshold": defaults[model_name]},
                        "epochs": meta.get("total_epochs", meta.get("epochs"))})
     baseline_paths = args.baselines if args.baselines is not None else sorted(
