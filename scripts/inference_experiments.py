@@ -5,6 +5,7 @@
     python scripts/inference_experiments.py allocator    # `modules` with and without keep_freed_memory
     python scripts/inference_experiments.py fold-bn      # conv + batch-norm folding: same outputs? faster?
     python scripts/inference_experiments.py gather-scatter  # sub-batch gather/scatter: NCHW vs NHWC view
+    python scripts/inference_experiments.py pooling      # stride-1 3x3 max pooling: one call vs separable maxima
 
 All run on the shipped checkpoint (or `--checkpoint`) at its default setting on the test split. This
 machine's speed drifts, so each experiment alternates its variants and prints every run.
@@ -170,16 +171,46 @@ def gather_scatter(args) -> None:
                       f"{ms(lambda: nhwc(node).index_add_(0, rows, nhwc(out_rows))):.3f} ms")
 
 
+def pooling(args) -> None:
+    """Stride-1 3x3 max pooling at each cell's shape: F.max_pool2d against two separable passes (exact)."""
+    import torch.nn.functional as F
+
+    model, _, _, _ = setup(args.checkpoint)
+
+    def separable_max(x: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
+        rows = torch.maximum(torch.maximum(padded[:, :, :-2], padded[:, :, 1:-1]), padded[:, :, 2:])
+        return torch.maximum(torch.maximum(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])
+
+    def ms(step, repeats: int = 30) -> float:
+        for _ in range(3):
+            step()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        return (time.perf_counter() - start) / repeats * 1000
+
+    with torch.inference_mode():
+        for cell in model.cells:
+            x = torch.randn(256, cell.channels, cell.height, cell.width).contiguous(memory_format=torch.channels_last)
+            same = torch.equal(F.max_pool2d(x, 3, 1, 1), separable_max(x))
+            for _ in range(args.rounds):
+                print(f"{cell.channels}x{cell.height}x{cell.width}, batch 256 (same values: {same}): max_pool2d "
+                      f"{ms(lambda: F.max_pool2d(x, 3, 1, 1)):.2f} ms, separable {ms(lambda: separable_max(x)):.2f} ms, "
+                      f"avg_pool2d {ms(lambda: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)):.2f} ms")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn", "gather-scatter"])
+    parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn", "gather-scatter", "pooling"])
     parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per experiment")
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
     args = parser.parse_args()
     torch.manual_seed(0)
     {"eval-batch": eval_batch, "modules": modules, "allocator": allocator, "fold-bn": fold_bn,
-     "gather-scatter": gather_scatter}[args.experiment](args)
+     "gather-scatter": gather_scatter,
+     "pooling": pooling}[args.experiment](args)
     return 0
 
 
