@@ -49,8 +49,9 @@ def bench_slider(model, images, inputs, repeats: int, tau: float, threshold: flo
     # (which is where the app opens): nothing can be reused, as with a cold cache.
     settings = [(tau * (1 + 0.05 * (i + 1)), threshold + 0.01 * (i + 1)) for i in range(repeats)]
     times = []
-    for tau, threshold in settings:
-        seconds, _ = timed(lambda: summarize(run_routed(model, inputs, images.labels, tau=tau, threshold=threshold),
+    for moved_tau, moved_threshold in settings:
+        seconds, _ = timed(lambda: summarize(run_routed(model, inputs, images.labels, tau=moved_tau,
+                                                        threshold=moved_threshold),
                                              model, images.name, FASHION_CLASSES))
         times.append(seconds)
     return times

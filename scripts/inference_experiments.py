@@ -140,20 +140,22 @@ def fold_bn(args) -> None:
                   f"{big['dense_ms']:.1f} ms, routed {big['routed_ms']:.1f} ms, efficiency {big['efficiency']:.2f}")
 
 
+def mean_ms(step, repeats: int) -> float:
+    """Mean wall ms of `step` over `repeats` calls after three untimed ones (micro-benchmarks on the CPU)."""
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - start) / repeats * 1000
+
+
 def gather_scatter(args) -> None:
     """The executor's per-branch gather and scatter at each cell's shape, on the NCHW and the NHWC view."""
     from drnet_core.cell import gather_rows, nhwc
 
     model, _, _, _ = setup(args.checkpoint)
     generator = torch.Generator().manual_seed(0)
-
-    def ms(step, repeats: int = 50) -> float:
-        for _ in range(3):
-            step()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            step()
-        return (time.perf_counter() - start) / repeats * 1000
 
     with torch.inference_mode():
         for cell in model.cells:
@@ -166,9 +168,9 @@ def gather_scatter(args) -> None:
             same = torch.equal(gather_nchw(), gather_rows(x, rows))
             for _ in range(args.rounds):
                 print(f"{cell.channels}x{cell.height}x{cell.width}, 140 of 256 rows (same values: {same}): "
-                      f"gather {ms(gather_nchw):.3f} -> {ms(lambda: gather_rows(x, rows)):.3f} ms, "
-                      f"scatter {ms(scatter_nchw):.3f} -> "
-                      f"{ms(lambda: nhwc(node).index_add_(0, rows, nhwc(out_rows))):.3f} ms")
+                      f"gather {mean_ms(gather_nchw, 50):.3f} -> {mean_ms(lambda: gather_rows(x, rows), 50):.3f} ms, "
+                      f"scatter {mean_ms(scatter_nchw, 50):.3f} -> "
+                      f"{mean_ms(lambda: nhwc(node).index_add_(0, rows, nhwc(out_rows)), 50):.3f} ms")
 
 
 def pooling(args) -> None:
@@ -182,22 +184,14 @@ def pooling(args) -> None:
         rows = torch.maximum(torch.maximum(padded[:, :, :-2], padded[:, :, 1:-1]), padded[:, :, 2:])
         return torch.maximum(torch.maximum(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])
 
-    def ms(step, repeats: int = 30) -> float:
-        for _ in range(3):
-            step()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            step()
-        return (time.perf_counter() - start) / repeats * 1000
-
     with torch.inference_mode():
         for cell in model.cells:
             x = torch.randn(256, cell.channels, cell.height, cell.width).contiguous(memory_format=torch.channels_last)
             same = torch.equal(F.max_pool2d(x, 3, 1, 1), separable_max(x))
             for _ in range(args.rounds):
                 print(f"{cell.channels}x{cell.height}x{cell.width}, batch 256 (same values: {same}): max_pool2d "
-                      f"{ms(lambda: F.max_pool2d(x, 3, 1, 1)):.2f} ms, separable {ms(lambda: separable_max(x)):.2f} ms, "
-                      f"avg_pool2d {ms(lambda: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)):.2f} ms")
+                      f"{mean_ms(lambda: F.max_pool2d(x, 3, 1, 1), 30):.2f} ms, separable {mean_ms(lambda: separable_max(x), 30):.2f} ms, "
+                      f"avg_pool2d {mean_ms(lambda: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False), 30):.2f} ms")
 
 
 def main() -> int:
