@@ -103,7 +103,7 @@ class StaticBaseline(nn.Module):
     def active_params_per_instance(self, trace: RoutingTrace) -> torch.Tensor:
         return torch.full((trace.executed[0].shape[0],), float(self.params), dtype=torch.float64)
 
-    def expected_cost_fraction(self, trace: RoutingTrace) -> torch.Tensor:
+    def expected_cost_fraction(self, trace: RoutingTrace, branch_costs=None) -> torch.Tensor:
         # The cost is fixed, so the training loss's cost term is a constant zero.
         return torch.zeros(trace.executed[0].shape[0], device=trace.executed[0].device)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, default_device, load_checkpoint
-from .config import PRESETS, preset
+from .config import COST_MEASURES, PRESETS, preset
 from .data import DatasetError
 from .evaluate import EVAL_BATCH_SIZE
 from .runtime import keep_freed_memory
@@ -69,7 +69,7 @@ def _eval_set(args, meta: dict):
 
 TRAIN_OVERRIDES = {"epochs": int, "seed": int, "batch_size": int, "lr": float, "cost_weight": float,
                    "balance_weight": float, "train_threshold": float, "threshold_warmup_epochs": float,
-                   "tau_start": _tau, "tau_end": _tau, "limit": int, "val_size": int}
+                   "tau_start": _tau, "tau_end": _tau, "limit": int, "val_size": int, "cost_measure": str}
 
 
 def cmd_train(args) -> int:
@@ -87,7 +87,7 @@ def cmd_train(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if meta:
-        print(json.dumps({k: v for k, v in meta.items() if k not in ("history", "validation_sweep", "train_config")},
+        print(json.dumps({k: v for k, v in meta.items() if k not in ("history", "validation_sweep", "train_config", "branch_ms")},
                          indent=2))
     return 0
 
@@ -245,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10"])
     train.add_argument("--output", required=True, help="checkpoint path (its resume file sits beside it)")
     for name, kind in TRAIN_OVERRIDES.items():
-        train.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help="override the preset's value")
+        choices = COST_MEASURES if name == "cost_measure" else None
+        train.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, choices=choices,
+                           help="override the preset's value")
     train.add_argument("--init-from", default=None, help="start from this checkpoint's weights (same preset) with a "
                        "fresh optimizer and schedule: fine-tune a finished run")
     train.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
+COST_MEASURES = ("macs", "time")
+
 DEFAULT_BRANCHES = (
     "sep_conv_3x3",
     "sep_conv_5x5",
@@ -69,8 +71,13 @@ class TrainConfig:
     # network learns to live with sparse routing. It ramps up from 0 (dense) over the warm-up.
     train_threshold: float = 0.2
     threshold_warmup_epochs: float = 2.0
-    # Weight of the expected-cost term (expected branch MACs / worst case, in [0, 1]).
+    # Weight of the expected-cost term (expected branch cost / worst case, in [0, 1]).
     cost_weight: float = 0.05
+    # What that cost is: "macs", the branch multiply-adds (the paper's FLOPs), or "time", each branch's
+    # milliseconds measured at the start of training on the training machine (`cost.measure_branch_ms`;
+    # the table is kept in the resume file and the checkpoint). Under "macs" pooling and identity
+    # are free; under "time" they cost what they cost.
+    cost_measure: str = "macs"
     # Weight of the branch-usage balance term (0 when a batch spreads its weight evenly over the
     # branches, 1 when every instance leans on the same one). Off for the shipped model: at 0.05
     # (with cost weight 0.02) it multiplied the distinct paths but cost accuracy; see docs/MODEL.md.
@@ -83,6 +90,10 @@ class TrainConfig:
     # Start from this checkpoint's weights (same architecture) with a fresh optimizer and schedule:
     # continuing a finished run under a new objective costs a fraction of training from scratch.
     init_from: str | None = None
+
+    def __post_init__(self):
+        if self.cost_measure not in COST_MEASURES:
+            raise ValueError(f"cost_measure must be one of {COST_MEASURES}, got {self.cost_measure!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -4,11 +4,19 @@ Following the paper, "FLOPs" here means multiply-adds (MACs) of convolutions and
 `torch.utils.flop_counter.FlopCounterMode` counts 2 per multiply-add, so its total is exactly twice
 ours (tests check this on routed single-instance forwards). Pooling, identity, activations, batch
 norm and additions are not counted, as torch's counter does not count them either.
+
+Multiply-adds are what the paper reports, but they are not time: pooling is free in them and is not
+free on a CPU. `measure_branch_ms` times every branch type of every cell on the machine it runs on,
+the latency lookup table of hardware-aware architecture search (FBNet, Wu et al. 2019), so that
+training can charge the routers for time instead (`TrainConfig.cost_measure = "time"`).
 """
 from __future__ import annotations
 
 import math
+import statistics
+import time
 
+import torch
 from torch import nn
 
 
@@ -45,3 +53,39 @@ def module_macs(module: nn.Module, height: int, width: int) -> int:
 
 def module_params(module: nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
+
+
+@torch.inference_mode()
+def measure_branch_ms(cell: nn.Module, batch_size: int = 256, repeats: int = 15, warmup: int = 3) -> torch.Tensor:
+    """(connections, branches) milliseconds one executed branch costs the eval executor at `batch_size`.
+
+    Each branch is timed as the executor runs it: the branch on a channels_last batch of the cell's
+    shape, then its weighted output added into a node (`addcmul_`), so identity costs that addition
+    and nothing is free. Every connection of a cell holds the same branch types at the same shape, so
+    each type is timed once (on the first connection) and the row repeated: identical operations get
+    identical costs. Median of `repeats`, after every branch has run `warmup` times: the first calls of
+    a process pay for thread start-up, allocation and kernel selection, several times a branch's cost.
+    """
+    device = cell.branch_macs.device
+    x = torch.randn(batch_size, cell.channels, cell.height, cell.width, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    node, scale = torch.zeros_like(x), torch.rand(batch_size, 1, 1, 1, device=device)
+    was_training = cell.training
+    cell.eval()
+    for _ in range(warmup):
+        for branch in cell.edges[0]:
+            node.addcmul_(branch(x), scale)
+    row = []
+    for branch in cell.edges[0]:
+        times = []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            node.addcmul_(branch(x), scale)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append((time.perf_counter() - start) * 1000)
+        row.append(statistics.median(times))
+    cell.train(was_training)
+    return torch.tensor([row] * len(cell.edges), dtype=torch.float64, device=device)

@@ -136,14 +136,17 @@ class DRNet(nn.Module):
         params = sum((mask.double() * cell.branch_params).sum(dim=(1, 2)) for mask, cell in zip(trace.executed, self.cells))
         return params + self.always_on_params
 
-    def expected_cost_fraction(self, trace: RoutingTrace) -> torch.Tensor:
-        """(B,) differentiable cost: expected branch MACs under the weights over the worst case.
+    def expected_cost_fraction(self, trace: RoutingTrace,
+                               branch_costs: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(B,) differentiable cost: expected branch cost under the weights over the worst case.
 
-        The worst case is the costliest branch on every connection, so the value lies in [0, 1] and
-        the cost weight in the loss means the same thing for any architecture.
+        branch_costs: per cell (connections, branches), e.g. `cost.measure_branch_ms`; default the
+        branch multiply-adds. The worst case is the costliest branch on every connection, so the
+        value lies in [0, 1] and the cost weight in the loss means the same thing for any architecture.
         """
-        expected = sum((w * cell.branch_macs.to(w.dtype)).sum(dim=(1, 2)) for w, cell in zip(trace.weights, self.cells))
-        worst = sum(float(cell.branch_macs.max(dim=1).values.sum()) for cell in self.cells)
+        costs = branch_costs if branch_costs is not None else [cell.branch_macs for cell in self.cells]
+        expected = sum((w * cost.to(w.device, w.dtype)).sum(dim=(1, 2)) for w, cost in zip(trace.weights, costs))
+        worst = sum(float(cost.max(dim=1).values.sum()) for cost in costs)
         return expected / worst
 
     def branch_usage_imbalance(self, trace: RoutingTrace) -> torch.Tensor:

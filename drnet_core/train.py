@@ -4,8 +4,9 @@
     torchrun --nproc_per_node=2 -m drnet_core train ...   # DistributedDataParallel
 
 Loss = CE(label-smoothed) + cost_weight * expected_cost_fraction + balance_weight * branch_usage_imbalance.
-The expected cost is the branch multiply-adds expected under the Gumbel-Softmax weights divided by
-the worst case (costliest branch everywhere), so it lies in [0, 1] and pushes every RouterNet toward
+The expected cost is the branch multiply-adds (or, with `cost_measure="time"`, the branch milliseconds
+measured on this machine) expected under the Gumbel-Softmax weights divided by the worst case
+(costliest branch everywhere), so it lies in [0, 1] and pushes every RouterNet toward
 cheap branches when they suffice; the imbalance term keeps a batch from putting all its weight on one
 branch per connection, so routing stays instance-aware. The threshold ramps from 0 (dense) to `train_threshold` over the warm-up, and branches below
 it are skipped in training exactly as at inference; tau anneals geometrically.
@@ -40,6 +41,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
 from .config import ModelConfig, TrainConfig
+from .cost import measure_branch_ms
 from .data import FASHION_CLASSES, CIFAR10_CLASSES, DatasetError, ImageSet, augment, load_split, to_model_input
 from .distributed import DistributedContext, run_routed_sharded, state_fingerprint, sweep_sharded
 from .evaluate import DEFAULT_SELECTION_RULE, choose_default_setting, summarize
@@ -112,6 +114,9 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
         restore_rng(state, ctx, train_config.seed)
         if ctx.is_main:
             log.info("resumed from %s at epoch %d", resume_path, start_epoch)
+    branch_ms = branch_time_table(model, state, ctx) if train_config.cost_measure == "time" else None
+    branch_costs = None if branch_ms is None else [torch.tensor(t, dtype=torch.float64, device=ctx.device)
+                                                    for t in branch_ms]
 
     # Skipped branches get no gradient in a step, hence find_unused_parameters.
     wrapped = (DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
@@ -134,7 +139,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
             if train_config.augment:
                 batch = augment(batch.cpu(), augment_rng).to(ctx.device) if ctx.device.type != "cpu" else augment(batch, augment_rng)
             logits, trace = wrapped(batch, tau=tau, threshold=threshold)
-            cost = model.expected_cost_fraction(trace).mean()
+            cost = model.expected_cost_fraction(trace, branch_costs).mean()
             balance = model.branch_usage_imbalance(trace)
             loss = (F.cross_entropy(logits, labels, label_smoothing=train_config.label_smoothing)
                     + train_config.cost_weight * cost + train_config.balance_weight * balance)
@@ -169,17 +174,36 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
             torch.save({"model_config": model_config.to_dict(), "train_config": train_config.to_dict(),
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
-                        "rng": torch.get_rng_state(), **rng_states}, resume_path.with_name(resume_path.name + ".tmp"))
+                        "branch_ms": branch_ms, "rng": torch.get_rng_state(), **rng_states}, resume_path.with_name(resume_path.name + ".tmp"))
             os.replace(resume_path.with_name(resume_path.name + ".tmp"), resume_path)
         ctx.barrier()
 
     replicas = replica_report(model, ctx)
     meta = finalize(model, model_config, train_config, output, history, full_train, inputs, val_idx,
                     dataset=dataset, data_dir=data_dir, select_defaults=select_defaults,
-                    evaluate_test=evaluate_test, progress=progress, ctx=ctx, replicas=replicas, parent=parent)
+                    evaluate_test=evaluate_test, progress=progress, ctx=ctx, replicas=replicas, parent=parent,
+                    branch_ms=branch_ms)
     ctx.barrier()
     ctx.close()
     return meta if ctx.is_main else {}
+
+
+def branch_time_table(model: torch.nn.Module, state: dict | None, ctx: DistributedContext) -> list | None:
+    """Per cell, the (connections, branches) milliseconds the "time" cost charges, as nested lists.
+
+    A resumed run keeps the table it started with (the machine's speed drifts; the objective must
+    not). Rank 0 measures and sends its table to the others, so every replica optimises the same loss.
+    """
+    table = (state or {}).get("branch_ms")
+    if table is None and ctx.is_main and isinstance(model, DRNet):
+        table = [measure_branch_ms(cell).tolist() for cell in model.cells]
+        log.info("branch milliseconds at batch 256, per cell (%s): %s", ", ".join(model.config.branches),
+                 [[round(ms, 3) for ms in cell_table[0]] for cell_table in table])
+    if ctx.distributed:
+        table = ctx.broadcast_object(table)
+    if table is None:
+        raise ValueError('cost_measure="time" needs a routed network (a DRNet) to time')
+    return table
 
 
 def warm_start(model: torch.nn.Module, model_config, path: str) -> dict:
@@ -301,7 +325,7 @@ def finalize(model: DRNet, model_config: ModelConfig, train_config: TrainConfig,
              full_train: ImageSet, inputs: torch.Tensor, val_idx: torch.Tensor, *, dataset: str,
              data_dir: str | None, select_defaults: bool, evaluate_test: bool, progress: bool,
              ctx: DistributedContext | None = None, replicas: dict | None = None,
-             parent: dict | None = None) -> dict:
+             parent: dict | None = None, branch_ms: list | None = None) -> dict:
     """Choose default routing on held-out training images, report test figures, write the checkpoint.
 
     With several processes every rank calls it (the evaluations are sharded); rank 0 writes.
@@ -347,6 +371,8 @@ def finalize(model: DRNet, model_config: ModelConfig, train_config: TrainConfig,
         meta["distributed"] = replicas
     if parent is not None:
         meta["initialized_from"] = parent
+    if branch_ms is not None:
+        meta["branch_ms"] = branch_ms  # the table the cost term charged
     if is_main:
         save_checkpoint(output, model, meta)
         log.info("wrote %s", output)
