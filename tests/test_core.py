@@ -248,3 +248,32 @@ def test_branch_usage_imbalance_is_zero_for_even_use_and_one_for_a_single_shared
     assert float(model.branch_usage_imbalance(RoutingTrace([], same, []))) == pytest.approx(1.0)
     random = [torch.softmax(torch.randn(8, c, b), -1) for c, b in shape]
     assert 0.0 < float(model.branch_usage_imbalance(RoutingTrace([], random, []))) < 1.0
+
+
+def test_measured_branch_time_is_one_positive_row_per_branch_type_repeated_over_connections():
+    from drnet_core.cost import measure_branch_ms
+
+    model = tiny_model()
+    model.train()
+    for cell in model.cells:
+        table = measure_branch_ms(cell, batch_size=8, repeats=3, warmup=1)
+        assert table.shape == cell.branch_macs.shape
+        assert bool((table > 0).all())
+        assert torch.equal(table, table[:1].expand_as(table))  # identical operations, identical cost
+    assert model.training  # timing in eval mode leaves the mode it found
+
+
+def test_expected_cost_charges_the_table_it_is_given():
+    from drnet_core.model import RoutingTrace
+
+    model = tiny_model()
+    shape = model.routing_shape()
+    branches = model.config.branches
+    max_pool = branches.index("max_pool_3x3")
+    on = [torch.nn.functional.one_hot(torch.full((2, c), max_pool, dtype=torch.long), b).float() for c, b in shape]
+    # Under multiply-adds max pooling is free; under a time table that charges it, it is not.
+    assert float(model.expected_cost_fraction(RoutingTrace([], on, [])).max()) == 0.0
+    times = [torch.arange(1, b + 1, dtype=torch.float64).expand(c, b) for c, b in shape]
+    expected = sum(c * (max_pool + 1) for c, _ in shape) / sum(c * b for c, b in shape)
+    charged = model.expected_cost_fraction(RoutingTrace([], on, []), times)
+    assert torch.allclose(charged, torch.full_like(charged, expected))

@@ -209,3 +209,28 @@ def test_shipped_checkpoint_classifies_the_shipped_subset():
     assert float(run.correct.float().mean()) > 0.9
     assert float(run.mflops.mean()) < 0.5 * model.dense_mflops()
     assert meta["dataset"] == "fashion-mnist" and meta["epochs"] >= 10
+
+
+def test_time_cost_measures_its_table_once_and_keeps_it_across_a_resume(tmp_path, monkeypatch):
+    from drnet_core import train as train_module
+
+    data, model_config, train_config = tiny_training(tmp_path, epochs=2)
+    train_config = replace(train_config, cost_measure="time", cost_weight=0.5)
+    calls = []
+    real = train_module.measure_branch_ms
+    monkeypatch.setattr(train_module, "measure_branch_ms",
+                        lambda cell: calls.append(cell) or real(cell, batch_size=4, repeats=2, warmup=1))
+    output = tmp_path / "timed.pt"
+    train(model_config, replace(train_config, epochs=1), output, data_dir=str(data), progress=False,
+          select_defaults=False, evaluate_test=False)
+    measured = torch.load(str(output) + ".resume.pt", weights_only=True)["branch_ms"]
+    assert len(calls) == len(measured) == len(model_config.stage_channels) * model_config.cells_per_stage
+    state = torch.load(str(output) + ".resume.pt", weights_only=True)
+    state["train_config"]["epochs"] = 2
+    torch.save(state, str(output) + ".resume.pt")
+    meta = train(model_config, train_config, output, data_dir=str(data), progress=False, select_defaults=False,
+                 evaluate_test=False)
+    assert len(calls) == len(measured)  # resumed: the run keeps charging the table it started with
+    assert meta["branch_ms"] == measured and meta["train_config"]["cost_measure"] == "time"
+    with pytest.raises(ValueError, match="cost_measure"):
+        replace(train_config, cost_measure="seconds")
