@@ -188,7 +188,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
     return meta if ctx.is_main else {}
 
 
-def branch_time_table(model: torch.nn.Module, state: dict | None, ctx: DistributedContext) -> list | None:
+def branch_time_table(model: torch.nn.Module, state: dict | None, ctx: DistributedContext) -> list:
     """Per cell, the (connections, branches) milliseconds the "time" cost charges, as nested lists.
 
     A resumed run keeps the table it started with (the machine's speed drifts; the objective must
@@ -242,7 +242,8 @@ def reselect_default(checkpoint: str | os.PathLike, output: str | os.PathLike, *
     _, val_idx = split_train_val(full_train, train_config.val_size, train_config.seed)
     return finalize(model, model.config, train_config, Path(output), meta.get("history", []), full_train,
                     to_model_input(full_train.images, dataset), val_idx, dataset=dataset, data_dir=data_dir,
-                    select_defaults=True, evaluate_test=True, progress=progress, parent=meta.get("initialized_from"))
+                    select_defaults=True, evaluate_test=True, progress=progress, parent=meta.get("initialized_from"),
+                    branch_ms=meta.get("branch_ms"))
 
 
 def check_input_fits(images: ImageSet, model_config) -> None:
