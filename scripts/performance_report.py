@@ -81,12 +81,12 @@ def plot(rows: list[dict], path: Path, title: str, defaults: dict[str, float]) -
                 axes.annotate(f"threshold {r['threshold']:g}", (r["mean_mflops"], 100 * r["accuracy"]),
                               textcoords="offset points", xytext=(-10, -14 if r["threshold"] in below else 8),
                               fontsize=7, color=color)
-    markers = {"static-cells": ("s", "tab:orange"), "plain-cnn": ("^", "tab:green")}
-    for r in rows:
-        if r["kind"] in markers:
-            marker, color = markers[r["kind"]]
-            axes.scatter([r["mean_mflops"]], [100 * r["accuracy"]], marker=marker, s=60, color=color, zorder=3,
-                         label=f"{r['name']} ({r['params']:,} params)")
+    # Marker by kind, colour by network: the baselines of each DRNet sit near that DRNet's curve.
+    markers = {"static-cells": "s", "plain-cnn": "^"}
+    baselines = [r for r in rows if r["kind"] in markers]
+    for r, color in zip(baselines, ("tab:orange", "tab:green", "tab:olive", "tab:cyan", "tab:pink", "tab:gray")):
+        axes.scatter([r["mean_mflops"]], [100 * r["accuracy"]], marker=markers[r["kind"]], s=60, color=color,
+                     zorder=3, label=f"{r['name']} ({r['params']:,} params)")
     axes.set_xscale("log")
     axes.xaxis.set_major_locator(FixedLocator([1.5, 2, 3, 5, 8, 13, 27]))
     axes.xaxis.set_minor_locator(NullLocator())

@@ -166,3 +166,20 @@ def test_in_place_eval_accumulation_leaves_the_cell_input_alone() -> None:
         out, *_ = model.cells[0](cell_input, 1.0, 0.5, branch_overrides=overrides)
     assert torch.equal(cell_input, kept)
     assert not torch.equal(out, cell_input)
+
+
+def test_two_batches_at_a_time_give_the_serial_results_and_leave_the_thread_count(monkeypatch):
+    from drnet_core import evaluate
+
+    model = DRNet(PRESETS["tiny"].model).eval()
+    inputs, labels = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
+    torch.set_num_threads(2)
+    assert evaluate.batch_workers(torch.device("cpu"), batches=5) == 2
+    assert evaluate.batch_workers(torch.device("cpu"), batches=1) == 1
+    parallel = evaluate.run_routed(model, inputs, labels, tau=1.0, threshold=0.2, noise_seed=7, batch_size=8)
+    assert torch.get_num_threads() == 2  # the workers' one-thread setting stays in the workers
+    monkeypatch.setattr(evaluate, "batch_workers", lambda device, batches: 1)
+    serial = evaluate.run_routed(model, inputs, labels, tau=1.0, threshold=0.2, noise_seed=7, batch_size=8)
+    for field in ("probabilities", "mflops", "active_params", "path_masks", "branch_weights"):
+        assert torch.allclose(getattr(parallel, field).double(), getattr(serial, field).double(), atol=1e-6), field
+    assert torch.equal(parallel.path_masks, serial.path_masks)
