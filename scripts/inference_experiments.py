@@ -6,6 +6,7 @@
     python scripts/inference_experiments.py fold-bn      # conv + batch-norm folding: same outputs? faster?
     python scripts/inference_experiments.py gather-scatter  # sub-batch gather/scatter: NCHW vs NHWC view
     python scripts/inference_experiments.py pooling      # stride-1 3x3 max pooling: one call vs separable maxima
+    python scripts/inference_experiments.py eval-workers # 10k routed evaluation: one batch at a time vs two
 
 All run on the shipped checkpoint (or `--checkpoint`) at its default setting on the test split. This
 machine's speed drifts, so each experiment alternates its variants and prints every run.
@@ -105,6 +106,32 @@ def allocator(args) -> None:
                   f"dense {result['dense']['total']} ms per batch of 256")
 
 
+def eval_workers(args) -> None:
+    """Cold and warm 10k evaluation, each variant in a fresh process (as the app's first slider move)."""
+    for _ in range(args.rounds):
+        for workers in ("1", "2"):
+            command = [sys.executable, __file__, "eval-workers-once", "--workers", workers]
+            if args.checkpoint:
+                command += ["--checkpoint", args.checkpoint]
+            print(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip())
+
+
+def eval_workers_once(args) -> None:
+    import drnet_core.evaluate as evaluate
+
+    keep_freed_memory()
+    allowed = int(args.workers)
+    real = evaluate.batch_workers
+    evaluate.batch_workers = lambda device, batches: min(allowed, real(device, batches))
+    model, meta, inputs, labels = setup(args.checkpoint)
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        evaluate.run_routed(model, inputs, labels, tau=meta["default_tau"], threshold=meta["default_threshold"])
+        seconds.append(round(time.perf_counter() - start, 3))
+    print(f"batches at a time {allowed}: cold {seconds[0]} s, warm {seconds[1]} s")
+
+
 def folded(model):
     """A copy with every conv that feeds a batch norm folded into it (eval mode only)."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -196,15 +223,17 @@ def pooling(args) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn", "gather-scatter", "pooling"])
+    parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn", "gather-scatter", "pooling",
+                                               "eval-workers", "eval-workers-once"])
     parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per experiment")
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
+    parser.add_argument("--workers", choices=["1", "2"], default="2", help="eval-workers-once: batches at a time")
     args = parser.parse_args()
     torch.manual_seed(0)
     {"eval-batch": eval_batch, "modules": modules, "allocator": allocator, "fold-bn": fold_bn,
-     "gather-scatter": gather_scatter,
-     "pooling": pooling}[args.experiment](args)
+     "gather-scatter": gather_scatter, "pooling": pooling, "eval-workers": eval_workers,
+     "eval-workers-once": eval_workers_once}[args.experiment](args)
     return 0
 
 
