@@ -49,9 +49,10 @@ class RoutedRun:
 def batch_workers(device: torch.device, batches: int) -> int:
     """How many batches to evaluate at once: two on a CPU with at least two torch threads, else one.
 
-    Routed batches are chains of small operators that one core runs about as fast as two, so on a
-    CPU two batches at a time, one thread each, keep both cores busy. The 10k test split at the
-    shipped default took 12-15% less time that way on the 2-core machine (docs/PERFORMANCE.md).
+    A routed batch is a chain of small operators, each too small to split well over two cores, so on
+    a CPU two batches at a time, one thread each, keep both cores busier. On the 2-core machine the
+    10k test split at the shipped default took 3% (cold) to 12% (warm) less time on average, and
+    40% less beside other work (`inference_experiments.py eval-workers`, docs/PERFORMANCE.md).
     """
     if device.type != "cpu" or batches < 2 or torch.get_num_threads() < 2:
         return 1
