@@ -64,7 +64,7 @@ def plot(rows: list[dict], path: Path, title: str, defaults: dict[str, float]) -
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    figure, axes = plt.subplots(figsize=(10, 4.5), dpi=120)
     for model_name, color in zip(defaults, ("tab:blue", "tab:purple", "tab:red", "tab:brown")):
         drnet = sorted((r for r in rows if r["kind"] == "drnet" and r["model"] == model_name),
                        key=lambda r: r["mean_mflops"])
@@ -72,7 +72,7 @@ def plot(rows: list[dict], path: Path, title: str, defaults: dict[str, float]) -
                   label=f"{model_name}, tau={drnet[0]['tau']:g}, threshold varied")
         # Thresholds above ~0.05 crowd into one spot; label the ends of the curve and the default only.
         below = {drnet[0]["threshold"]}
-        labelled = below | {r["threshold"] for r in drnet[-2:]}
+        labelled = below | {drnet[-1]["threshold"]}
         for r in drnet:
             if r["threshold"] == defaults[model_name]:
                 axes.scatter([r["mean_mflops"]], [100 * r["accuracy"]], s=140, facecolors="none", edgecolors=color,
@@ -95,7 +95,7 @@ def plot(rows: list[dict], path: Path, title: str, defaults: dict[str, float]) -
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(title, fontsize=10)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))  # outside: the curves span the plot
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
