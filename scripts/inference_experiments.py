@@ -94,14 +94,19 @@ def modules(args) -> None:
     print(json.dumps(result))
 
 
+def in_fresh_process(args, *experiment: str) -> str:
+    """This script's stdout for `experiment` run in a new Python process, on the same checkpoint."""
+    command = [sys.executable, __file__, *experiment]
+    if args.checkpoint:
+        command += ["--checkpoint", args.checkpoint]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+
 def allocator(args) -> None:
     """mallopt cannot be undone inside a process, so each variant runs in a fresh one, alternating."""
     for _ in range(args.rounds):
         for setting in ("on", "off"):
-            command = [sys.executable, __file__, "modules", "--keep-freed-memory", setting]
-            if args.checkpoint:
-                command += ["--checkpoint", args.checkpoint]
-            result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+            result = json.loads(in_fresh_process(args, "modules", "--keep-freed-memory", setting))
             print(f"keep_freed_memory {setting:3s}: routed {result['routed']['total']} ms, "
                   f"dense {result['dense']['total']} ms per batch of 256")
 
@@ -110,10 +115,7 @@ def eval_workers(args) -> None:
     """Cold and warm 10k evaluation, each variant in a fresh process (as the app's first slider move)."""
     for _ in range(args.rounds):
         for workers in ("1", "2"):
-            command = [sys.executable, __file__, "eval-workers-once", "--workers", workers]
-            if args.checkpoint:
-                command += ["--checkpoint", args.checkpoint]
-            print(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip())
+            print(in_fresh_process(args, "eval-workers-once", "--workers", workers).strip())
 
 
 def eval_workers_once(args) -> None:
