@@ -10,6 +10,10 @@ default) and reports, in one dict:
     routed time shrinks exactly as multiply-adds do (DRNet, Cai et al., arXiv 1905.04849, counts
     cost in multiply-adds; this asks whether that count is a real saving);
   * the RouterNets' share of routed multiply-adds and of routed wall time;
+  * where the routed time goes (`time_model`): each branch type timed alone per cell, the always-on
+    part timed with every branch forced off, and the speedup those times predict for the executed
+    branches. That splits the efficiency into what the model's choice of branches allows (pooling and
+    identity cost time but no multiply-adds) and what the sparse executor makes of it;
   * a cold evaluation (the first `run_routed` after loading, as a slider move in the app triggers
     it) and the warm throughput of the same full evaluation, in images/s;
   * training throughput of the checkpoint's architecture: forward, backward and SGD step on
@@ -29,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import TrainConfig
+from .cost import measure_branch_ms
 from .data import augment, load_split, load_test_set, to_model_input
 from .evaluate import EVAL_BATCH_SIZE, run_routed
 from .model import DRNet
@@ -137,6 +142,44 @@ def router_share(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: f
             "routed_ms": 1e3 * routed_time, "time_share": time_share}
 
 
+@torch.inference_mode()
+def time_model(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: float, batch: int,
+               warmup: int, repeats: int) -> dict:
+    """The time a forward would take if every executed branch cost what it costs alone, dense vs routed.
+
+    Multiply-adds leave out branches that cost time but no multiply-adds (pooling, identity and the
+    weighted add every branch ends in), so the FLOPs ratio promises more than any executor can give.
+    Here each branch type is timed alone per cell at `batch` (`cost.measure_branch_ms`), and the
+    always-on part (stem, reductions, routers, head, the executor's bookkeeping) by a forward with
+    every branch forced off. Predicted time = always-on + sum over branches of (fraction of instances
+    that executed it) x (its time). `time_ratio` is the speedup those times allow; `run_bench` adds
+    `executor_efficiency` = measured speedup / time_ratio, what the sparse executor makes of it.
+    """
+    batches = [inputs[i:i + batch].to(model.device) for i in range(0, len(inputs) - batch + 1, batch)]
+    branch_ms = [measure_branch_ms(cell, batch_size=batch) for cell in model.cells]
+    everything_off = [torch.full(cell.branch_macs.shape, -1, dtype=torch.long) for cell in model.cells]
+    always_on_ms = 1e3 * median_seconds(
+        lambda: [model(b, tau=tau, threshold=threshold, branch_overrides=everything_off) for b in batches],
+        warmup=warmup, repeats=repeats, device=model.device) / len(batches)
+    executed_fraction = [torch.zeros_like(ms) for ms in branch_ms]
+    for b in batches:
+        for fraction, executed in zip(executed_fraction, model(b, tau=tau, threshold=threshold)[1].executed):
+            fraction += executed.to(fraction.dtype).mean(dim=0) / len(batches)
+    dense_branch_ms = sum(float(ms.sum()) for ms in branch_ms)
+    routed_branch_ms = sum(float((ms * fraction).sum()) for ms, fraction in zip(branch_ms, executed_fraction))
+    zero_mac_ms = sum(float((ms * fraction * (cell.branch_macs == 0)).sum())
+                      for ms, fraction, cell in zip(branch_ms, executed_fraction, model.cells))
+    predicted_dense, predicted_routed = always_on_ms + dense_branch_ms, always_on_ms + routed_branch_ms
+    return {"batch": len(batches[0]), "forwards": len(batches),
+            "branch_ms": {f"cell_{index}": dict(zip(cell.branch_names, ms[0].tolist()))
+                          for index, (cell, ms) in enumerate(zip(model.cells, branch_ms))},
+            "always_on_ms": always_on_ms,
+            "predicted_dense_ms": predicted_dense, "predicted_routed_ms": predicted_routed,
+            "time_ratio": predicted_dense / predicted_routed,
+            "zero_mac_branch_share": zero_mac_ms / predicted_routed,
+            "always_on_share": always_on_ms / predicted_routed}
+
+
 def evaluation_speed(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, tau: float, threshold: float,
                      repeats: int, batch_size: int) -> dict:
     """Cold: the first `run_routed` since loading (call this first). Warm: the median of `repeats` more."""
@@ -224,6 +267,12 @@ def run_bench(model: DRNet, meta: dict, *, data_dir: str | None = None, eval_ima
         },
         "evaluation": evaluation,
     }
+    big_latency = result["latency"][f"batch_{big_batch}"]
+    result["time_model"] = time_model(model, inputs[:big * BIG_BATCHES], tau=tau, threshold=threshold, batch=big,
+                                      warmup=warmup, repeats=repeats)
+    timed = result["time_model"]
+    timed["measured_dense_ms"], timed["measured_routed_ms"] = big_latency["dense_ms"], big_latency["routed_ms"]
+    timed["executor_efficiency"] = big_latency["speedup"] / timed["time_ratio"]
     train_config = train_config or TrainConfig(**{k: v for k, v in (meta.get("train_config") or {}).items()
                                                   if k in TrainConfig.__dataclass_fields__})
     train_set = load_split(dataset, "train", data_dir)
@@ -256,6 +305,13 @@ def format_table(result: dict) -> str:
     for row in result["router"].values():
         lines.append(f"routers at batch {row['batch']}: {100 * row['flops_share']:.2f}% of routed FLOPs, "
                      f"{100 * row['time_share']:.1f}% of routed wall time")
+    timed = result["time_model"]
+    lines.append(f"time model at batch {timed['batch']}: each executed branch at its cost alone predicts dense "
+                 f"{timed['predicted_dense_ms']:.1f} ms, routed {timed['predicted_routed_ms']:.1f} ms "
+                 f"(measured {timed['measured_dense_ms']:.1f}, {timed['measured_routed_ms']:.1f})")
+    lines.append(f"  so the executed branches allow a speedup of {timed['time_ratio']:.2f}; executor efficiency "
+                 f"{timed['executor_efficiency']:.2f}; of predicted routed time, branches without multiply-adds "
+                 f"{100 * timed['zero_mac_branch_share']:.0f}%, always-on part {100 * timed['always_on_share']:.0f}%")
     ev = result["evaluation"]
     lines.append(f"evaluation of {ev['images']:,} images: cold {ev['cold_seconds']:.2f} s "
                  f"({ev['cold_images_per_second']:,.0f} images/s), warm {ev['warm_seconds']:.2f} s "

@@ -61,6 +61,17 @@ def test_bench_json_has_every_field(tiny_setup):
         share = result["router"][key]
         assert 0 < share["flops_share"] < 1 and share["time_share"] > 0
         assert share["router_mflops"] == pytest.approx(sum(c.router_macs for c in model.cells) / 1e6)
+    timed = result["time_model"]
+    assert timed["batch"] == 40 and set(timed["branch_ms"]) == {f"cell_{i}" for i in range(len(model.cells))}
+    assert all(list(row) == list(model.config.branches) and min(row.values()) > 0 for row in timed["branch_ms"].values())
+    # Dense runs every branch, so its predicted time is the always-on part plus the whole table.
+    table_ms = sum(sum(row.values()) * len(cell.connections)
+                   for row, cell in zip(timed["branch_ms"].values(), model.cells))
+    assert timed["predicted_dense_ms"] == pytest.approx(timed["always_on_ms"] + table_ms)
+    assert timed["always_on_ms"] < timed["predicted_routed_ms"] <= timed["predicted_dense_ms"]
+    assert timed["time_ratio"] == pytest.approx(timed["predicted_dense_ms"] / timed["predicted_routed_ms"])
+    assert timed["executor_efficiency"] == pytest.approx(result["latency"]["batch_256"]["speedup"] / timed["time_ratio"])
+    assert 0 <= timed["zero_mac_branch_share"] < 1 and 0 < timed["always_on_share"] < 1
     evaluation = result["evaluation"]
     assert evaluation["images"] == 40
     assert evaluation["cold_images_per_second"] == pytest.approx(40 / evaluation["cold_seconds"])
@@ -178,3 +189,16 @@ def test_keep_freed_memory_is_idempotent_and_says_whether_it_applies():
     assert keep_freed_memory() is first
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert first is True
+
+
+def test_time_model_predicts_no_saving_when_every_branch_runs():
+    from drnet_core.bench import time_model
+
+    model = tiny_model().eval()
+    inputs = torch.randn(8, 1, 28, 28)
+    dense = time_model(model, inputs, tau=1.0, threshold=0.0, batch=4, warmup=1, repeats=2)
+    assert dense["forwards"] == 2 and dense["batch"] == 4
+    assert dense["predicted_routed_ms"] == pytest.approx(dense["predicted_dense_ms"]) and dense["time_ratio"] == pytest.approx(1.0)
+    zero_mac_ms = sum(ms * len(cell.connections) for cell, row in zip(model.cells, dense["branch_ms"].values())
+                      for name, ms in row.items() if cell.branch_macs[0, cell.branch_names.index(name)] == 0)
+    assert dense["zero_mac_branch_share"] == pytest.approx(zero_mac_ms / dense["predicted_dense_ms"])
