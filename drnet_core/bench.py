@@ -234,11 +234,15 @@ def training_speed(model_config, train_config: TrainConfig, images: torch.Tensor
 def run_bench(model: DRNet, meta: dict, *, data_dir: str | None = None, eval_images: int | None = None,
               single_images: int = 100, big_batch: int = 256, warmup: int = 2, repeats: int = 5,
               train_steps: int = 5, eval_batch_size: int = EVAL_BATCH_SIZE,
-              train_config: TrainConfig | None = None) -> dict:
-    """Every figure of the benchmark, in one dict. `model` in eval mode; `meta` its checkpoint metadata."""
+              train_config: TrainConfig | None = None, tau: float | None = None,
+              threshold: float | None = None) -> dict:
+    """Every figure of the benchmark, in one dict. `model` in eval mode; `meta` its checkpoint metadata.
+
+    Routed means the checkpoint's default setting unless `tau` / `threshold` name another.
+    """
     device = model.device
-    tau = float(meta.get("default_tau", 1.0))
-    threshold = float(meta.get("default_threshold", 0.0))
+    tau = float(meta.get("default_tau", 1.0) if tau is None else tau)
+    threshold = float(meta.get("default_threshold", 0.0) if threshold is None else threshold)
     dataset = meta.get("dataset", "fashion-mnist")
     test = load_test_set(data_dir) if dataset == "fashion-mnist" else load_split(dataset, "test", data_dir)
     test = test.subset(eval_images)

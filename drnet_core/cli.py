@@ -62,7 +62,12 @@ def _eval_set(args, meta: dict):
     from .data import load_split, load_test_set, to_model_input
 
     dataset = meta.get("dataset", "fashion-mnist")
-    test = load_test_set(args.data_dir) if dataset == "fashion-mnist" else load_split(dataset, "test", args.data_dir)
+    if getattr(args, "split", "test") == "held-out":
+        from .train import held_out_set
+
+        test = held_out_set(meta, args.data_dir)
+    else:
+        test = load_test_set(args.data_dir) if dataset == "fashion-mnist" else load_split(dataset, "test", args.data_dir)
     test = test.subset(args.limit)
     return test, to_model_input(test.images, dataset)
 
@@ -170,7 +175,8 @@ def cmd_bench(args) -> int:
 
     model, meta = load_checkpoint(args.checkpoint, device=default_device())
     result = run_bench(model, meta, data_dir=args.data_dir, eval_images=args.limit, warmup=args.warmup,
-                       repeats=args.repeats, single_images=args.single_images, train_steps=args.train_steps)
+                       repeats=args.repeats, single_images=args.single_images, train_steps=args.train_steps,
+                       tau=args.tau, threshold=args.threshold)
     result["settings"]["checkpoint"] = str(args.checkpoint or "shipped")
     print(json.dumps(result, indent=1) if args.json else format_table(result))
     return 0
@@ -282,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--taus", type=_floats, default=[0.25, 0.5, 1.0, 2.0])
     sweep.add_argument("--thresholds", type=_floats, default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0])
     sweep.add_argument("--limit", type=int, default=None)
+    sweep.add_argument("--split", choices=["test", "held-out"], default="test",
+                       help="test split, or the training images the checkpoint's run held out (where its default "
+                       "setting was chosen)")
     sweep.add_argument("--format", choices=["csv", "json"], default="csv")
     sweep.add_argument("--output", help="file to write (default: stdout)")
     sweep.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH_SIZE,
@@ -299,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--single-images", type=_positive_int, default=100, help="images timed one at a time")
     bench.add_argument("--train-steps", type=_positive_int, default=5, help="timed training steps")
     bench.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads")
+    bench.add_argument("--tau", type=_tau, default=None, help="routed setting's temperature (default: checkpoint's)")
+    bench.add_argument("--threshold", type=_threshold, default=None,
+                       help="routed setting's threshold (default: checkpoint's)")
     data_options(bench)
     bench.set_defaults(func=cmd_bench)
 

@@ -236,14 +236,28 @@ def reselect_default(checkpoint: str | os.PathLike, output: str | os.PathLike, *
     model, meta = load_checkpoint(checkpoint)
     train_config = TrainConfig.from_dict(meta.get("train_config") or {})
     dataset = meta.get("dataset", "fashion-mnist")
-    full_train = load_split(dataset, "train", data_dir)
-    if train_config.limit:
-        full_train = full_train.subset(train_config.limit)
-    _, val_idx = split_train_val(full_train, train_config.val_size, train_config.seed)
+    full_train, val_idx = training_split(meta, data_dir)
     return finalize(model, model.config, train_config, Path(output), meta.get("history", []), full_train,
                     to_model_input(full_train.images, dataset), val_idx, dataset=dataset, data_dir=data_dir,
                     select_defaults=True, evaluate_test=True, progress=progress, parent=meta.get("initialized_from"),
                     branch_ms=meta.get("branch_ms"))
+
+
+def training_split(meta: dict, data_dir: str | None = None) -> tuple[ImageSet, torch.Tensor]:
+    """The training images a checkpoint's run saw, and the indices of those it held out (never trained on)."""
+    train_config = TrainConfig.from_dict(meta.get("train_config") or {})
+    full_train = load_split(meta.get("dataset", "fashion-mnist"), "train", data_dir)
+    if train_config.limit:
+        full_train = full_train.subset(train_config.limit)
+    return full_train, split_train_val(full_train, train_config.val_size, train_config.seed)[1]
+
+
+def held_out_set(meta: dict, data_dir: str | None = None) -> ImageSet:
+    """The images a checkpoint's run held out of training: where settings are chosen without the test split."""
+    full_train, val_idx = training_split(meta, data_dir)
+    indices = full_train.indices[val_idx] if full_train.indices is not None else val_idx
+    return ImageSet(full_train.images[val_idx], full_train.labels[val_idx],
+                    f"{len(val_idx):,} training images held out of training", full_train.dataset, indices)
 
 
 def check_input_fits(images: ImageSet, model_config) -> None:

@@ -85,11 +85,15 @@ def test_bench_json_has_every_field(tiny_setup):
 def test_bench_table_and_bad_arguments(tiny_setup):
     data, checkpoint = tiny_setup
     done = run_cli("bench", "--checkpoint", str(checkpoint), "--data-dir", str(data), "--limit", "8",
-                   "--single-images", "2", "--warmup", "1", "--repeats", "1", "--train-steps", "1")
+                   "--single-images", "2", "--warmup", "1", "--repeats", "1", "--train-steps", "1",
+                   "--tau", "1.5", "--threshold", "0.1")
     assert done.returncode == 0, done.stderr
-    assert "efficiency" in done.stdout and "images/s" in done.stdout
-    bad = run_cli("bench", "--repeats", "0")
-    assert bad.returncode != 0 and "must be at least 1" in bad.stderr and "Traceback" not in bad.stderr
+    assert "efficiency" in done.stdout and "images/s" in done.stdout and "time model" in done.stdout
+    assert "routed = tau 1.5, threshold 0.1;" in done.stdout  # not the checkpoint's 0.7 / 0.2
+    for args, message in ((("--repeats", "0"), "must be at least 1"), (("--threshold", "1.5"), "threshold must be in [0, 1]"),
+                          (("--tau", "0"), "tau must be > 0")):
+        bad = run_cli("bench", *args)
+        assert bad.returncode != 0 and message in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_static_cell_net_costs_and_flop_counter_agree():

@@ -135,6 +135,15 @@ def test_select_default_rewrites_the_setting_and_keeps_the_weights(tmp_path, cap
     assert new["history"] == old["history"] and new["test_default"]["threshold"] == new["default_threshold"]
     for name, tensor in before.state_dict().items():
         assert torch.equal(tensor, after.state_dict()[name]), name
+    # `sweep --split held-out` reruns the rule's own images: the chosen row comes back as the rule saw it.
+    tau, threshold = new["default_tau"], new["default_threshold"]
+    out = tmp_path / "held_out.json"
+    assert cli.main(["sweep", "--checkpoint", str(chosen), "--split", "held-out", "--data-dir", str(data),
+                     "--taus", str(tau), "--thresholds", str(threshold), "--format", "json", "--output", str(out)]) == 0
+    [swept] = json.loads(out.read_text())
+    [seen] = [row for row in new["validation_sweep"] if (row["tau"], row["threshold"]) == (tau, threshold)]
+    assert swept["dataset"] == f"{train_config.val_size:,} training images held out of training"
+    assert {key: swept[key] for key in seen} == pytest.approx(seen)
 
 
 def test_default_setting_is_the_most_accurate_instance_aware_one_within_budget():
