@@ -152,15 +152,33 @@ def time_model(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: flo
     Here each branch type is timed alone per cell at `batch` (`cost.measure_branch_ms`), and the
     always-on part (stem, reductions, routers, head, the executor's bookkeeping) by a forward with
     every branch forced off. Predicted time = always-on + sum over branches of (fraction of instances
-    that executed it) x (its time). `time_ratio` is the speedup those times allow; `run_bench` adds
-    `executor_efficiency` = measured speedup / time_ratio, what the sparse executor makes of it.
+    that executed it) x (its time). `time_ratio`, predicted dense / predicted routed, is the speedup
+    the executed branches allow; `executor_efficiency`, measured speedup / time_ratio, is what the
+    sparse executor makes of it. Every round times all the parts, and medians are taken per part, so
+    a slow spell of the machine hits the prediction and the measurement alike.
     """
     batches = [inputs[i:i + batch].to(model.device) for i in range(0, len(inputs) - batch + 1, batch)]
-    branch_ms = [measure_branch_ms(cell, batch_size=batch) for cell in model.cells]
     everything_off = [torch.full(cell.branch_macs.shape, -1, dtype=torch.long) for cell in model.cells]
-    always_on_ms = 1e3 * median_seconds(
-        lambda: [model(b, tau=tau, threshold=threshold, branch_overrides=everything_off) for b in batches],
-        warmup=warmup, repeats=repeats, device=model.device) / len(batches)
+    forwards = {
+        "dense": lambda: [model(b, tau=tau, threshold=0.0) for b in batches],
+        "routed": lambda: [model(b, tau=tau, threshold=threshold) for b in batches],
+        "always_on": lambda: [model(b, tau=tau, threshold=threshold, branch_overrides=everything_off) for b in batches],
+    }
+    forward_ms: dict[str, list[float]] = {name: [] for name in forwards}
+    tables: list[list[torch.Tensor]] = []
+    for round_index in range(warmup + repeats):
+        for name, forward in forwards.items():
+            start = time.perf_counter()
+            forward()
+            synchronize(model.device)
+            if round_index >= warmup:
+                forward_ms[name].append(1e3 * (time.perf_counter() - start) / len(batches))
+        table = [measure_branch_ms(cell, batch_size=batch, repeats=1, warmup=0) for cell in model.cells]
+        if round_index >= warmup:
+            tables.append(table)
+    dense_ms, routed_ms, always_on_ms = (statistics.median(forward_ms[name]) for name in forwards)
+    branch_ms = [torch.stack([table[index] for table in tables]).median(dim=0).values
+                 for index in range(len(model.cells))]
     executed_fraction = [torch.zeros_like(ms) for ms in branch_ms]
     for b in batches:
         for fraction, executed in zip(executed_fraction, model(b, tau=tau, threshold=threshold)[1].executed):
@@ -170,15 +188,16 @@ def time_model(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: flo
     zero_mac_ms = sum(float((ms * fraction * (cell.branch_macs == 0)).sum())
                       for ms, fraction, cell in zip(branch_ms, executed_fraction, model.cells))
     predicted_dense, predicted_routed = always_on_ms + dense_branch_ms, always_on_ms + routed_branch_ms
+    time_ratio = predicted_dense / predicted_routed
     return {"batch": len(batches[0]), "forwards": len(batches),
             "branch_ms": {f"cell_{index}": dict(zip(cell.branch_names, ms[0].tolist()))
                           for index, (cell, ms) in enumerate(zip(model.cells, branch_ms))},
             "always_on_ms": always_on_ms,
             "predicted_dense_ms": predicted_dense, "predicted_routed_ms": predicted_routed,
-            "time_ratio": predicted_dense / predicted_routed,
+            "measured_dense_ms": dense_ms, "measured_routed_ms": routed_ms,
+            "time_ratio": time_ratio, "executor_efficiency": dense_ms / routed_ms / time_ratio,
             "zero_mac_branch_share": zero_mac_ms / predicted_routed,
             "always_on_share": always_on_ms / predicted_routed}
-
 
 def evaluation_speed(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, tau: float, threshold: float,
                      repeats: int, batch_size: int) -> dict:
@@ -271,12 +290,8 @@ def run_bench(model: DRNet, meta: dict, *, data_dir: str | None = None, eval_ima
         },
         "evaluation": evaluation,
     }
-    big_latency = result["latency"][f"batch_{big_batch}"]
     result["time_model"] = time_model(model, inputs[:big * BIG_BATCHES], tau=tau, threshold=threshold, batch=big,
                                       warmup=warmup, repeats=repeats)
-    timed = result["time_model"]
-    timed["measured_dense_ms"], timed["measured_routed_ms"] = big_latency["dense_ms"], big_latency["routed_ms"]
-    timed["executor_efficiency"] = big_latency["speedup"] / timed["time_ratio"]
     train_config = train_config or TrainConfig(**{k: v for k, v in (meta.get("train_config") or {}).items()
                                                   if k in TrainConfig.__dataclass_fields__})
     train_set = load_split(dataset, "train", data_dir)
