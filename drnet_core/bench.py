@@ -97,18 +97,23 @@ def paired_seconds(first: Callable[[], object], second: Callable[[], object], *,
 
 @torch.inference_mode()
 def latency(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: float, batch: int,
-            warmup: int, repeats: int) -> dict:
-    """Dense vs routed wall time for `batch`-sized forwards over `inputs` (a multiple of batch)."""
+            warmup: int, repeats: int, routed_overrides: list[torch.Tensor] | None = None) -> dict:
+    """Dense vs routed wall time for `batch`-sized forwards over `inputs` (a multiple of batch).
+
+    routed_overrides: branch overrides for the routed forwards only (what-if experiments); dense
+    always runs every branch.
+    """
     device = model.device
     batches = [inputs[i:i + batch].to(device) for i in range(0, len(inputs) - batch + 1, batch)]
 
-    def run(at: float) -> Callable[[], None]:
-        return lambda: [model(b, tau=tau, threshold=at) for b in batches]
+    def run(at: float, overrides=None) -> Callable[[], None]:
+        return lambda: [model(b, tau=tau, threshold=at, branch_overrides=overrides) for b in batches]
 
-    dense, routed, speedup = paired_seconds(run(0.0), run(threshold), warmup=warmup, repeats=repeats, device=device)
+    dense, routed, speedup = paired_seconds(run(0.0), run(threshold, routed_overrides), warmup=warmup,
+                                            repeats=repeats, device=device)
     dense, routed = dense / len(batches), routed / len(batches)
-    routed_mflops = torch.cat([model.mflops_per_instance(model(b, tau=tau, threshold=threshold)[1]).cpu()
-                               for b in batches])
+    routed_mflops = torch.cat([model.mflops_per_instance(
+        model(b, tau=tau, threshold=threshold, branch_overrides=routed_overrides)[1]).cpu() for b in batches])
     flops_ratio = model.dense_mflops() / float(routed_mflops.mean())
     return {"batch": batch, "forwards": len(batches), "dense_ms": 1e3 * dense, "routed_ms": 1e3 * routed,
             "dense_mflops": model.dense_mflops(), "routed_mean_mflops": float(routed_mflops.mean()),
@@ -144,7 +149,7 @@ def router_share(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: f
 
 @torch.inference_mode()
 def time_model(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: float, batch: int,
-               warmup: int, repeats: int) -> dict:
+               warmup: int, repeats: int, routed_overrides: list[torch.Tensor] | None = None) -> dict:
     """The time a forward would take if every executed branch cost what it costs alone, dense vs routed.
 
     Multiply-adds leave out branches that cost time but no multiply-adds (pooling, identity and the
@@ -155,13 +160,14 @@ def time_model(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: flo
     that executed it) x (its time). `time_ratio`, predicted dense / predicted routed, is the speedup
     the executed branches allow; `executor_efficiency`, measured speedup / time_ratio, is what the
     sparse executor makes of it. Every round times all the parts, and medians are taken per part, so
-    a slow spell of the machine hits the prediction and the measurement alike.
+    a slow spell of the machine hits the prediction and the measurement alike. `routed_overrides` as
+    in `latency`.
     """
     batches = [inputs[i:i + batch].to(model.device) for i in range(0, len(inputs) - batch + 1, batch)]
     everything_off = [torch.full(cell.branch_macs.shape, -1, dtype=torch.long) for cell in model.cells]
     forwards = {
         "dense": lambda: [model(b, tau=tau, threshold=0.0) for b in batches],
-        "routed": lambda: [model(b, tau=tau, threshold=threshold) for b in batches],
+        "routed": lambda: [model(b, tau=tau, threshold=threshold, branch_overrides=routed_overrides) for b in batches],
         "always_on": lambda: [model(b, tau=tau, threshold=threshold, branch_overrides=everything_off) for b in batches],
     }
     forward_ms: dict[str, list[float]] = {name: [] for name in forwards}
@@ -181,7 +187,8 @@ def time_model(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: flo
                  for index in range(len(model.cells))]
     executed_fraction = [torch.zeros_like(ms) for ms in branch_ms]
     for b in batches:
-        for fraction, executed in zip(executed_fraction, model(b, tau=tau, threshold=threshold)[1].executed):
+        _, trace = model(b, tau=tau, threshold=threshold, branch_overrides=routed_overrides)
+        for fraction, executed in zip(executed_fraction, trace.executed):
             fraction += executed.to(fraction.dtype).mean(dim=0) / len(batches)
     dense_branch_ms = sum(float(ms.sum()) for ms in branch_ms)
     routed_branch_ms = sum(float((ms * fraction).sum()) for ms, fraction in zip(branch_ms, executed_fraction))

@@ -5,8 +5,9 @@
     python scripts/inference_experiments.py allocator    # `modules` with and without keep_freed_memory
     python scripts/inference_experiments.py fold-bn      # conv + batch-norm folding: same outputs? faster?
     python scripts/inference_experiments.py gather-scatter  # sub-batch gather/scatter: NCHW vs NHWC view
-    python scripts/inference_experiments.py pooling      # stride-1 3x3 max pooling: one call vs separable maxima
+    python scripts/inference_experiments.py pooling      # stride-1 3x3 pooling: torch kernels vs exact rewrites
     python scripts/inference_experiments.py eval-workers # 10k routed evaluation: one batch at a time vs two
+    python scripts/inference_experiments.py without-pooling  # the default with cells 0-1's pooling forced off
 
 All run on the shipped checkpoint (or `--checkpoint`) at its default setting on the test split. This
 machine's speed drifts, so each experiment alternates its variants and prints every run.
@@ -203,9 +204,17 @@ def gather_scatter(args) -> None:
 
 
 def pooling(args) -> None:
-    """Stride-1 3x3 max pooling at each cell's shape: F.max_pool2d against two separable passes (exact)."""
+    """Stride-1 3x3 pooling at each cell's shape: the torch kernels against exact rewrites without index tensors.
+
+    On a CPU, `F.max_pool2d` always computes the argmax indices too (int64, twice the output's bytes).
+    Every rewrite here skips them: two separable passes of `torch.maximum`; two dilated `max_pool1d`
+    passes over the NHWC memory (the channels_last tensor read as rows, padded with -inf by hand since
+    `max_pool1d` pads at most half its kernel); `max_pool3d` over the (N, 1, H, W, C) view. For average
+    pooling: a depthwise convolution of ones times each position's reciprocal window size.
+    """
     import torch.nn.functional as F
 
+    keep_freed_memory()
     model, _, _, _ = setup(args.checkpoint)
 
     def separable_max(x: torch.Tensor) -> torch.Tensor:
@@ -213,20 +222,70 @@ def pooling(args) -> None:
         rows = torch.maximum(torch.maximum(padded[:, :, :-2], padded[:, :, 1:-1]), padded[:, :, 2:])
         return torch.maximum(torch.maximum(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])
 
+    def max_by_1d_passes(x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1), value=float("-inf"))  # NHWC, W padded
+        rows = F.max_pool1d(padded.reshape(n * h, 1, (w + 2) * c), 3, stride=1, dilation=c).view(n, h, w, c)
+        padded = F.pad(rows, (0, 0, 0, 0, 1, 1), value=float("-inf"))  # H padded
+        return F.max_pool1d(padded.reshape(n, 1, (h + 2) * w * c), 3, stride=1,
+                            dilation=w * c).view(n, h, w, c).permute(0, 3, 1, 2)
+
+    def max_as_3d(x: torch.Tensor) -> torch.Tensor:
+        view = x.permute(0, 2, 3, 1).unsqueeze(1)  # (N, 1, H, W, C), contiguous
+        return F.max_pool3d(view, (3, 3, 1), stride=1, padding=(1, 1, 0)).squeeze(1).permute(0, 3, 1, 2)
+
     with torch.inference_mode():
         for cell in model.cells:
             x = torch.randn(256, cell.channels, cell.height, cell.width).contiguous(memory_format=torch.channels_last)
-            same = torch.equal(F.max_pool2d(x, 3, 1, 1), separable_max(x))
+            ones = torch.ones(cell.channels, 1, 3, 3).contiguous(memory_format=torch.channels_last)
+            window = F.conv2d(torch.ones(1, 1, cell.height, cell.width), torch.ones(1, 1, 3, 3), padding=1)
+            reciprocal = (1 / window).contiguous(memory_format=torch.channels_last)
+            avg_by_conv = lambda: F.conv2d(x, ones, padding=1, groups=cell.channels).mul_(reciprocal)  # noqa: E731
+            max_ref = F.max_pool2d(x, 3, 1, 1)
+            avg_error = float((avg_by_conv() - F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)).abs().max())
+            same = all(torch.equal(max_ref, rewrite(x)) for rewrite in (separable_max, max_by_1d_passes, max_as_3d))
             for _ in range(args.rounds):
-                print(f"{cell.channels}x{cell.height}x{cell.width}, batch 256 (same values: {same}): max_pool2d "
-                      f"{mean_ms(lambda: F.max_pool2d(x, 3, 1, 1), 30):.2f} ms, separable {mean_ms(lambda: separable_max(x), 30):.2f} ms, "
-                      f"avg_pool2d {mean_ms(lambda: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False), 30):.2f} ms")
+                print(f"{cell.channels}x{cell.height}x{cell.width}, batch 256 (max rewrites exact: {same}; "
+                      f"avg by conv within {avg_error:.1e}): max_pool2d {mean_ms(lambda: F.max_pool2d(x, 3, 1, 1), 30):.2f} ms, "
+                      f"separable {mean_ms(lambda: separable_max(x), 30):.2f}, 1d passes "
+                      f"{mean_ms(lambda: max_by_1d_passes(x), 30):.2f}, 3-D view {mean_ms(lambda: max_as_3d(x), 10):.2f}; "
+                      f"avg_pool2d {mean_ms(lambda: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False), 30):.2f} ms, "
+                      f"depthwise ones {mean_ms(avg_by_conv, 30):.2f}")
 
+def without_pooling(args) -> None:
+    """The default setting with the pooling branches of the first two cells forced off, against as trained.
+
+    No retraining: the accuracy says what dropping them costs this model as trained, the timings what a
+    model trained without them could gain. Dense always runs every branch.
+    """
+    from drnet_core.bench import latency, time_model
+
+    keep_freed_memory()
+    model, meta, inputs, labels = setup(args.checkpoint)
+    tau, threshold = meta["default_tau"], meta["default_threshold"]
+    pooling_off = []
+    for index, cell in enumerate(model.cells):
+        forced = torch.zeros(cell.branch_macs.shape, dtype=torch.long)
+        if index < 2:
+            for name in ("avg_pool_3x3", "max_pool_3x3"):
+                forced[:, cell.branch_names.index(name)] = -1
+        pooling_off.append(forced)
+    for _ in range(args.rounds):
+        for name, overrides in (("as trained", None), ("no pooling in cells 0-1", pooling_off)):
+            run = run_routed(model, inputs, labels, tau=tau, threshold=threshold, branch_overrides=overrides)
+            timing = dict(tau=tau, threshold=threshold, warmup=2, repeats=5, routed_overrides=overrides)
+            single, big = latency(model, inputs[:100], batch=1, **timing), latency(model, inputs[:1024], batch=256, **timing)
+            timed = time_model(model, inputs[:1024], batch=256, **timing)
+            print(f"{name:24s}: test accuracy {float(run.correct.float().mean()):.4f}, {float(run.mflops.mean()):.2f} MFLOPs; "
+                  f"efficiency batch 1 {single['efficiency']:.2f}, batch 256 {big['efficiency']:.2f} "
+                  f"(routed {big['routed_ms']:.1f} ms, dense {big['dense_ms']:.1f} ms); time model: allowed share "
+                  f"{timed['time_ratio'] / big['flops_ratio']:.2f}, executor efficiency {timed['executor_efficiency']:.2f}",
+                  flush=True)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn", "gather-scatter", "pooling",
-                                               "eval-workers", "eval-workers-once"])
+                                               "eval-workers", "eval-workers-once", "without-pooling"])
     parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per experiment")
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
@@ -235,7 +294,7 @@ def main() -> int:
     torch.manual_seed(0)
     {"eval-batch": eval_batch, "modules": modules, "allocator": allocator, "fold-bn": fold_bn,
      "gather-scatter": gather_scatter, "pooling": pooling, "eval-workers": eval_workers,
-     "eval-workers-once": eval_workers_once}[args.experiment](args)
+     "eval-workers-once": eval_workers_once, "without-pooling": without_pooling}[args.experiment](args)
     return 0
 
 

@@ -207,3 +207,18 @@ def test_time_model_predicts_no_saving_when_every_branch_runs():
     zero_mac_ms = sum(ms * len(cell.connections) for cell, row in zip(model.cells, dense["branch_ms"].values())
                       for name, ms in row.items() if cell.branch_macs[0, cell.branch_names.index(name)] == 0)
     assert dense["zero_mac_branch_share"] == pytest.approx(zero_mac_ms / dense["predicted_dense_ms"])
+
+
+def test_routed_overrides_apply_to_the_routed_side_only():
+    from drnet_core.bench import latency, time_model
+
+    model = tiny_model().eval()
+    inputs = torch.randn(8, 1, 28, 28)
+    nothing = [torch.full(cell.branch_macs.shape, -1, dtype=torch.long) for cell in model.cells]
+    timing = dict(tau=1.0, threshold=0.0, batch=4, warmup=1, repeats=1, routed_overrides=nothing)
+    timed, row = time_model(model, inputs, **timing), latency(model, inputs, **timing)
+    # Routed runs no branch at all; dense (threshold 0) still runs every one.
+    assert timed["predicted_routed_ms"] == pytest.approx(timed["always_on_ms"]) and timed["zero_mac_branch_share"] == 0
+    assert timed["predicted_dense_ms"] > timed["always_on_ms"]
+    assert row["routed_mean_mflops"] == pytest.approx(model.always_on_macs / 1e6)
+    assert row["dense_mflops"] == pytest.approx(model.dense_mflops())
