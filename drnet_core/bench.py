@@ -206,6 +206,7 @@ def time_model(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: flo
             "zero_mac_branch_share": zero_mac_ms / predicted_routed,
             "always_on_share": always_on_ms / predicted_routed}
 
+
 def evaluation_speed(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, tau: float, threshold: float,
                      repeats: int, batch_size: int) -> dict:
     """Cold: the first `run_routed` since loading (call this first). Warm: the median of `repeats` more."""

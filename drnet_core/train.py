@@ -254,7 +254,12 @@ def training_split(meta: dict, data_dir: str | None = None) -> tuple[ImageSet, t
 
 def held_out_set(meta: dict, data_dir: str | None = None) -> ImageSet:
     """The images a checkpoint's run held out of training: where settings are chosen without the test split."""
+    if not meta.get("train_config"):
+        raise DatasetError("this checkpoint records no training run, so which images it held out is unknown; "
+                           "use the test split")
     full_train, val_idx = training_split(meta, data_dir)
+    if not len(val_idx):
+        raise DatasetError("this checkpoint's run held out no training images (val_size 0); use the test split")
     indices = full_train.indices[val_idx] if full_train.indices is not None else val_idx
     return ImageSet(full_train.images[val_idx], full_train.labels[val_idx],
                     f"{len(val_idx):,} training images held out of training", full_train.dataset, indices)

@@ -201,6 +201,9 @@ def test_sweep_writes_a_csv_grid(tmp_path):
                      "--thresholds", "0,0.3,1", "--output", str(out)]) == 0
     lines = out.read_text().strip().splitlines()
     assert lines[0].startswith("tau,threshold,accuracy") and len(lines) == 1 + 6
+    # No recorded training run: no way to know its held-out images, and the message says so.
+    result = run_cli("sweep", "--checkpoint", str(path), "--split", "held-out", "--taus", "1", "--thresholds", "0")
+    assert result.returncode == 2 and "held out is unknown" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_cli_errors_are_one_clear_line(tmp_path):
