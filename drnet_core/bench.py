@@ -95,6 +95,11 @@ def paired_seconds(first: Callable[[], object], second: Callable[[], object], *,
     return statistics.median(first_times), statistics.median(second_times), statistics.median(ratios)
 
 
+def whole_batches(inputs: torch.Tensor, batch: int, device: torch.device) -> list[torch.Tensor]:
+    """`inputs` cut into full batches of `batch` on `device`; a remainder is dropped, so every timing sees one size."""
+    return [inputs[i:i + batch].to(device) for i in range(0, len(inputs) - batch + 1, batch)]
+
+
 @torch.inference_mode()
 def latency(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: float, batch: int,
             warmup: int, repeats: int, routed_overrides: list[torch.Tensor] | None = None) -> dict:
@@ -104,7 +109,7 @@ def latency(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: float,
     always runs every branch.
     """
     device = model.device
-    batches = [inputs[i:i + batch].to(device) for i in range(0, len(inputs) - batch + 1, batch)]
+    batches = whole_batches(inputs, batch, device)
 
     def run(at: float, overrides=None) -> Callable[[], None]:
         return lambda: [model(b, tau=tau, threshold=at, branch_overrides=overrides) for b in batches]
@@ -163,7 +168,7 @@ def time_model(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: flo
     a slow spell of the machine hits the prediction and the measurement alike. `routed_overrides` as
     in `latency`.
     """
-    batches = [inputs[i:i + batch].to(model.device) for i in range(0, len(inputs) - batch + 1, batch)]
+    batches = whole_batches(inputs, batch, model.device)
     everything_off = [torch.full(cell.branch_macs.shape, -1, dtype=torch.long) for cell in model.cells]
     forwards = {
         "dense": lambda: [model(b, tau=tau, threshold=0.0) for b in batches],

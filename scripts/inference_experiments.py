@@ -252,6 +252,7 @@ def pooling(args) -> None:
                       f"avg_pool2d {mean_ms(lambda: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False), 30):.2f} ms, "
                       f"depthwise ones {mean_ms(avg_by_conv, 30):.2f}")
 
+
 def without_pooling(args) -> None:
     """The default setting with the pooling branches of the first two cells forced off, against as trained.
 
@@ -281,6 +282,7 @@ def without_pooling(args) -> None:
                   f"(routed {big['routed_ms']:.1f} ms, dense {big['dense_ms']:.1f} ms); time model: allowed share "
                   f"{timed['time_ratio'] / big['flops_ratio']:.2f}, executor efficiency {timed['executor_efficiency']:.2f}",
                   flush=True)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
