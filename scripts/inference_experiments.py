@@ -8,6 +8,7 @@
     python scripts/inference_experiments.py pooling      # stride-1 3x3 pooling: torch kernels vs exact rewrites
     python scripts/inference_experiments.py eval-workers # 10k routed evaluation: one batch at a time vs two
     python scripts/inference_experiments.py without-pooling  # the default with cells 0-1's pooling forced off
+    python scripts/inference_experiments.py compile      # torch.compile of every module the executor calls
 
 All run on the shipped checkpoint (or `--checkpoint`) at its default setting on the test split. This
 machine's speed drifts, so each experiment alternates its variants and prints every run.
@@ -284,10 +285,73 @@ def without_pooling(args) -> None:
                   flush=True)
 
 
+def compiled(model):
+    """A copy whose stem, reductions, routers, branches and head are each `torch.compile`d.
+
+    The executor stays eager: it reads counts to the host and runs each branch on a sub-batch whose
+    size changes every batch, so each module is compiled with a dynamic batch dimension instead.
+    """
+    model = copy.deepcopy(model)
+    # Modules of one class share their forward's code object, and dynamo counts recompilations per code
+    # object: the three cells' channel counts, batch 1 and the grad modes already exceed the default
+    # limit of 8, after which the remaining shapes would run eager. `run_routed`'s worker threads
+    # (one intra-op thread each) also recompile: the thread count is part of dynamo's guards.
+    torch._dynamo.config.recompile_limit = 64
+
+    def compile_module(module):
+        return torch.compile(module, dynamic=True)
+
+    model.stem = compile_module(model.stem)
+    model.head = compile_module(model.head)
+    for index, reduction in enumerate(model.reductions):
+        model.reductions[index] = compile_module(reduction)
+    for cell in model.cells:
+        cell.router = compile_module(cell.router)
+        for edge in cell.edges:
+            for index, branch in enumerate(edge):
+                # Identity computes nothing, and the executor relies on it returning its input.
+                if not isinstance(branch, nn.Identity):
+                    edge[index] = compile_module(branch)
+    return model
+
+
+def compile_experiment(args) -> None:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    keep_freed_memory()
+    model, meta, inputs, labels = setup(args.checkpoint)
+    tau, threshold = meta["default_tau"], meta["default_threshold"]
+    fast = compiled(model)
+    start = time.perf_counter()
+    # Compilation happens on first use: one dense and one routed pass over batches of both sizes.
+    for batch in (inputs[:256], inputs[:1]):
+        fast(batch, tau=tau, threshold=0.0)
+        fast(batch, tau=tau, threshold=threshold)
+    run_routed(fast, inputs[:2000], labels[:2000], tau=tau, threshold=threshold)
+    print(f"compilation (first calls; {cache_dir()} caches it for the next process): "
+          f"{time.perf_counter() - start:.1f} s")
+    eager_run = run_routed(model, inputs[:2000], labels[:2000], tau=tau, threshold=threshold)
+    compiled_run = run_routed(fast, inputs[:2000], labels[:2000], tau=tau, threshold=threshold)
+    print("same predictions:", bool((eager_run.predictions == compiled_run.predictions).all()),
+          "same paths:", bool((eager_run.path_masks == compiled_run.path_masks).all()),
+          "largest probability difference:", float((eager_run.probabilities - compiled_run.probabilities).abs().max()))
+    for _ in range(args.rounds):
+        for name, variant in (("eager", model), ("compiled", fast)):
+            start = time.perf_counter()
+            run_routed(variant, inputs, labels, tau=tau, threshold=threshold)
+            evaluation = time.perf_counter() - start
+            timing = dict(tau=tau, threshold=threshold, warmup=2, repeats=5)
+            single, big = latency(variant, inputs[:100], batch=1, **timing), latency(variant, inputs[:1024], batch=256, **timing)
+            print(f"{name:8s}: routed 10k evaluation {evaluation:.2f} s; batch 1 dense {single['dense_ms']:.2f} ms, "
+                  f"routed {single['routed_ms']:.2f} ms, efficiency {single['efficiency']:.2f}; batch 256 dense "
+                  f"{big['dense_ms']:.1f} ms, routed {big['routed_ms']:.1f} ms, efficiency {big['efficiency']:.2f}",
+                  flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn", "gather-scatter", "pooling",
-                                               "eval-workers", "eval-workers-once", "without-pooling"])
+                                               "eval-workers", "eval-workers-once", "without-pooling", "compile"])
     parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per experiment")
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
@@ -296,7 +360,7 @@ def main() -> int:
     torch.manual_seed(0)
     {"eval-batch": eval_batch, "modules": modules, "allocator": allocator, "fold-bn": fold_bn,
      "gather-scatter": gather_scatter, "pooling": pooling, "eval-workers": eval_workers,
-     "eval-workers-once": eval_workers_once, "without-pooling": without_pooling}[args.experiment](args)
+     "eval-workers-once": eval_workers_once, "without-pooling": without_pooling, "compile": compile_experiment}[args.experiment](args)
     return 0
 
 
