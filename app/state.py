@@ -21,6 +21,7 @@ from PIL import Image
 
 from drnet_core import attribution, explorer
 from drnet_core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError, default_device, load_checkpoint, sha256_of
+from drnet_core.cost import TimeTable, measure_time_table
 from drnet_core.data import FASHION_CLASSES, ImageSet, load_test_set, to_model_input
 from drnet_core.evaluate import RoutedRun, run_routed, summarize
 from drnet_core.images import ImageRejected, PreparedImage, image_from_bytes, prepare_dataset_image, prepare_image
@@ -28,6 +29,7 @@ from drnet_core.images import ImageRejected, PreparedImage, image_from_bytes, pr
 EVAL_LIMIT_ENV = "DRNET_EVAL_LIMIT"
 SERVER_PATHS_ENV = "DRNET_ALLOW_SERVER_PATHS"
 DEFAULT_EVAL_LIMIT = 2000
+TIME_TABLE_BATCH = 256  # the batch size `bench` reports; the audit's time estimates are per image in it
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "drnet-explorer-checkpoints"
 
 
@@ -139,6 +141,15 @@ def routed_run(settings: Settings, tau: float | None = None, threshold: float | 
     with st.spinner(f"Routing {limit:,} images at tau {tau:g}, threshold {threshold:g}…", show_time=True):
         return routed(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name, limit,
                       tau, threshold, settings.noise_seed)
+
+
+# Once per process and checkpoint: the timings describe this machine, not a setting, and re-timing
+# on every rerun would make the audit's ranking wobble with the machine's load.
+@st.cache_resource(show_spinner="Timing every branch on this machine…", max_entries=4)
+def time_table(path: str, sha256: str, dataset_name: str) -> TimeTable:
+    model, meta = model_and_meta(path, sha256)
+    inputs = evaluation_inputs(dataset_name)[:TIME_TABLE_BATCH]
+    return measure_time_table(model, inputs, tau=float(meta.get("default_tau", 1.0)))
 
 
 def run_summary(settings: Settings, run: RoutedRun) -> dict:

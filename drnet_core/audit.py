@@ -2,42 +2,55 @@
 
 Answers the auditor's questions: which inputs take the costliest paths, what each class costs on
 average, and whether wrong answers cost more than right ones. Costs are executed multiply-adds in
-millions ("FLOPs" as in the paper) and active parameters, both from `evaluate.run_routed`.
+millions ("FLOPs" as in the paper) and active parameters, both from `evaluate.run_routed`, and,
+given a `cost.TimeTable` measured on the machine at hand, estimated milliseconds per input: pooling
+costs time but no multiply-adds, so the two rankings differ (docs/PERFORMANCE.md).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
+from .cost import TimeTable
 from .evaluate import RoutedRun
 
 CSV_COLUMNS = ("index", "true", "predicted", "confidence", "correct", "mflops", "active_params", "path_id")
+TIME_COLUMN = "est_ms"  # present when the table was built with a TimeTable
+COST_COLUMNS = ("mflops", TIME_COLUMN)
 
 
-def instance_table(run: RoutedRun, class_names: tuple[str, ...], indices=None) -> pd.DataFrame:
+def instance_table(run: RoutedRun, class_names: tuple[str, ...], indices=None,
+                   time_table: TimeTable | None = None) -> pd.DataFrame:
     """One row per instance. `index` is the position in the original split when `indices` is given
     (the shipped subset keeps them), else the position in the evaluated set. `path_id` 0 is the
-    most frequent path of this run."""
+    most frequent path of this run. With `time_table`, an `est_ms` column follows `mflops`."""
     n = len(run.labels)
     positions = np.arange(n) if indices is None else np.asarray(indices)[:n]
     _, path_ids = run.path_ids()
     names = np.asarray(class_names, dtype=object)
     predictions = run.predictions.numpy()
-    return pd.DataFrame({
+    columns = {
         "index": positions.astype(int),
         "true": names[run.labels.numpy()],
         "predicted": names[predictions],
         "confidence": run.probabilities.numpy()[np.arange(n), predictions].astype(float),
         "correct": run.correct.numpy().astype(bool),
         "mflops": run.mflops.numpy().astype(float),
-        "active_params": run.active_params.numpy().astype(np.int64),
-        "path_id": path_ids.numpy().astype(int),
-    })
+    }
+    if time_table is not None:
+        columns[TIME_COLUMN] = time_table.ms_per_instance(run.path_masks).numpy()
+    columns["active_params"] = run.active_params.numpy().astype(np.int64)
+    columns["path_id"] = path_ids.numpy().astype(int)
+    return pd.DataFrame(columns)
 
 
-def costliest(table: pd.DataFrame, count: int = 20) -> pd.DataFrame:
-    """The `count` costliest rows; ties broken by lower confidence (the less sure, the more suspect)."""
-    return table.sort_values(["mflops", "confidence"], ascending=[False, True], kind="stable").head(count)
+def costliest(table: pd.DataFrame, count: int = 20, by: str = "mflops") -> pd.DataFrame:
+    """The `count` costliest rows by `by` ("mflops" or "est_ms"); ties broken by lower confidence
+    (the less sure, the more suspect)."""
+    if by not in COST_COLUMNS or by not in table:
+        available = [column for column in COST_COLUMNS if column in table]
+        raise ValueError(f"cannot rank by {by!r}: this table's cost columns are {available}")
+    return table.sort_values([by, "confidence"], ascending=[False, True], kind="stable").head(count)
 
 
 def filter_table(table: pd.DataFrame, *, classes=None, correctness: str = "all",
@@ -57,7 +70,8 @@ def filter_table(table: pd.DataFrame, *, classes=None, correctness: str = "all",
 
 
 def cost_per_class(table: pd.DataFrame) -> pd.DataFrame:
-    """Per true class: instances, accuracy, mean and max MFLOPs, mean active parameters."""
+    """Per true class: instances, accuracy, mean and max MFLOPs, mean active parameters (and mean
+    est. ms, when present)."""
     grouped = table.groupby("true", sort=False)
     result = pd.DataFrame({
         "n": grouped.size(),
@@ -66,20 +80,35 @@ def cost_per_class(table: pd.DataFrame) -> pd.DataFrame:
         "max MFLOPs": grouped["mflops"].max(),
         "mean active params": grouped["active_params"].mean(),
     })
+    if TIME_COLUMN in table:
+        result["mean est. ms"] = grouped[TIME_COLUMN].mean()
     return result.sort_values("mean MFLOPs", ascending=False)
 
 
 def cost_by_correctness(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and median MFLOPs of right and wrong answers: do wrong answers cost more?"""
+    """Mean and median MFLOPs (and mean est. ms, when present) of right and wrong answers: do wrong
+    answers cost more?"""
     rows = []
     for outcome, correct in (("correct", True), ("incorrect", False)):
         part = table[table["correct"] == correct]
-        rows.append({"outcome": outcome, "n": len(part),
-                     "mean MFLOPs": float(part["mflops"].mean()) if len(part) else 0.0,
-                     "median MFLOPs": float(part["mflops"].median()) if len(part) else 0.0})
+        row = {"outcome": outcome, "n": len(part),
+               "mean MFLOPs": float(part["mflops"].mean()) if len(part) else 0.0,
+               "median MFLOPs": float(part["mflops"].median()) if len(part) else 0.0}
+        if TIME_COLUMN in table:
+            row["mean est. ms"] = float(part[TIME_COLUMN].mean()) if len(part) else 0.0
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
+def ms_per_mflop(table: pd.DataFrame) -> pd.Series:
+    """Estimated milliseconds per executed MFLOP of each row (needs `est_ms`): how far time follows
+    multiply-adds. Never divides by zero: every input runs the always-on part's multiply-adds."""
+    return table[TIME_COLUMN] / table["mflops"]
+
+
 def to_csv(table: pd.DataFrame) -> bytes:
-    """The per-instance CSV an auditor downloads (columns `CSV_COLUMNS`)."""
-    return table.loc[:, list(CSV_COLUMNS)].to_csv(index=False, float_format="%.6g").encode("utf-8")
+    """The per-instance CSV an auditor downloads: `CSV_COLUMNS`, plus `est_ms` after `mflops` when present."""
+    columns = list(CSV_COLUMNS)
+    if TIME_COLUMN in table:
+        columns.insert(columns.index("mflops") + 1, TIME_COLUMN)
+    return table.loc[:, columns].to_csv(index=False, float_format="%.6g").encode("utf-8")

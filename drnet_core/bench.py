@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import TrainConfig
-from .cost import measure_branch_ms
+from .cost import forced_off, measure_branch_ms
 from .data import augment, load_split, load_test_set, to_model_input
 from .evaluate import EVAL_BATCH_SIZE, run_routed
 from .model import DRNet
@@ -169,7 +169,7 @@ def time_model(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: flo
     in `latency`.
     """
     batches = whole_batches(inputs, batch, model.device)
-    everything_off = [torch.full(cell.branch_macs.shape, -1, dtype=torch.long) for cell in model.cells]
+    everything_off = forced_off(model)
     forwards = {
         "dense": lambda: [model(b, tau=tau, threshold=0.0) for b in batches],
         "routed": lambda: [model(b, tau=tau, threshold=threshold, branch_overrides=routed_overrides) for b in batches],

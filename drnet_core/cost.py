@@ -8,13 +8,15 @@ norm and additions are not counted, as torch's counter does not count them eithe
 Multiply-adds are what the paper reports, but they are not time: pooling is free in them and is not
 free on a CPU. `measure_branch_ms` times every branch type of every cell on the machine it runs on,
 the latency lookup table of hardware-aware architecture search (FBNet, Wu et al. 2019), so that
-training can charge the routers for time instead (`TrainConfig.cost_measure = "time"`).
+training can charge the routers for time instead (`TrainConfig.cost_measure = "time"`), and
+`measure_time_table` adds the always-on part, so that a cost audit can rank inputs by time as well.
 """
 from __future__ import annotations
 
 import math
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -89,3 +91,57 @@ def measure_branch_ms(cell: nn.Module, batch_size: int = 256, repeats: int = 15,
         row.append(statistics.median(times))
     cell.train(was_training)
     return torch.tensor([row] * len(cell.edges), dtype=torch.float64, device=device)
+
+
+def forced_off(model: nn.Module) -> list[torch.Tensor]:
+    """Branch overrides (one per cell) that switch every branch off: a forward then runs only the
+    always-on part, i.e. the stem, the reductions, the routers, the head and the executor's checks."""
+    return [torch.full(cell.branch_macs.shape, -1, dtype=torch.long) for cell in model.cells]
+
+
+@dataclass(frozen=True)
+class TimeTable:
+    """What one image costs in wall milliseconds when served in batches of `batch` on `device`.
+
+    `always_on_ms` is the always-on part's share per image; `branch_ms[k]` what branch k adds for an
+    image that runs it, in `RoutingTrace.path_masks` order. Measured on the machine at hand, so it
+    drifts with the machine; multiply-adds stay the reproducible figure.
+    """
+
+    always_on_ms: float
+    branch_ms: torch.Tensor  # (total branches,) float64, on the CPU
+    batch: int
+    device: str
+
+    def ms_per_instance(self, path_masks: torch.Tensor) -> torch.Tensor:
+        """(N,) estimated milliseconds per image: the always-on share plus every branch it executed.
+
+        Summed over a batch this is the predicted routed time of `bench`'s time model; like it, it
+        leaves out the executor's gathers and scatters (about a quarter of a routed batch's time on the
+        2-core machine, docs/PERFORMANCE.md), which cannot be pinned on single images.
+        """
+        return self.always_on_ms + path_masks.to(torch.float64).cpu() @ self.branch_ms
+
+
+@torch.inference_mode()
+def measure_time_table(model: nn.Module, inputs: torch.Tensor, *, tau: float, repeats: int = 5,
+                       warmup: int = 2) -> TimeTable:
+    """Time the always-on part on `inputs` (one batch) and every branch at that batch size."""
+    batch, device = len(inputs), model.device
+    inputs, switched_off = inputs.to(device), forced_off(model)
+    was_training = model.training
+    model.eval()
+    times = []
+    for index in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        model(inputs, tau=tau, threshold=1.0, branch_overrides=switched_off)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if index >= warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    branch_ms = torch.cat([measure_branch_ms(cell, batch_size=batch, repeats=repeats, warmup=warmup).flatten()
+                           for cell in model.cells])
+    model.train(was_training)
+    return TimeTable(statistics.median(times) / batch, branch_ms.cpu() / batch, batch, device.type)

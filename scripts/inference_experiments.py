@@ -9,6 +9,7 @@
     python scripts/inference_experiments.py eval-workers # 10k routed evaluation: one batch at a time vs two
     python scripts/inference_experiments.py without-pooling  # the default with cells 0-1's pooling forced off
     python scripts/inference_experiments.py compile      # torch.compile of every module the executor calls
+    python scripts/inference_experiments.py audit-time   # the audit's per-image time estimate against MFLOPs
 
 All run on the shipped checkpoint (or `--checkpoint`) at its default setting on the test split. This
 machine's speed drifts, so each experiment alternates its variants and prints every run.
@@ -33,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from drnet_core.bench import latency  # noqa: E402
 from drnet_core.checkpoint import load_checkpoint  # noqa: E402
-from drnet_core.data import load_test_set, to_model_input  # noqa: E402
+from drnet_core.data import FASHION_CLASSES, load_test_set, to_model_input  # noqa: E402
 from drnet_core.evaluate import run_routed  # noqa: E402
 from drnet_core.runtime import keep_freed_memory  # noqa: E402
 
@@ -348,10 +349,35 @@ def compile_experiment(args) -> None:
                   flush=True)
 
 
+def audit_time(args) -> None:
+    """How the cost audit's estimated ms per image (app, "Cost audit") ranks inputs against MFLOPs."""
+    from drnet_core import audit
+    from drnet_core.cost import measure_time_table
+
+    keep_freed_memory()
+    model, meta, inputs, labels = setup(args.checkpoint)
+    tau, threshold = meta["default_tau"], meta["default_threshold"]
+    run = run_routed(model, inputs, labels, tau=tau, threshold=threshold)
+    for _ in range(args.rounds):
+        times = measure_time_table(model, inputs[:256], tau=tau)
+        table = audit.instance_table(run, meta.get("class_names", FASHION_CLASSES), time_table=times)
+        by_flops = set(audit.costliest(table, 100, by="mflops").index)
+        by_time = set(audit.costliest(table, 100, by=audit.TIME_COLUMN).index)
+        ratio = audit.ms_per_mflop(table)
+        cheapest = table.nsmallest(1000, "mflops").index
+        measured = latency(model, inputs[:1024], tau=tau, threshold=threshold, batch=256, warmup=2, repeats=5)
+        print(f"always-on {times.always_on_ms * 256:.1f} ms per batch of 256; estimated routed batch "
+              f"{table[audit.TIME_COLUMN].mean() * 256:.1f} ms, measured {measured['routed_ms']:.1f} ms; "
+              f"Spearman(MFLOPs, est. ms) {table['mflops'].corr(table[audit.TIME_COLUMN], method='spearman'):.3f}; "
+              f"top 100 shared {len(by_flops & by_time)}; ms per MFLOP {ratio.min():.4f}-{ratio.max():.4f}, "
+              f"median {ratio.median():.4f}, 1,000 cheapest by MFLOPs {ratio[cheapest].median():.4f}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn", "gather-scatter", "pooling",
-                                               "eval-workers", "eval-workers-once", "without-pooling", "compile"])
+                                               "eval-workers", "eval-workers-once", "without-pooling", "compile",
+                                               "audit-time"])
     parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per experiment")
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
@@ -360,7 +386,8 @@ def main() -> int:
     torch.manual_seed(0)
     {"eval-batch": eval_batch, "modules": modules, "allocator": allocator, "fold-bn": fold_bn,
      "gather-scatter": gather_scatter, "pooling": pooling, "eval-workers": eval_workers,
-     "eval-workers-once": eval_workers_once, "without-pooling": without_pooling, "compile": compile_experiment}[args.experiment](args)
+     "eval-workers-once": eval_workers_once, "without-pooling": without_pooling, "compile": compile_experiment,
+     "audit-time": audit_time}[args.experiment](args)
     return 0
 
 

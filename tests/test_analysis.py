@@ -289,6 +289,38 @@ def test_instance_table_filters_and_csv(runs):
     assert by_outcome["n"].sum() == 96
 
 
+def known_time_table(model):
+    """A hand-made table, so the expected estimates can be computed here exactly."""
+    from drnet_core.cost import TimeTable
+
+    total = total_branches(model)
+    return TimeTable(always_on_ms=0.5, branch_ms=torch.arange(1, total + 1, dtype=torch.float64) / 100,
+                     batch=256, device="cpu")
+
+
+def test_audit_estimates_time_from_the_branches_each_input_ran(model, runs):
+    run, _ = runs
+    times = known_time_table(model)
+    table = audit.instance_table(run, FASHION_CLASSES, time_table=times)
+    expected = 0.5 + run.path_masks.double() @ times.branch_ms
+    assert np.allclose(table["est_ms"].to_numpy(), expected.numpy())
+    assert list(table.columns).index("est_ms") == list(table.columns).index("mflops") + 1
+    by_time = audit.costliest(table, 10, by="est_ms")
+    assert by_time["est_ms"].is_monotonic_decreasing
+    assert float(by_time["est_ms"].iloc[0]) == pytest.approx(float(expected.max()))
+    assert np.allclose(audit.ms_per_mflop(table), table["est_ms"] / table["mflops"])
+    header = audit.to_csv(table).decode().splitlines()[0].split(",")
+    assert header[header.index("mflops") + 1] == "est_ms" and len(header) == len(audit.CSV_COLUMNS) + 1
+    assert audit.cost_per_class(table)["mean est. ms"].notna().all()
+    by_outcome = audit.cost_by_correctness(table)
+    assert "mean est. ms" in by_outcome
+    # Without a time table there is nothing to rank by time, and the error says which columns exist.
+    with pytest.raises(ValueError, match="mflops"):
+        audit.costliest(audit.instance_table(run, FASHION_CLASSES), 5, by="est_ms")
+    with pytest.raises(ValueError):
+        audit.costliest(table, 5, by="confidence")
+
+
 def test_flip_list_lists_exactly_the_changed_instances(runs):
     run_a, run_b = runs
     flips = tradeoff.flip_list(run_a, run_b, FASHION_CLASSES)
@@ -322,6 +354,7 @@ def test_figures_build_without_nan(model, runs):
         figures.embedding_figure(np.zeros((96, 2)), run.labels.numpy(), "class", ["x"] * 96, True, "e"),
         figures.cost_per_class_figure(audit.cost_per_class(table)),
         figures.cost_vs_error_figure(table),
+        figures.time_vs_flops_figure(audit.instance_table(run, FASHION_CLASSES, time_table=known_time_table(model))),
     ]
     for figure in built:
         assert figure.layout.title.text

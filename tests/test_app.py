@@ -152,6 +152,16 @@ def test_audit_filters_change_the_shown_inputs():
     assert at.get("download_button")
 
 
+def test_audit_ranks_by_estimated_time():
+    at = start("views/audit.py")
+    assert float(metrics(at)["Mean est. ms"]) > 0
+    at.radio(key="rank_by").set_value("estimated ms").run()
+    assert_clean(at)
+    shown = next(frame.value for frame in at.dataframe if "est_ms" in frame.value and "index" in frame.value)
+    assert shown["est_ms"].is_monotonic_decreasing and (shown["est_ms"] > 0).all()
+    assert at.query_params["rank_by"] in ("estimated ms", ["estimated ms"])
+
+
 def test_teaching_demo_reacts_to_tau():
     at = start("views/teach.py")
     assert at.title[0].value == "How it works"

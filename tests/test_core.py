@@ -263,6 +263,25 @@ def test_measured_branch_time_is_one_positive_row_per_branch_type_repeated_over_
     assert all(cell.training for cell in model.cells)  # timing in eval mode leaves the mode it found
 
 
+def test_time_table_measures_the_always_on_part_and_every_branch_per_image():
+    from drnet_core.cost import measure_time_table
+
+    model = tiny_model()
+    model.train()
+    inputs = torch.randn(8, 1, 28, 28)
+    times = measure_time_table(model, inputs, tau=1.0, repeats=2, warmup=1)
+    total = sum(c * b for c, b in model.routing_shape())
+    assert times.batch == 8 and times.device == "cpu"
+    assert times.branch_ms.shape == (total,) and bool((times.branch_ms > 0).all()) and times.always_on_ms > 0
+    assert model.training  # measured in eval mode, handed back as found
+    nothing, everything = torch.zeros(2, total, dtype=torch.bool), torch.ones(2, total, dtype=torch.bool)
+    assert times.ms_per_instance(nothing).tolist() == [times.always_on_ms] * 2
+    assert float(times.ms_per_instance(everything)[0]) == pytest.approx(times.always_on_ms + float(times.branch_ms.sum()))
+    one_more = nothing.clone()
+    one_more[:, 3] = True
+    assert bool((times.ms_per_instance(one_more) > times.ms_per_instance(nothing)).all())
+
+
 def test_expected_cost_charges_the_table_it_is_given():
     from drnet_core.model import RoutingTrace
 

@@ -11,11 +11,12 @@ classes = settings.class_names
 evaluated = state.limited_set(settings)
 
 st.title("Cost audit")
-st.caption(f"Executed multiply-adds per input on {evaluated.name} at tau {settings.tau:g}, "
+st.caption(f"Executed multiply-adds and estimated time per input on {evaluated.name} at tau {settings.tau:g}, "
            f"threshold {settings.threshold:g}.")
 
 run = state.routed_run(settings)
-table = audit.instance_table(run, classes, evaluated.indices)
+times = state.time_table(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name)
+table = audit.instance_table(run, classes, evaluated.indices, time_table=times)
 table.insert(0, "position", range(len(table)))
 low, high = float(table["mflops"].min()), float(table["mflops"].max())
 
@@ -35,32 +36,50 @@ else:
 state.publish("answers")
 filtered = audit.filter_table(table, classes=chosen_classes, correctness=correctness, mflops_range=cost_range)
 
-m1, m2, m3, m4 = st.columns(4)
+m1, m2, m3, m4, m5 = st.columns(5)
 m1.metric("Inputs shown", f"{len(filtered):,}", f"of {len(table):,}", delta_color="off")
 m2.metric("Mean MFLOPs", f"{filtered['mflops'].mean():.3f}" if len(filtered) else "–")
-m3.metric("Accuracy", f"{filtered['correct'].mean():.1%}" if len(filtered) else "–")
-m4.metric("Distinct paths", f"{filtered['path_id'].nunique():,}")
+m3.metric("Mean est. ms", f"{filtered[audit.TIME_COLUMN].mean():.3f}" if len(filtered) else "–")
+m4.metric("Accuracy", f"{filtered['correct'].mean():.1%}" if len(filtered) else "–")
+m5.metric("Distinct paths", f"{filtered['path_id'].nunique():,}")
 
 st.subheader("Costliest inputs")
-count = st.slider("How many", 4, 48, step=4, key=state.bound("top", 12, low=4, high=48))
-state.publish("top")
-top = audit.costliest(filtered, count)
+RANKINGS = {"MFLOPs": "mflops", "estimated ms": audit.TIME_COLUMN}
+c1, c2 = st.columns([1, 2])
+rank_by = c1.radio("Rank by", list(RANKINGS), horizontal=True,
+                   key=state.bound("rank_by", "MFLOPs", options=list(RANKINGS)))
+count = c2.slider("How many", 4, 48, step=4, key=state.bound("top", 12, low=4, high=48))
+state.publish("rank_by", "top")
+st.caption(f"Estimated ms: what each input costs in a batch of {times.batch} on this machine ({times.device}), "
+           "the always-on part's share plus every branch it ran, each timed alone. Pooling costs time but no "
+           "multiply-adds, so the two rankings differ. The executor's gathers and scatters are left out, so "
+           "a measured batch takes longer than the sum (`python -m drnet_core bench`).")
+top = audit.costliest(filtered, count, by=RANKINGS[rank_by])
 if len(top):
     state.thumbnails([evaluated.images[p] for p in top["position"]],
-                     [f"#{i} {t}→{p} · {f:.2f}" for i, t, p, f in zip(top["index"], top["true"], top["predicted"],
-                                                                        top["mflops"])])
+                     [f"#{i} {t}→{p} · {c:.{3 if rank_by == 'estimated ms' else 2}f}"
+                      for i, t, p, c in zip(top["index"], top["true"], top["predicted"], top[RANKINGS[rank_by]])])
 st.dataframe(top.drop(columns=["position"]), hide_index=True, key="costliest_table",
              column_config={"confidence": st.column_config.NumberColumn(format="percent"),
                             "mflops": st.column_config.NumberColumn("MFLOPs", format="%.3f"),
+                            audit.TIME_COLUMN: st.column_config.NumberColumn("est. ms", format="%.3f"),
                             "active_params": st.column_config.NumberColumn("active params", format="%d")})
 
 left, right = st.columns(2)
 if len(filtered):
+    ms_per_mflop = audit.ms_per_mflop(filtered)
+    left.plotly_chart(figures.time_vs_flops_figure(filtered), key="time_vs_flops")
+    right.markdown(f"Estimated time per MFLOP ranges from **{ms_per_mflop.min():.3f}** to "
+                   f"**{ms_per_mflop.max():.3f} ms** across these inputs. Two things make multiply-adds "
+                   "understate time, most of all for the cheapest inputs: the always-on part costs every input "
+                   "the same, and pooling and identity branches cost time but no multiply-adds.")
+    left, right = st.columns(2)
     left.plotly_chart(figures.cost_per_class_figure(audit.cost_per_class(filtered)), key="cost_per_class")
     right.plotly_chart(figures.cost_vs_error_figure(filtered), key="cost_vs_error")
     right.dataframe(audit.cost_by_correctness(filtered), hide_index=True, key="correctness_table",
                     column_config={"mean MFLOPs": st.column_config.NumberColumn(format="%.3f"),
-                                   "median MFLOPs": st.column_config.NumberColumn(format="%.3f")})
+                                   "median MFLOPs": st.column_config.NumberColumn(format="%.3f"),
+                                   "mean est. ms": st.column_config.NumberColumn(format="%.3f")})
 else:
     st.info("No input matches these filters.")
 
