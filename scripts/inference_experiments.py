@@ -10,6 +10,7 @@
     python scripts/inference_experiments.py without-pooling  # the default with cells 0-1's pooling forced off
     python scripts/inference_experiments.py compile      # torch.compile of every module the executor calls
     python scripts/inference_experiments.py audit-time   # the audit's per-image time estimate against MFLOPs
+    python scripts/inference_experiments.py batch1-ops   # one image: what each operator of a branch costs
 
 All run on the shipped checkpoint (or `--checkpoint`) at its default setting on the test split. This
 machine's speed drifts, so each experiment alternates its variants and prints every run.
@@ -373,11 +374,42 @@ def audit_time(args) -> None:
               f"median {ratio.median():.4f}, 1,000 cheapest by MFLOPs {ratio[cheapest].median():.4f}", flush=True)
 
 
+def batch1_ops(args) -> None:
+    """At batch 1, each operator of a separable-convolution branch at every cell's shape, in microseconds.
+
+    Also a depthwise convolution computed without oneDNN, as `F.unfold` and a batched matmul (exact up
+    to rounding), since oneDNN's per-call cost dwarfs the arithmetic of one image.
+    """
+    import torch.nn.functional as F
+
+    keep_freed_memory()
+    model, _, _, _ = setup(args.checkpoint)
+    for _ in range(args.rounds):
+        for index, cell in enumerate(model.cells):
+            branch = cell.edges[0][cell.branch_names.index("sep_conv_3x3")]
+            relu, depthwise, pointwise, norm = branch[0], branch[1], branch[2], branch[3]
+            x = torch.randn(1, cell.channels, cell.height, cell.width).contiguous(memory_format=torch.channels_last)
+            kernel = depthwise.weight.reshape(cell.channels, 1, 9)
+
+            def depthwise_unfolded() -> torch.Tensor:
+                columns = F.unfold(x, 3, padding=1).view(cell.channels, 9, cell.height * cell.width)
+                return torch.bmm(kernel, columns).view(1, cell.channels, cell.height, cell.width)
+
+            with torch.inference_mode():
+                assert torch.allclose(depthwise_unfolded(), depthwise(x), atol=1e-5)
+                row = {name: 1000 * mean_ms(step, 300) for name, step in (
+                    ("ReLU", lambda: relu(x)), ("depthwise 3x3", lambda: depthwise(x)),
+                    ("pointwise", lambda: pointwise(x)), ("batch norm", lambda: norm(x)),
+                    ("whole branch", lambda: branch(x)), ("depthwise by unfold", depthwise_unfolded))}
+            print(f"cell {index} ({cell.channels}x{cell.height}x{cell.width}), us: "
+                  + ", ".join(f"{name} {us:.1f}" for name, us in row.items()), flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn", "gather-scatter", "pooling",
                                                "eval-workers", "eval-workers-once", "without-pooling", "compile",
-                                               "audit-time"])
+                                               "audit-time", "batch1-ops"])
     parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per experiment")
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
@@ -387,7 +419,7 @@ def main() -> int:
     {"eval-batch": eval_batch, "modules": modules, "allocator": allocator, "fold-bn": fold_bn,
      "gather-scatter": gather_scatter, "pooling": pooling, "eval-workers": eval_workers,
      "eval-workers-once": eval_workers_once, "without-pooling": without_pooling, "compile": compile_experiment,
-     "audit-time": audit_time}[args.experiment](args)
+     "audit-time": audit_time, "batch1-ops": batch1_ops}[args.experiment](args)
     return 0
 
 
