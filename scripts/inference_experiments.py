@@ -138,12 +138,15 @@ def eval_workers_once(args) -> None:
     print(f"batches at a time {allowed}: cold {seconds[0]} s, warm {seconds[1]} s")
 
 
-def folded(model):
-    """A copy with every conv that feeds a batch norm folded into it (eval mode only)."""
+def folded(model, *, always_on_only: bool = False):
+    """A copy with every conv that feeds a batch norm folded into it (eval mode only); with
+    `always_on_only`, only in the stem and the reductions, which dense and routed forwards both run."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     model = copy.deepcopy(model)
-    for sequence in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+    scope = [model.stem, model.reductions] if always_on_only else [model]
+    sequences = [m for part in scope for m in part.modules() if isinstance(m, nn.Sequential)]
+    for sequence in sequences:
         for i in range(len(sequence) - 1):
             if isinstance(sequence[i], nn.Conv2d) and isinstance(sequence[i + 1], nn.BatchNorm2d):
                 sequence[i] = fuse_conv_bn_eval(sequence[i], sequence[i + 1]).to(memory_format=torch.channels_last)
@@ -155,22 +158,26 @@ def fold_bn(args) -> None:
     keep_freed_memory()
     model, meta, inputs, labels = setup(args.checkpoint)
     tau, threshold = meta["default_tau"], meta["default_threshold"]
-    fused = folded(model)
+    variants = {"plain": model, "always-on folded": folded(model, always_on_only=True), "all folded": folded(model)}
     plain_run = run_routed(model, inputs[:2000], labels[:2000], tau=tau, threshold=threshold)
-    fused_run = run_routed(fused, inputs[:2000], labels[:2000], tau=tau, threshold=threshold)
-    print("same predictions:", bool((plain_run.predictions == fused_run.predictions).all()),
-          "same paths:", bool((plain_run.path_masks == fused_run.path_masks).all()),
-          "largest probability difference:", float((plain_run.probabilities - fused_run.probabilities).abs().max()))
+    for name in ("always-on folded", "all folded"):
+        fused_run = run_routed(variants[name], inputs[:2000], labels[:2000], tau=tau, threshold=threshold)
+        print(f"{name}: same predictions:", bool((plain_run.predictions == fused_run.predictions).all()),
+              "same paths:", bool((plain_run.path_masks == fused_run.path_masks).all()), "largest probability "
+              "difference:", float((plain_run.probabilities - fused_run.probabilities).abs().max()))
     for _ in range(args.rounds):
-        for name, variant in (("plain", model), ("folded", fused)):
+        for name, variant in variants.items():
             times = []
             for _ in range(3):
                 start = time.perf_counter()
                 run_routed(variant, inputs, labels, tau=tau, threshold=threshold)
                 times.append(time.perf_counter() - start)
-            big = latency(variant, inputs[:1024], tau=tau, threshold=threshold, batch=256, warmup=2, repeats=7)
-            print(f"{name:6s}: routed 10k evaluation {statistics.median(times):.2f} s; batch 256 dense "
-                  f"{big['dense_ms']:.1f} ms, routed {big['routed_ms']:.1f} ms, efficiency {big['efficiency']:.2f}")
+            timing = dict(tau=tau, threshold=threshold, warmup=2, repeats=7)
+            single, big = latency(variant, inputs[:100], batch=1, **timing), latency(variant, inputs[:1024], batch=256, **timing)
+            print(f"{name:16s}: routed 10k evaluation {statistics.median(times):.2f} s; batch 1 dense "
+                  f"{single['dense_ms']:.2f} ms, routed {single['routed_ms']:.2f} ms, efficiency {single['efficiency']:.2f}; "
+                  f"batch 256 dense {big['dense_ms']:.1f} ms, routed {big['routed_ms']:.1f} ms, "
+                  f"efficiency {big['efficiency']:.2f}", flush=True)
 
 
 def mean_ms(step, repeats: int) -> float:
