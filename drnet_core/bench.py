@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import TrainConfig
-from .cost import forced_off, measure_branch_ms
+from .cost import TimeTable, forced_off, measure_branch_ms
 from .data import augment, load_split, load_test_set, to_model_input
 from .evaluate import EVAL_BATCH_SIZE, run_routed
 from .model import DRNet
@@ -190,18 +190,18 @@ def time_model(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: flo
     dense_ms, routed_ms, always_on_ms = (statistics.median(forward_ms[name]) for name in forwards)
     branch_ms = [torch.stack([table[index] for table in tables]).median(dim=0).values
                  for index in range(len(model.cells))]
-    executed_fraction = [torch.zeros_like(ms) for ms in branch_ms]
-    for b in batches:
-        _, trace = model(b, tau=tau, threshold=threshold, branch_overrides=routed_overrides)
-        for fraction, executed in zip(executed_fraction, trace.executed):
-            fraction += executed.to(fraction.dtype).mean(dim=0) / len(batches)
-    dense_branch_ms = sum(float(ms.sum()) for ms in branch_ms)
-    routed_branch_ms = sum(float((ms * fraction).sum()) for ms, fraction in zip(branch_ms, executed_fraction))
-    zero_mac_ms = sum(float((ms * fraction * (cell.branch_macs == 0)).sum())
-                      for ms, fraction, cell in zip(branch_ms, executed_fraction, model.cells))
-    predicted_dense, predicted_routed = always_on_ms + dense_branch_ms, always_on_ms + routed_branch_ms
+    # The audit's per-image estimate, summed over a batch: one arithmetic for both.
+    size = len(batches[0])
+    per_image = TimeTable(always_on_ms / size, torch.cat([ms.flatten() for ms in branch_ms]).cpu() / size, size,
+                          model.device.type)
+    executed = torch.cat([model(b, tau=tau, threshold=threshold, branch_overrides=routed_overrides)[1].path_masks().cpu()
+                          for b in batches])
+    predicted_routed = size * float(per_image.ms_per_instance(executed).mean())
+    predicted_dense = size * float(per_image.ms_per_instance(torch.ones_like(executed[:1])))
+    zero_mac = torch.cat([(cell.branch_macs == 0).flatten() for cell in model.cells]).cpu()
+    zero_mac_ms = size * float((executed[:, zero_mac].to(torch.float64) @ per_image.branch_ms[zero_mac]).mean())
     time_ratio = predicted_dense / predicted_routed
-    return {"batch": len(batches[0]), "forwards": len(batches),
+    return {"batch": size, "forwards": len(batches),
             "branch_ms": {f"cell_{index}": dict(zip(cell.branch_names, ms[0].tolist()))
                           for index, (cell, ms) in enumerate(zip(model.cells, branch_ms))},
             "always_on_ms": always_on_ms,

@@ -211,10 +211,11 @@ def test_time_model_predicts_no_saving_when_every_branch_runs():
 
 def test_routed_overrides_apply_to_the_routed_side_only():
     from drnet_core.bench import latency, time_model
+    from drnet_core.cost import forced_off
 
     model = tiny_model().eval()
     inputs = torch.randn(8, 1, 28, 28)
-    nothing = [torch.full(cell.branch_macs.shape, -1, dtype=torch.long) for cell in model.cells]
+    nothing = forced_off(model)
     timing = dict(tau=1.0, threshold=0.0, batch=4, warmup=1, repeats=1, routed_overrides=nothing)
     timed, row = time_model(model, inputs, **timing), latency(model, inputs, **timing)
     # Routed runs no branch at all; dense (threshold 0) still runs every one.
