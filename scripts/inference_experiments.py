@@ -138,6 +138,24 @@ def eval_workers_once(args) -> None:
     print(f"batches at a time {allowed}: cold {seconds[0]} s, warm {seconds[1]} s")
 
 
+def same_results(reference, other) -> str:
+    """Whether two routed runs of the same images agree: predictions, paths, largest probability gap."""
+    return (f"same predictions: {bool((reference.predictions == other.predictions).all())}, same paths: "
+            f"{bool((reference.path_masks == other.path_masks).all())}, largest probability difference: "
+            f"{float((reference.probabilities - other.probabilities).abs().max()):.2g}")
+
+
+def batch_latencies(model, inputs: torch.Tensor, **timing) -> tuple[dict, dict]:
+    """`bench`'s two latency rows: 100 single images, and four distinct batches of 256."""
+    return latency(model, inputs[:100], batch=1, **timing), latency(model, inputs[:1024], batch=256, **timing)
+
+
+def latency_text(single: dict, big: dict) -> str:
+    return (f"batch 1 dense {single['dense_ms']:.2f} ms, routed {single['routed_ms']:.2f} ms, efficiency "
+            f"{single['efficiency']:.2f}; batch 256 dense {big['dense_ms']:.1f} ms, routed {big['routed_ms']:.1f} ms, "
+            f"efficiency {big['efficiency']:.2f}")
+
+
 def folded(model, *, always_on_only: bool = False):
     """A copy with every conv that feeds a batch norm folded into it (eval mode only); with
     `always_on_only`, only in the stem and the reductions, which dense and routed forwards both run."""
@@ -162,9 +180,7 @@ def fold_bn(args) -> None:
     plain_run = run_routed(model, inputs[:2000], labels[:2000], tau=tau, threshold=threshold)
     for name in ("always-on folded", "all folded"):
         fused_run = run_routed(variants[name], inputs[:2000], labels[:2000], tau=tau, threshold=threshold)
-        print(f"{name}: same predictions:", bool((plain_run.predictions == fused_run.predictions).all()),
-              "same paths:", bool((plain_run.path_masks == fused_run.path_masks).all()), "largest probability "
-              "difference:", float((plain_run.probabilities - fused_run.probabilities).abs().max()))
+        print(f"{name}: {same_results(plain_run, fused_run)}")
     for _ in range(args.rounds):
         for name, variant in variants.items():
             times = []
@@ -172,12 +188,9 @@ def fold_bn(args) -> None:
                 start = time.perf_counter()
                 run_routed(variant, inputs, labels, tau=tau, threshold=threshold)
                 times.append(time.perf_counter() - start)
-            timing = dict(tau=tau, threshold=threshold, warmup=2, repeats=7)
-            single, big = latency(variant, inputs[:100], batch=1, **timing), latency(variant, inputs[:1024], batch=256, **timing)
-            print(f"{name:16s}: routed 10k evaluation {statistics.median(times):.2f} s; batch 1 dense "
-                  f"{single['dense_ms']:.2f} ms, routed {single['routed_ms']:.2f} ms, efficiency {single['efficiency']:.2f}; "
-                  f"batch 256 dense {big['dense_ms']:.1f} ms, routed {big['routed_ms']:.1f} ms, "
-                  f"efficiency {big['efficiency']:.2f}", flush=True)
+            single, big = batch_latencies(variant, inputs, tau=tau, threshold=threshold, warmup=2, repeats=7)
+            print(f"{name:16s}: routed 10k evaluation {statistics.median(times):.2f} s; {latency_text(single, big)}",
+                  flush=True)
 
 
 def mean_ms(step, repeats: int) -> float:
@@ -269,7 +282,7 @@ def without_pooling(args) -> None:
     No retraining: the accuracy says what dropping them costs this model as trained, the timings what a
     model trained without them could gain. Dense always runs every branch.
     """
-    from drnet_core.bench import latency, time_model
+    from drnet_core.bench import time_model
 
     keep_freed_memory()
     model, meta, inputs, labels = setup(args.checkpoint)
@@ -285,7 +298,7 @@ def without_pooling(args) -> None:
         for name, overrides in (("as trained", None), ("no pooling in cells 0-1", pooling_off)):
             run = run_routed(model, inputs, labels, tau=tau, threshold=threshold, branch_overrides=overrides)
             timing = dict(tau=tau, threshold=threshold, warmup=2, repeats=5, routed_overrides=overrides)
-            single, big = latency(model, inputs[:100], batch=1, **timing), latency(model, inputs[:1024], batch=256, **timing)
+            single, big = batch_latencies(model, inputs, **timing)
             timed = time_model(model, inputs[:1024], batch=256, **timing)
             print(f"{name:24s}: test accuracy {float(run.correct.float().mean()):.4f}, {float(run.mflops.mean()):.2f} MFLOPs; "
                   f"efficiency batch 1 {single['efficiency']:.2f}, batch 256 {big['efficiency']:.2f} "
@@ -341,20 +354,14 @@ def compile_experiment(args) -> None:
           f"{time.perf_counter() - start:.1f} s")
     eager_run = run_routed(model, inputs[:2000], labels[:2000], tau=tau, threshold=threshold)
     compiled_run = run_routed(fast, inputs[:2000], labels[:2000], tau=tau, threshold=threshold)
-    print("same predictions:", bool((eager_run.predictions == compiled_run.predictions).all()),
-          "same paths:", bool((eager_run.path_masks == compiled_run.path_masks).all()),
-          "largest probability difference:", float((eager_run.probabilities - compiled_run.probabilities).abs().max()))
+    print(same_results(eager_run, compiled_run))
     for _ in range(args.rounds):
         for name, variant in (("eager", model), ("compiled", fast)):
             start = time.perf_counter()
             run_routed(variant, inputs, labels, tau=tau, threshold=threshold)
             evaluation = time.perf_counter() - start
-            timing = dict(tau=tau, threshold=threshold, warmup=2, repeats=5)
-            single, big = latency(variant, inputs[:100], batch=1, **timing), latency(variant, inputs[:1024], batch=256, **timing)
-            print(f"{name:8s}: routed 10k evaluation {evaluation:.2f} s; batch 1 dense {single['dense_ms']:.2f} ms, "
-                  f"routed {single['routed_ms']:.2f} ms, efficiency {single['efficiency']:.2f}; batch 256 dense "
-                  f"{big['dense_ms']:.1f} ms, routed {big['routed_ms']:.1f} ms, efficiency {big['efficiency']:.2f}",
-                  flush=True)
+            single, big = batch_latencies(variant, inputs, tau=tau, threshold=threshold, warmup=2, repeats=5)
+            print(f"{name:8s}: routed 10k evaluation {evaluation:.2f} s; {latency_text(single, big)}", flush=True)
 
 
 def audit_time(args) -> None:
