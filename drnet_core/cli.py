@@ -14,6 +14,7 @@ import csv
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -58,6 +59,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _branch_names(text: str) -> tuple[str, ...]:
+    from .ops import OPS
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in OPS]
+    if unknown or not names or len(set(names)) < len(names):
+        problem = (f"unknown {', '.join(map(repr, unknown))}" if unknown else
+                   "no branch named" if not names else "a branch named twice")
+        raise argparse.ArgumentTypeError(f"{problem}; expected comma-separated branch types from: {', '.join(OPS)}")
+    return names
+
+
 def _eval_set(args, meta: dict):
     from .data import load_split, load_test_set, to_model_input
 
@@ -81,12 +94,13 @@ def cmd_train(args) -> int:
     from .train import train
 
     chosen = preset(args.preset)
+    model_config = replace(chosen.model, branches=args.branches) if args.branches else chosen.model
     overrides = {key: getattr(args, key) for key in TRAIN_OVERRIDES if getattr(args, key) is not None}
     if args.init_from:
         overrides["init_from"] = args.init_from
     train_config = chosen.train.__class__(**{**chosen.train.to_dict(), **overrides})
     try:
-        meta = train(chosen.model, train_config, args.output, dataset=args.dataset, data_dir=args.data_dir,
+        meta = train(model_config, train_config, args.output, dataset=args.dataset, data_dir=args.data_dir,
                      progress=not args.no_progress, evaluate_test=not args.skip_test)
     except ValueError as error:  # a resume file of another config, an --init-from of another architecture
         print(f"error: {error}", file=sys.stderr)
@@ -256,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="override the preset's value")
     train.add_argument("--init-from", default=None, help="start from this checkpoint's weights (same preset) with a "
                        "fresh optimizer and schedule: fine-tune a finished run")
+    train.add_argument("--branches", type=_branch_names, default=None,
+                       help="comma-separated branch types every connection holds (default: the preset's); with "
+                       "--init-from, a subset of the parent's: a branch-type ablation of a trained network")
     train.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--skip-test", action="store_true", help="do not evaluate the test split at the end")

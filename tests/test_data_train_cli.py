@@ -17,7 +17,8 @@ from drnet_core.config import PRESETS, ModelConfig
 from drnet_core.data import (FASHION_CLASSES, DatasetError, augment, load_fashion_mnist, load_shipped_subset,
                              load_test_set, to_model_input)
 from drnet_core.evaluate import DEFAULT_SELECTION_RULE, choose_default_setting, run_routed
-from drnet_core.train import train
+from drnet_core.model import DRNet
+from drnet_core.train import branch_subset_state, train
 
 from helpers import tiny_model, write_fake_fashion
 
@@ -119,6 +120,41 @@ def test_init_from_starts_at_the_parent_weights_and_records_it(tmp_path):
     other = replace(model_config, stem_channels=model_config.stem_channels + 2)
     with pytest.raises(ValueError, match="different architecture"):
         train(other, child_config, tmp_path / "other.pt", data_dir=str(data), progress=False, select_defaults=False)
+
+
+def test_init_from_with_fewer_branch_types_keeps_each_kept_branch_and_its_router_logits(tmp_path, capsys):
+    data, model_config, train_config = tiny_training(tmp_path, epochs=1)
+    parent = tmp_path / "parent.pt"
+    train(model_config, train_config, parent, data_dir=str(data), progress=False, select_defaults=False)
+    kept = ("identity", "sep_conv_3x3")  # a subset, in another order
+    ablated = replace(model_config, branches=kept)
+    child_path = tmp_path / "child.pt"
+    train(ablated, replace(train_config, init_from=str(parent), lr=0.0), child_path, data_dir=str(data),
+          progress=False, select_defaults=False)
+    (before, _), (after, meta) = load_checkpoint(parent), load_checkpoint(child_path)
+    assert after.config.branches == kept and meta["initialized_from"]["branches"] == list(model_config.branches)
+    old = [model_config.branches.index(name) for name in kept]
+    assert torch.equal(after.cells[1].edges[2][1][1].weight, before.cells[1].edges[2][old[1]][1].weight)
+    # Before any training step (which moves batch-norm statistics even at lr 0) the first router, whose
+    # input the dropped branches cannot change, gives the parent's logits of the kept branches.
+    started = DRNet(ablated).eval()
+    started.load_state_dict(branch_subset_state(before, kept))
+    images = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        _, parent_trace = before(images, tau=1.0, threshold=0.0)
+        _, child_trace = started(images, tau=1.0, threshold=0.0)
+    assert torch.equal(child_trace.logits[0], parent_trace.logits[0][:, :, old])
+    assert not torch.equal(child_trace.logits[1], parent_trace.logits[1][:, :, old])  # cell 0 now sums fewer branches
+    # A branch type the parent never had cannot be started from it, in Python or on the command line.
+    with pytest.raises(ValueError, match="no dil_conv_3x3 branches"):
+        train(replace(ablated, branches=("identity", "dil_conv_3x3")), replace(train_config, init_from=str(child_path)),
+              tmp_path / "other.pt", data_dir=str(data), progress=False, select_defaults=False)
+    assert cli.main(["train", "--preset", "tiny", "--branches", "identity,dil_conv_3x3", "--init-from", str(child_path),
+                     "--output", str(tmp_path / "cli.pt"), "--data-dir", str(data), "--no-progress"]) == 2
+    assert "no dil_conv_3x3 branches" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--preset", "tiny", "--branches", "identity,conv_9x9", "--output", str(tmp_path / "x.pt")])
+    assert "unknown 'conv_9x9'" in capsys.readouterr().err
 
 
 def test_select_default_rewrites_the_setting_and_keeps_the_weights(tmp_path, capsys):
