@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from drnet_core import attribution, explorer
-from drnet_core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError, default_device, load_checkpoint, sha256_of
+from drnet_core.checkpoint import (BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, CheckpointError, default_device,
+                                   load_checkpoint, sha256_of)
 from drnet_core.cost import TimeTable, measure_time_table
 from drnet_core.data import FASHION_CLASSES, ImageSet, load_test_set, to_model_input
 from drnet_core.evaluate import RoutedRun, run_routed, summarize
@@ -105,7 +106,8 @@ def publish(*keys: str) -> None:
 @st.cache_resource(show_spinner="Loading the checkpoint…", max_entries=4)
 def model_and_meta(path: str, sha256: str):
     """One model per process and checkpoint, shared read-only by every session (never trained or edited)."""
-    model, meta = load_checkpoint(path, device=default_device(), verify_sha256=path == str(SHIPPED_CHECKPOINT))
+    bundled = Path(path) in BUNDLED_CHECKPOINTS.values()
+    model, meta = load_checkpoint(path, device=default_device(), verify_sha256=bundled)
     return model, meta
 
 
@@ -232,11 +234,17 @@ def checkpoint_choice() -> tuple[str, str, str]:
     with st.sidebar.expander("Checkpoint", expanded=False):
         # Reading arbitrary server paths is for a local install only: anyone reaching a shared app could
         # otherwise make the server open any file it can read.
-        sources = ["Shipped", "Upload a file"] + (["Path on the server"] if os.environ.get(SERVER_PATHS_ENV) == "1" else [])
-        source = st.radio("Model", sources, key="checkpoint_source", horizontal=False)
+        bundled = [label for label, path in BUNDLED_CHECKPOINTS.items() if path.is_file()]
+        sources = bundled + ["Upload a file"] + (["Path on the server"] if os.environ.get(SERVER_PATHS_ENV) == "1" else [])
+        source = st.radio("Model", sources, key="checkpoint_source", horizontal=False,
+                          help="The shipped DRNet has no pooling branches; its parent has them and routes more "
+                               "diversely, at a lower speed (docs/MODEL.md).")
         chosen = None
         try:
-            if source == "Upload a file":
+            if source in bundled and BUNDLED_CHECKPOINTS[source] != SHIPPED_CHECKPOINT:
+                path = BUNDLED_CHECKPOINTS[source]
+                chosen = (str(path), sha256_of(path), path.name)
+            elif source == "Upload a file":
                 upload = st.file_uploader("DRNet checkpoint (.pt)", key="checkpoint_upload")
                 if upload is not None:
                     path = store_uploaded_checkpoint(upload.getvalue())

@@ -31,13 +31,20 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
+from .data import ASSETS
 from .model import DRNet
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "drnet-explorer/1"
 _FORMAT_FAMILY = "drnet-explorer/"
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "drnet_fashion.pt"
+SHIPPED_CHECKPOINT = ASSETS / "drnet_fashion.pt"
+# Every trained DRNet that ships, by what it is (docs/MODEL.md), the shipped one first.
+BUNDLED_CHECKPOINTS = {
+    "Shipped": SHIPPED_CHECKPOINT,
+    "Shipped's parent, with pooling": ASSETS / "drnet_fashion_pooling.pt",
+    "Smaller (fashion preset)": ASSETS / "drnet_fashion_small.pt",
+}
 
 # What a PyTorch file starts with: a zip archive (torch.save since 1.6) or a protocol-2+ pickle.
 _TORCH_MAGIC = (b"PK\x03\x04", b"\x80")

@@ -226,6 +226,7 @@ def warm_start(model: torch.nn.Module, model_config, path: str) -> dict:
                          f"{', '.join(parent.config.branches)}); --branches may only drop branch types")
     model.load_state_dict(branch_subset_state(parent, model_config.branches))
     return {"path": str(path), "sha256": sha256_of(path), "epochs": meta.get("epochs"),
+            "total_epochs": meta.get("total_epochs", meta.get("epochs")),
             "train_config": meta.get("train_config"), "history": meta.get("history", []),
             "test_default": meta.get("test_default"), "branches": list(parent.config.branches)}
 
@@ -396,7 +397,7 @@ def finalize(model: DRNet, model_config: ModelConfig, train_config: TrainConfig,
         "class_names": list(class_names),
         "epochs": len(history),
         # Epochs since random initialisation: a warm-started run adds its parent's.
-        "total_epochs": len(history) + (int(parent["epochs"] or 0) if parent else 0),
+        "total_epochs": len(history) + (int(parent.get("total_epochs") or parent["epochs"] or 0) if parent else 0),
         "seed": train_config.seed,
         "train_config": train_config.to_dict(),
         "train_images": len(full_train) - len(val_idx),

@@ -286,6 +286,9 @@ def without_pooling(args) -> None:
 
     keep_freed_memory()
     model, meta, inputs, labels = setup(args.checkpoint)
+    if not {"avg_pool_3x3", "max_pool_3x3"} <= set(model.config.branches):
+        sys.exit(f"{args.checkpoint or 'the shipped checkpoint'} has no pooling branches to force off; "
+                 "its parent has: --checkpoint assets/drnet_fashion_pooling.pt")
     tau, threshold = meta["default_tau"], meta["default_threshold"]
     pooling_off = []
     for index, cell in enumerate(model.cells):

@@ -1,6 +1,6 @@
 """Accuracy per FLOP: the DRNet over thresholds against static baselines, on the full test split.
 
-    python scripts/performance_report.py                       # shipped + small DRNet, assets/baselines/*.pt
+    python scripts/performance_report.py                       # shipped, pooling and small DRNet, assets/baselines/*.pt
     python scripts/performance_report.py --checkpoint X.pt Y.pt --baselines a.pt b.pt
 
 Writes docs/results/accuracy_vs_flops.json (every figure in the tables of docs/PERFORMANCE.md) and
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from drnet_core.baselines import load_baseline  # noqa: E402
 from drnet_core.runtime import keep_freed_memory  # noqa: E402
 from drnet_core.bench import machine_info, median_seconds  # noqa: E402
-from drnet_core.checkpoint import default_device, load_checkpoint  # noqa: E402
+from drnet_core.checkpoint import BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, default_device, load_checkpoint  # noqa: E402
 from drnet_core.data import load_test_set, to_model_input  # noqa: E402
 from drnet_core.evaluate import run_routed  # noqa: E402
 
@@ -104,8 +104,9 @@ def plot(rows: list[dict], path: Path, title: str, defaults: dict[str, float]) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", nargs="*", default=None,
-                        help="DRNet checkpoints, one curve each (default: the shipped one and "
-                             "assets/drnet_fashion_small.pt, the model the baselines were matched to)")
+                        help="DRNet checkpoints, one curve each (default: the shipped one, "
+                             "assets/drnet_fashion_pooling.pt and assets/drnet_fashion_small.pt, the models the "
+                             "baselines were matched to)")
     parser.add_argument("--baselines", nargs="*", default=None,
                         help="baseline checkpoints (default: assets/baselines/*.pt)")
     parser.add_argument("--thresholds", type=float, nargs="*", default=list(THRESHOLDS))
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     device = default_device()
     test = load_test_set(args.data_dir)
     inputs = to_model_input(test.images)
-    checkpoints = args.checkpoint or [None] + [str(p) for p in [ROOT / "assets" / "drnet_fashion_small.pt"] if p.is_file()]
+    others = [str(path) for path in BUNDLED_CHECKPOINTS.values() if path != SHIPPED_CHECKPOINT and path.is_file()]
+    checkpoints = args.checkpoint or [None] + others
     rows, drnets, defaults = [], [], {}
     for checkpoint in checkpoints:
         model, meta = load_checkpoint(checkpoint, device=device)

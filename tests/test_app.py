@@ -34,6 +34,10 @@ def metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
 
+def sidebar_text(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.sidebar.markdown)
+
+
 def markdown_text(at: AppTest) -> str:
     return "\n".join(m.value for m in at.markdown)
 
@@ -184,6 +188,16 @@ def test_settings_come_from_the_url():
     assert at.slider(key="tau").value == pytest.approx(2.5)
     assert at.slider(key="threshold").value == pytest.approx(0.05)
     assert at.toggle(key="noise").value is True
+
+
+def test_the_bundled_checkpoints_can_be_chosen_in_the_sidebar():
+    at = start()
+    assert "`drnet_fashion.pt`" in sidebar_text(at)
+    at.radio(key="checkpoint_source").set_value("Shipped's parent, with pooling").run()
+    assert_clean(at)
+    text = sidebar_text(at)
+    assert "`drnet_fashion_pooling.pt`" in text and "at tau 2, threshold 0.05" in text
+    assert "Prediction" in metrics(at)
 
 
 def test_bad_checkpoint_upload_shows_an_error_and_keeps_working():

@@ -133,6 +133,9 @@ def test_init_from_with_fewer_branch_types_keeps_each_kept_branch_and_its_router
           progress=False, select_defaults=False)
     (before, _), (after, meta) = load_checkpoint(parent), load_checkpoint(child_path)
     assert after.config.branches == kept and meta["initialized_from"]["branches"] == list(model_config.branches)
+    grandchild = train(ablated, replace(train_config, init_from=str(child_path)), tmp_path / "grandchild.pt",
+                       data_dir=str(data), progress=False, select_defaults=False, evaluate_test=False)
+    assert grandchild["total_epochs"] == 3  # the whole lineage, not only the last run
     old = [model_config.branches.index(name) for name in kept]
     assert torch.equal(after.cells[1].edges[2][1][1].weight, before.cells[1].edges[2][old[1]][1].weight)
     # Before any training step (which moves batch-norm statistics even at lr 0) the first router, whose

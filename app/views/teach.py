@@ -17,8 +17,9 @@ st.markdown(
     """
 A **Dynamic Routing Network** (DRNet; Cai, Shu, Wang & Ooi, 2019) does not run the same computation for every input.
 The network is a chain of **cells**. Inside a cell, every **connection** between two nodes holds several candidate
-**branches**: separable and dilated convolutions, poolings, the identity. A small **router** looks at the cell's input
-and scores every branch of every connection *for this input*.
+**branches**: separable and dilated convolutions, poolings, the identity. (The shipped model keeps all but the
+poolings: they cost no multiply-adds, so a router saving FLOPs picks them, yet on a CPU they cost real time.)
+A small **router** looks at the cell's input and scores every branch of every connection *for this input*.
 
 The scores become weights with a temperature-scaled softmax, **softmax((scores + noise) / tau)**, one per
 connection. A branch **runs only if its weight reaches the threshold**; the others are skipped and cost nothing.
