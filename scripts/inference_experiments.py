@@ -376,6 +376,10 @@ def audit_time(args) -> None:
     model, meta, inputs, labels = setup(args.checkpoint)
     tau, threshold = meta["default_tau"], meta["default_threshold"]
     run = run_routed(model, inputs, labels, tau=tau, threshold=threshold)
+    # Ties in MFLOPs make "the costliest 100 by MFLOPs" partly an arbitrary pick: say how large they are.
+    hundredth = run.mflops.sort(descending=True).values[99]
+    print(f"{len(torch.unique(run.mflops))} distinct MFLOPs values; the 100th costliest, {float(hundredth):.2f} MFLOPs, "
+          f"is shared by {int((run.mflops == hundredth).sum())} images", flush=True)
     for _ in range(args.rounds):
         times = measure_time_table(model, inputs[:256], tau=tau)
         table = audit.instance_table(run, meta.get("class_names", FASHION_CLASSES), time_table=times)
