@@ -125,6 +125,7 @@ def cmd_select_default(args) -> int:
 def cmd_evaluate(args) -> int:
     from .distributed import DistributedContext, run_routed_sharded
     from .evaluate import summarize
+    from .routing_graph import branch_labels
 
     ctx = DistributedContext()  # under torchrun the set is sharded across the processes
     ctx.quiet_other_ranks()
@@ -139,6 +140,8 @@ def cmd_evaluate(args) -> int:
         return 0
     summary = summarize(run, model, test.name, tuple(meta.get("class_names", [str(i) for i in range(10)])))
     summary["checkpoint"] = str(args.checkpoint or "shipped")
+    # Which parts of the network this setting uses, and for how many of the images.
+    summary["branch_usage"] = dict(zip(branch_labels(model), run.path_masks.float().mean(dim=0).tolist()))
     if args.json:
         print(json.dumps(summary))
     else:

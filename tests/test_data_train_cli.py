@@ -220,7 +220,7 @@ def run_cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "drnet_core", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def test_evaluate_json_has_every_field(tmp_path):
+def test_evaluate_json_has_every_field(tmp_path, capsys):
     model = tiny_model()
     path = save_checkpoint(tmp_path / "m.pt", model, {"default_tau": 0.5, "default_threshold": 0.2,
                                                      "class_names": list(FASHION_CLASSES)})
@@ -231,6 +231,11 @@ def test_evaluate_json_has_every_field(tmp_path):
                 "distinct_paths", "mflops_cv", "per_class"):
         assert key in summary
     assert summary["n"] == 50 and summary["threshold"] == 0.3
+    usage = summary["branch_usage"]
+    assert len(usage) == sum(c * b for c, b in model.routing_shape()) and all(0 <= f <= 1 for f in usage.values())
+    assert min(usage.values()) < 1  # threshold 0.3 skips something
+    assert cli.main(["evaluate", "--checkpoint", str(path), "--limit", "20", "--json", "--threshold", "0"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["branch_usage"].values()) == {1.0}  # dense runs everything
 
 
 def test_sweep_writes_a_csv_grid(tmp_path):
