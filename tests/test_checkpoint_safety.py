@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from drnet_core.checkpoint import (FORMAT, SHIPPED_CHECKPOINT, CheckpointError, load_checkpoint, read_checkpoint,
-                                   save_checkpoint, sha256_of)
+from drnet_core.checkpoint import (BUNDLED_CHECKPOINTS, FORMAT, SHIPPED_CHECKPOINT, CheckpointError,
+                                   load_checkpoint, read_checkpoint, save_checkpoint, sha256_of)
 from drnet_core.config import PRESETS
 from drnet_core.model import DRNet
 from helpers import tiny_model
@@ -304,10 +304,13 @@ def shipped_copy(tmp_path) -> Path:
     return copy
 
 
-def test_shipped_checkpoint_matches_its_recorded_sha256():
-    recorded = Path(str(SHIPPED_CHECKPOINT) + ".sha256").read_text().split()[0]
-    assert recorded == sha256_of(SHIPPED_CHECKPOINT)
-    load_checkpoint()  # the default load verifies it
+@pytest.mark.parametrize("label", list(BUNDLED_CHECKPOINTS))
+def test_every_bundled_checkpoint_matches_its_recorded_sha256(label):
+    path = BUNDLED_CHECKPOINTS[label]
+    recorded = Path(str(path) + ".sha256").read_text().split()
+    assert recorded == [sha256_of(path), path.name]
+    _, meta = load_checkpoint(path)  # verifies the digest too
+    assert meta["test_default"]["accuracy"] > 0.9
 
 
 def test_sha256_mismatch_of_a_modified_copy(shipped_copy):
