@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import TrainConfig
-from .cost import TimeTable, forced_off, measure_branch_ms
+from .cost import TimeTable, forced_off, measure_branch_ms, median_seconds, synchronize
 from .data import augment, load_split, load_test_set, to_model_input
 from .evaluate import EVAL_BATCH_SIZE, run_routed
 from .model import DRNet
@@ -41,25 +41,6 @@ from .router import recalibrate
 
 
 BIG_BATCHES = 4  # distinct batches timed at the big batch size: each routes its own way
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn: Callable[[], object], *, warmup: int, repeats: int, device: torch.device) -> float:
-    """Median wall time of `fn()` over `repeats` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def machine_info(device: torch.device) -> dict:

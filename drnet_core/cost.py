@@ -17,6 +17,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -57,6 +58,25 @@ def module_params(module: nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], *, warmup: int, repeats: int, device: torch.device) -> float:
+    """Median wall time of `fn()` over `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 @torch.inference_mode()
 def measure_branch_ms(cell: nn.Module, batch_size: int = 256, repeats: int = 15, warmup: int = 3) -> torch.Tensor:
     """(connections, branches) milliseconds one executed branch costs the eval executor at `batch_size`.
@@ -77,18 +97,8 @@ def measure_branch_ms(cell: nn.Module, batch_size: int = 256, repeats: int = 15,
     for _ in range(warmup):
         for branch in cell.edges[0]:
             node.addcmul_(branch(x), scale)
-    row = []
-    for branch in cell.edges[0]:
-        times = []
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            node.addcmul_(branch(x), scale)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append((time.perf_counter() - start) * 1000)
-        row.append(statistics.median(times))
+    row = [1000 * median_seconds(lambda: node.addcmul_(branch(x), scale), warmup=0, repeats=repeats, device=device)
+           for branch in cell.edges[0]]
     cell.train(was_training)
     return torch.tensor([row] * len(cell.edges), dtype=torch.float64, device=device)
 
@@ -131,17 +141,9 @@ def measure_time_table(model: nn.Module, inputs: torch.Tensor, *, tau: float, re
     inputs, switched_off = inputs.to(device), forced_off(model)
     was_training = model.training
     model.eval()
-    times = []
-    for index in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        model(inputs, tau=tau, threshold=1.0, branch_overrides=switched_off)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if index >= warmup:
-            times.append((time.perf_counter() - start) * 1000)
+    always_on_ms = 1000 * median_seconds(lambda: model(inputs, tau=tau, threshold=1.0, branch_overrides=switched_off),
+                                         warmup=warmup, repeats=repeats, device=device)
     branch_ms = torch.cat([measure_branch_ms(cell, batch_size=batch, repeats=repeats, warmup=warmup).flatten()
                            for cell in model.cells])
     model.train(was_training)
-    return TimeTable(statistics.median(times) / batch, branch_ms.cpu() / batch, batch, device.type)
+    return TimeTable(always_on_ms / batch, branch_ms.cpu() / batch, batch, device.type)

@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from drnet_core.baselines import load_baseline  # noqa: E402
 from drnet_core.runtime import keep_freed_memory  # noqa: E402
-from drnet_core.bench import machine_info, median_seconds  # noqa: E402
+from drnet_core.bench import machine_info  # noqa: E402
+from drnet_core.cost import median_seconds  # noqa: E402
 from drnet_core.checkpoint import BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, default_device, load_checkpoint  # noqa: E402
 from drnet_core.data import load_test_set, to_model_input  # noqa: E402
 from drnet_core.evaluate import run_routed  # noqa: E402
