@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from .cell import cell_connections
-from .checkpoint import CheckpointError, read_checkpoint
+from .checkpoint import CheckpointError, read_checkpoint, verify_recorded_sha256
 from .config import ModelConfig, known_keys_only
 from .cost import module_macs, module_params
 from .evaluate import EVAL_BATCH_SIZE
@@ -276,7 +277,13 @@ def plain_cnn_widths(target_mflops: float, base: ModelConfig | None = None) -> t
 
 
 def load_baseline(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[StaticBaseline, dict]:
-    """(baseline in eval mode, metadata) from a checkpoint written by `python -m drnet_core baseline`."""
+    """(baseline in eval mode, metadata) from a checkpoint written by `python -m drnet_core baseline`.
+
+    Like `load_checkpoint`, it refuses a file that no longer matches the sha256 recorded beside it.
+    """
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: no such baseline checkpoint file.")
+    verify_recorded_sha256(Path(path), str(path))
     payload = read_checkpoint(path)
     try:
         config = BaselineConfig.from_dict(payload["config"])

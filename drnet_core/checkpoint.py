@@ -261,7 +261,12 @@ def _check_meta(meta: dict, config: ModelConfig, name: str) -> None:
 
 # ---- integrity ----------------------------------------------------------------------------------
 
-def _verify_recorded_sha256(path: Path, name: str) -> None:
+def verify_recorded_sha256(path: Path, name: str) -> None:
+    """Raise CheckpointError when `path` no longer matches the digest in `path.sha256` (if there is one).
+
+    torch loads a file with flipped bits in its weights without complaint, so the digest written at
+    save time is the only way to notice a damaged or replaced asset before its numbers are reported.
+    """
     digest_file = Path(str(path) + ".sha256")
     if not digest_file.is_file():
         if path.resolve() == SHIPPED_CHECKPOINT:
@@ -288,7 +293,7 @@ def load_checkpoint(source=None, *, device: str | torch.device = "cpu", verify_s
         if not path.is_file():
             raise CheckpointError(f"{name}: no such checkpoint file.")
         if verify_sha256:
-            _verify_recorded_sha256(path, name)
+            verify_recorded_sha256(path, name)
     payload = read_checkpoint(source)
     model = build_from_payload(payload, name)
     meta = dict(payload.get("meta") or {})

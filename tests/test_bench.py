@@ -15,13 +15,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from drnet_core.baselines import (BaselineConfig, PlainCNN, StaticCellNet, build_baseline, load_baseline,
                                   most_picked_branches, plain_cnn_widths)
-from drnet_core.checkpoint import CheckpointError, save_checkpoint
+from drnet_core.checkpoint import CheckpointError, save_checkpoint, sha256_of
 from drnet_core.config import PRESETS
 from drnet_core.train import train
 from tests.helpers import tiny_model, write_fake_fashion
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = PRESETS["tiny"]
+BUNDLED_BASELINES = sorted((ROOT / "assets" / "baselines").glob("*.pt"))
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -166,6 +167,29 @@ def test_baseline_trains_the_drnet_way_and_reloads(tmp_path):
     with pytest.raises(CheckpointError, match="not a baseline checkpoint"):
         save_checkpoint(tmp_path / "drnet.pt", tiny_model(), {})
         load_baseline(tmp_path / "drnet.pt")
+
+
+@pytest.mark.parametrize("path", BUNDLED_BASELINES, ids=lambda path: path.name)
+def test_every_bundled_baseline_matches_its_digest_and_recorded_cost(path):
+    # docs/PERFORMANCE.md reports these files; a replaced or damaged one must not feed the report.
+    assert Path(f"{path}.sha256").read_text().split() == [sha256_of(path), path.name]
+    model, meta = load_baseline(path)
+    assert model.dense_mflops() == pytest.approx(meta["test_default"]["mean_mflops"])
+    assert model.dense_params() == meta["test_default"]["dense_params"]
+    assert meta["test_default"]["n"] == 10_000 and meta["test_default"]["accuracy"] > 0.9
+
+
+def test_a_baseline_that_changed_since_its_digest_is_refused(tmp_path):
+    original = BUNDLED_BASELINES[0]
+    copy = tmp_path / original.name
+    data = bytearray(original.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    copy.write_bytes(bytes(data))
+    Path(f"{copy}.sha256").write_text(Path(f"{original}.sha256").read_text())
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        load_baseline(copy)
+    with pytest.raises(CheckpointError, match="no such baseline checkpoint file"):
+        load_baseline(tmp_path / "missing.pt")
 
 
 def test_baseline_cli_trains_a_plain_cnn(tmp_path):
