@@ -20,8 +20,10 @@ sparsity it is evaluated with; when every instance selects a branch it runs on t
 In eval mode `Cell.forward` takes a faster route to the same result (`Cell.forward_sparse`): the
 reachability rule is applied to the whole cell's selection up front, branch counts reach the host
 once per cell instead of once per branch, every instance list comes from one `nonzero` per cell,
-and contributions accumulate in place (`addcmul_`, `index_add_`). It computes exactly the branches
-the reference executor computes; `Cell.reference_executor = True` switches back to the reference
+each node stays an unevaluated weighted sum until a branch reads it (`PendingSum`: an identity run
+by the whole batch then costs per-instance weights, not a pass over the activations), and sums are
+formed in place (`addcmul_`, `index_add_`). It computes exactly the branches the reference executor
+computes; `Cell.reference_executor = True` switches back to the reference
 (tests compare the two; see docs/PERFORMANCE.md for what each step is worth). A single instance takes
 `Cell.forward_single`, where the same rules run on Python booleans read from one host copy.
 """
@@ -88,15 +90,11 @@ def run_connection(
 
 # The eval executors below own every node tensor they build, so without autograd they scale and sum
 # in place instead of allocating and filling a fresh buffer per product and per sum (6.4 MB for a
-# batch of 256 at 32x14x14). Each in-place step computes the same IEEE operations in the same order
-# as the reference executor.
+# batch of 256 at 32x14x14). With autograd on (attributions run the eval executor) a tensor may be
+# saved for the backward pass, so they compute out of place there.
 
 def accumulate(node: torch.Tensor | None, out: torch.Tensor, scale: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """node + out * scale, reusing `out` as the node when it is a fresh tensor (not the branch input).
-
-    With autograd on (attributions run the eval executor), `out` may be saved for the backward pass,
-    so it is never overwritten there.
-    """
+    """node + out * scale, reusing `out` as the node when it is a fresh tensor (not the branch input)."""
     if node is not None:
         return node.addcmul_(out, scale)
     aliases_input = out.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()  # identity
@@ -104,10 +102,7 @@ def accumulate(node: torch.Tensor | None, out: torch.Tensor, scale: torch.Tensor
 
 
 def sum_into_nodes(x: torch.Tensor, nodes: list[torch.Tensor | None]) -> torch.Tensor:
-    """x + node_1 + node_2 + ... (empty nodes skipped), summed into the first node's buffer.
-
-    With autograd on, a node that fed later branches is saved for the backward pass: sum afresh.
-    """
+    """x + node_1 + node_2 + ... (empty nodes skipped), summed into the first node's buffer."""
     out = x
     for node in nodes:
         if node is not None:
@@ -116,6 +111,79 @@ def sum_into_nodes(x: torch.Tensor, nodes: list[torch.Tensor | None]) -> torch.T
             else:
                 out = node.add_(x) if out is x else out.add_(node)
     return out
+
+
+def per_instance(scale: torch.Tensor) -> torch.Tensor:
+    return scale.view(-1, 1, 1, 1)
+
+
+class PendingSum:
+    """A node of the batched eval executor: a weighted sum of tensors, not added up until it is read.
+
+    An identity branch costs no multiply-adds, yet scaling its input and adding it to a node costs
+    passes over the activations, and a cell that routes most of a batch through identity spends
+    most of its time on them. Here a whole-batch identity only multiplies per-instance weights (one
+    number per instance): the sum is formed once, when a branch reads the whole node or when the
+    cell output is built. Terms are `dense` (tensor, per-instance scale or None for 1) and `sparse`
+    (instance rows, their weighted branch output); `like` is any tensor of the node's shape.
+    """
+
+    def __init__(self, like: torch.Tensor, dense=()):
+        self.like = like
+        self.dense: list[tuple[torch.Tensor, torch.Tensor | None]] = list(dense)
+        self.sparse: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def add(self, tensor: torch.Tensor, scale: torch.Tensor | None) -> None:
+        for index, (held, held_scale) in enumerate(self.dense):
+            if held is tensor:  # the same activation reached this node twice: one term, summed scales
+                one = torch.ones(len(tensor), dtype=tensor.dtype, device=tensor.device)
+                self.dense[index] = (held, (one if held_scale is None else held_scale)
+                                     + (one if scale is None else scale))
+                return
+        self.dense.append((tensor, scale))
+
+    def extend_scaled(self, other: "PendingSum", weights: torch.Tensor) -> None:
+        """self += other * weights: an identity branch from node `other`, run by the whole batch."""
+        for tensor, scale in other.dense:
+            self.add(tensor, weights if scale is None else scale * weights)
+        self.sparse += [(rows, values * per_instance(weights.index_select(0, rows))) for rows, values in other.sparse]
+
+    def rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The node's value for the instances `rows`, channels_last, as a fresh tensor."""
+        if len(self.dense) == 1 and not self.sparse:
+            (tensor, scale), = self.dense
+            gathered = gather_rows(tensor, rows)
+            if scale is None:
+                return gathered
+            scale = per_instance(scale.index_select(0, rows))
+            return gathered * scale if torch.is_grad_enabled() else gathered.mul_(scale)
+        return gather_rows(self.total(), rows)
+
+    def total(self) -> torch.Tensor:
+        """The node's value; the sum is kept, so a node read twice is summed once."""
+        if len(self.dense) == 1 and self.dense[0][1] is None and not self.sparse:
+            return self.dense[0][0]
+        grad = torch.is_grad_enabled()
+        terms = iter(self.dense)
+        # The first operation writes a fresh buffer, so no term is ever written to.
+        if not self.dense:
+            out = torch.zeros_like(self.like)
+        elif self.dense[0][1] is None and len(self.dense) > 1:
+            (first, _), (second, scale) = next(terms), next(terms)
+            out = first + second if scale is None else torch.addcmul(first, second, per_instance(scale))
+        else:
+            first, scale = next(terms)
+            out = first.clone() if scale is None else first * per_instance(scale)
+        for tensor, scale in terms:
+            if scale is None:
+                out = out + tensor if grad else out.add_(tensor)
+            else:
+                out = torch.addcmul(out, tensor, per_instance(scale)) if grad else out.addcmul_(tensor, per_instance(scale))
+        for rows, values in self.sparse:
+            summed = nhwc(out).index_add(0, rows, nhwc(values)) if grad else nhwc(out).index_add_(0, rows, nhwc(values))
+            out = summed.permute(0, 3, 1, 2)
+        self.dense, self.sparse = [(out, None)], []
+        return out
 
 
 class Cell(nn.Module):
@@ -208,9 +276,9 @@ class Cell(nn.Module):
             by_branch = executed.permute(1, 2, 0)
             row_chunks = by_branch.nonzero()[:, 2].split(flat_counts)
             weight_chunks = weights.permute(1, 2, 0)[by_branch].split(flat_counts)
-        nodes: list[torch.Tensor | None] = [x]
+        nodes: list[PendingSum | None] = [PendingSum(x, [(x, None)])]
         for target in range(1, self.nodes_per_cell + 1):
-            node = None
+            node = PendingSum(x)
             for edge_index in self.incoming[target]:
                 source = nodes[self.connections[edge_index][0]]
                 for branch_index, count in enumerate(counts[edge_index]):
@@ -218,19 +286,27 @@ class Cell(nn.Module):
                         continue
                     branch = self.edges[edge_index][branch_index]
                     if count == batch:
-                        scale = weights[:, edge_index, branch_index].view(-1, 1, 1, 1)
-                        node = accumulate(node, branch(source), scale, source)
+                        branch_weights = weights[:, edge_index, branch_index]
+                        if isinstance(branch, nn.Identity):
+                            node.extend_scaled(source, branch_weights)
+                        else:
+                            node.add(branch(source.total()), branch_weights)
                         continue
                     chunk = edge_index * num_branches + branch_index
                     rows = row_chunks[chunk]
-                    out_rows = branch(gather_rows(source, rows))  # a fresh tensor, even for identity
-                    scale = weight_chunks[chunk].view(-1, 1, 1, 1)
-                    out_rows = out_rows * scale if torch.is_grad_enabled() else out_rows.mul_(scale)
-                    if node is None:
-                        node = torch.zeros_like(x)
-                    nhwc(node).index_add_(0, rows, nhwc(out_rows))
-            nodes.append(node)  # None: no instance reached this node
-        return sum_into_nodes(x, nodes[1:]), executed
+                    out_rows = branch(source.rows(rows))  # a fresh tensor, even for identity
+                    scale = per_instance(weight_chunks[chunk])
+                    node.sparse.append((rows, out_rows * scale if torch.is_grad_enabled() else out_rows.mul_(scale)))
+            nodes.append(node if node.dense or node.sparse else None)  # None: no instance reached this node
+        if all(node is None for node in nodes[1:]):
+            return x, executed
+        out = PendingSum(x, [(x, None)])
+        for node in nodes[1:]:
+            if node is not None:
+                for tensor, scale in node.dense:
+                    out.add(tensor, scale)
+                out.sparse += node.sparse
+        return out.total(), executed
 
     def forward_single(self, x: torch.Tensor, weights: torch.Tensor, selected: torch.Tensor):
         """`forward_sparse` for one instance, where bookkeeping tensors would cost more than the branches.

@@ -82,8 +82,9 @@ def measure_branch_ms(cell: nn.Module, batch_size: int = 256, repeats: int = 15,
     """(connections, branches) milliseconds one executed branch costs the eval executor at `batch_size`.
 
     Each branch is timed as the executor runs it: the branch on a channels_last batch of the cell's
-    shape, then its weighted output added into a node (`addcmul_`), so identity costs that addition
-    and nothing is free. Every connection of a cell holds the same branch types at the same shape, so
+    shape, then its weighted output added into a node (`addcmul_`). An identity run by the whole
+    batch only scales its source's per-instance weights (`cell.PendingSum`), so that product is what
+    it costs. Every connection of a cell holds the same branch types at the same shape, so
     each type is timed once (on the first connection) and the row repeated: identical operations get
     identical costs. Median of `repeats`, after every branch has run `warmup` times: the first calls of
     a process pay for thread start-up, allocation and kernel selection, several times a branch's cost.
@@ -92,12 +93,18 @@ def measure_branch_ms(cell: nn.Module, batch_size: int = 256, repeats: int = 15,
     x = torch.randn(batch_size, cell.channels, cell.height, cell.width, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     node, scale = torch.zeros_like(x), torch.rand(batch_size, 1, 1, 1, device=device)
+
+    def executed(branch: nn.Module) -> Callable[[], object]:
+        if isinstance(branch, nn.Identity):
+            return lambda: scale * scale
+        return lambda: node.addcmul_(branch(x), scale)
+
     was_training = cell.training
     cell.eval()
     for _ in range(warmup):
         for branch in cell.edges[0]:
-            node.addcmul_(branch(x), scale)
-    row = [1000 * median_seconds(lambda: node.addcmul_(branch(x), scale), warmup=0, repeats=repeats, device=device)
+            executed(branch)()
+    row = [1000 * median_seconds(executed(branch), warmup=0, repeats=repeats, device=device)
            for branch in cell.edges[0]]
     cell.train(was_training)
     return torch.tensor([row] * len(cell.edges), dtype=torch.float64, device=device)

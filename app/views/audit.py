@@ -72,7 +72,7 @@ if len(filtered):
     right.markdown(f"Estimated time per MFLOP ranges from **{ms_per_mflop.min():.3f}** to "
                    f"**{ms_per_mflop.max():.3f} ms** across these inputs. Two things make multiply-adds "
                    "understate time, most of all for the cheapest inputs: the always-on part costs every input "
-                   "the same, and pooling and identity branches cost time but no multiply-adds.")
+                   "the same, and pooling costs time but no multiply-adds.")
     left, right = st.columns(2)
     left.plotly_chart(figures.cost_per_class_figure(audit.cost_per_class(filtered)), key="cost_per_class")
     right.plotly_chart(figures.cost_vs_error_figure(filtered), key="cost_vs_error")
