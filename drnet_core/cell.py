@@ -118,71 +118,113 @@ def per_instance(scale: torch.Tensor) -> torch.Tensor:
 
 
 class PendingSum:
-    """A node of the batched eval executor: a weighted sum of tensors, not added up until it is read.
+    """A node of the batched eval executor: a weighted sum of tensors, added up only when it is read.
 
     An identity branch costs no multiply-adds, yet scaling its input and adding it to a node costs
     passes over the activations, and a cell that routes most of a batch through identity spends
-    most of its time on them. Here a whole-batch identity only multiplies per-instance weights (one
-    number per instance): the sum is formed once, when a branch reads the whole node or when the
-    cell output is built. Terms are `dense` (tensor, per-instance scale or None for 1) and `sparse`
-    (instance rows, their weighted branch output); `like` is any tensor of the node's shape.
+    much of its time on them. Here a whole-batch identity only multiplies per-instance weights (one
+    number per instance), and the sum is formed once, when a branch reads the whole node or when the
+    cell output is built. A node holds:
+      * `terms`: (tensor, per-instance weights or None for 1) for tensors other nodes may hold too
+        (the cell input, another node), so they are never written to;
+      * `own`: the weighted sum of this node's whole-batch branch outputs, a buffer only it writes;
+      * `scattered`: (instance rows, their weighted branch output) for sub-batch branches.
+    `like` is any tensor of the node's shape.
     """
 
-    def __init__(self, like: torch.Tensor, dense=()):
+    def __init__(self, like: torch.Tensor, terms=()):
         self.like = like
-        self.dense: list[tuple[torch.Tensor, torch.Tensor | None]] = list(dense)
-        self.sparse: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.terms: list[tuple[torch.Tensor, torch.Tensor | None]] = list(terms)
+        self.own: torch.Tensor | None = None
+        self.scattered: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def add(self, tensor: torch.Tensor, scale: torch.Tensor | None) -> None:
-        for index, (held, held_scale) in enumerate(self.dense):
-            if held is tensor:  # the same activation reached this node twice: one term, summed scales
+    def is_empty(self) -> bool:
+        return not self.terms and self.own is None and not self.scattered
+
+    def add_term(self, tensor: torch.Tensor, weights: torch.Tensor | None) -> None:
+        for index, (held, held_weights) in enumerate(self.terms):
+            if held is tensor:  # the same tensor reached this node twice: one term, summed weights
                 one = torch.ones(len(tensor), dtype=tensor.dtype, device=tensor.device)
-                self.dense[index] = (held, (one if held_scale is None else held_scale)
-                                     + (one if scale is None else scale))
+                self.terms[index] = (held, (one if held_weights is None else held_weights)
+                                     + (one if weights is None else weights))
                 return
-        self.dense.append((tensor, scale))
+        self.terms.append((tensor, weights))
 
-    def extend_scaled(self, other: "PendingSum", weights: torch.Tensor) -> None:
-        """self += other * weights: an identity branch from node `other`, run by the whole batch."""
-        for tensor, scale in other.dense:
-            self.add(tensor, weights if scale is None else scale * weights)
-        self.sparse += [(rows, values * per_instance(weights.index_select(0, rows))) for rows, values in other.sparse]
+    def add_output(self, output: torch.Tensor, weights: torch.Tensor, branch_input: torch.Tensor) -> None:
+        """A whole-batch branch output, summed into `own` at once (one buffer, however many branches)."""
+        if output.untyped_storage().data_ptr() == branch_input.untyped_storage().data_ptr():
+            self.add_term(output, weights)  # a branch that returns its input: never write to it
+            return
+        scale = per_instance(weights)
+        if torch.is_grad_enabled():  # autograd may have saved `output` for the backward pass
+            self.own = output * scale if self.own is None else torch.addcmul(self.own, output, scale)
+        else:
+            self.own = output.mul_(scale) if self.own is None else self.own.addcmul_(output, scale)
+
+    def add_rows(self, rows: torch.Tensor, output: torch.Tensor, weights: torch.Tensor) -> None:
+        """A sub-batch branch output (a fresh tensor) for the instances `rows`."""
+        scale = per_instance(weights)
+        self.scattered.append((rows, output * scale if torch.is_grad_enabled() else output.mul_(scale)))
+
+    def shared_terms(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """`terms`, with `own` handed over as one of them: once another node holds it, it is read-only."""
+        if self.own is not None:
+            self.terms.append((self.own, None))
+            self.own = None
+        return self.terms
+
+    def add_scaled(self, source: "PendingSum", weights: torch.Tensor) -> None:
+        """self += source * weights: an identity branch the whole batch runs."""
+        for tensor, held_weights in source.shared_terms():
+            self.add_term(tensor, weights if held_weights is None else held_weights * weights)
+        for rows, output in source.scattered:
+            self.scattered.append((rows, output * per_instance(weights.index_select(0, rows))))
+
+    def absorb(self, node: "PendingSum") -> None:
+        """self += node, for the cell output: `node` is not read again, so its own buffer becomes ours."""
+        if self.own is None:
+            self.own, node.own = node.own, None
+        for tensor, weights in node.shared_terms():
+            self.add_term(tensor, weights)
+        self.scattered += node.scattered
 
     def rows(self, rows: torch.Tensor) -> torch.Tensor:
         """The node's value for the instances `rows`, channels_last, as a fresh tensor."""
-        if len(self.dense) == 1 and not self.sparse:
-            (tensor, scale), = self.dense
+        if len(self.terms) == 1 and self.own is None and not self.scattered:
+            (tensor, weights), = self.terms
             gathered = gather_rows(tensor, rows)
-            if scale is None:
+            if weights is None:
                 return gathered
-            scale = per_instance(scale.index_select(0, rows))
+            scale = per_instance(weights.index_select(0, rows))
             return gathered * scale if torch.is_grad_enabled() else gathered.mul_(scale)
         return gather_rows(self.total(), rows)
 
     def total(self) -> torch.Tensor:
-        """The node's value; the sum is kept, so a node read twice is summed once."""
-        if len(self.dense) == 1 and self.dense[0][1] is None and not self.sparse:
-            return self.dense[0][0]
+        """The node's value. It is kept, so a node read twice is summed once."""
+        if len(self.terms) == 1 and self.terms[0][1] is None and self.own is None and not self.scattered:
+            return self.terms[0][0]
         grad = torch.is_grad_enabled()
-        terms = iter(self.dense)
-        # The first operation writes a fresh buffer, so no term is ever written to.
-        if not self.dense:
+        pending = list(self.terms)
+        # The first step writes `own` or a fresh buffer, never a term.
+        if self.own is not None:
+            out = self.own
+        elif not pending:
             out = torch.zeros_like(self.like)
-        elif self.dense[0][1] is None and len(self.dense) > 1:
-            (first, _), (second, scale) = next(terms), next(terms)
-            out = first + second if scale is None else torch.addcmul(first, second, per_instance(scale))
         else:
-            first, scale = next(terms)
-            out = first.clone() if scale is None else first * per_instance(scale)
-        for tensor, scale in terms:
-            if scale is None:
+            first, weights = pending.pop(0)
+            out = first.clone() if weights is None else first * per_instance(weights)
+        for tensor, weights in pending:
+            if weights is None:
                 out = out + tensor if grad else out.add_(tensor)
             else:
-                out = torch.addcmul(out, tensor, per_instance(scale)) if grad else out.addcmul_(tensor, per_instance(scale))
-        for rows, values in self.sparse:
-            summed = nhwc(out).index_add(0, rows, nhwc(values)) if grad else nhwc(out).index_add_(0, rows, nhwc(values))
-            out = summed.permute(0, 3, 1, 2)
-        self.dense, self.sparse = [(out, None)], []
+                scale = per_instance(weights)
+                out = torch.addcmul(out, tensor, scale) if grad else out.addcmul_(tensor, scale)
+        for rows, output in self.scattered:
+            if grad:
+                out = nhwc(out).index_add(0, rows, nhwc(output)).permute(0, 3, 1, 2)
+            else:
+                nhwc(out).index_add_(0, rows, nhwc(output))
+        self.terms, self.own, self.scattered = [(out, None)], None, []
         return out
 
 
@@ -288,24 +330,21 @@ class Cell(nn.Module):
                     if count == batch:
                         branch_weights = weights[:, edge_index, branch_index]
                         if isinstance(branch, nn.Identity):
-                            node.extend_scaled(source, branch_weights)
+                            node.add_scaled(source, branch_weights)
                         else:
-                            node.add(branch(source.total()), branch_weights)
+                            branch_input = source.total()
+                            node.add_output(branch(branch_input), branch_weights, branch_input)
                         continue
                     chunk = edge_index * num_branches + branch_index
                     rows = row_chunks[chunk]
-                    out_rows = branch(source.rows(rows))  # a fresh tensor, even for identity
-                    scale = per_instance(weight_chunks[chunk])
-                    node.sparse.append((rows, out_rows * scale if torch.is_grad_enabled() else out_rows.mul_(scale)))
-            nodes.append(node if node.dense or node.sparse else None)  # None: no instance reached this node
-        if all(node is None for node in nodes[1:]):
+                    node.add_rows(rows, branch(source.rows(rows)), weight_chunks[chunk])  # fresh, even for identity
+            nodes.append(None if node.is_empty() else node)  # None: no instance reached this node
+        reached = [node for node in nodes[1:] if node is not None]
+        if not reached:
             return x, executed
         out = PendingSum(x, [(x, None)])
-        for node in nodes[1:]:
-            if node is not None:
-                for tensor, scale in node.dense:
-                    out.add(tensor, scale)
-                out.sparse += node.sparse
+        for node in reached:
+            out.absorb(node)
         return out.total(), executed
 
     def forward_single(self, x: torch.Tensor, weights: torch.Tensor, selected: torch.Tensor):
