@@ -11,6 +11,7 @@
     python scripts/inference_experiments.py compile      # torch.compile of every module the executor calls
     python scripts/inference_experiments.py audit-time   # the audit's per-image time estimate against MFLOPs
     python scripts/inference_experiments.py batch1-ops   # one image: what each operator of a branch costs
+    python scripts/inference_experiments.py against-commit --rev REV  # this tree's routed speed against REV's
 
 All run on the shipped checkpoint (or `--checkpoint`) at its default setting on the test split. This
 machine's speed drifts, so each experiment alternates its variants and prints every run.
@@ -20,10 +21,16 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import importlib
+import importlib.util
+import io
 import json
+import re
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from drnet_core.bench import latency  # noqa: E402
-from drnet_core.checkpoint import load_checkpoint  # noqa: E402
+from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
 from drnet_core.data import FASHION_CLASSES, load_test_set, to_model_input  # noqa: E402
 from drnet_core.evaluate import run_routed  # noqa: E402
 from drnet_core.runtime import keep_freed_memory  # noqa: E402
@@ -426,21 +433,70 @@ def batch1_ops(args) -> None:
                   + ", ".join(f"{name} {us:.1f}" for name, us in row.items()), flush=True)
 
 
+def package_at(revision: str) -> str:
+    """Import drnet_core as it was at a git revision, beside this tree's, and return its module name."""
+    archive = subprocess.run(["git", "archive", revision, "drnet_core"], cwd=ROOT, capture_output=True, check=True)
+    target = Path(tempfile.mkdtemp(prefix="drnet_core_at_"))
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(target, filter="data")
+    name = "drnet_core_at_" + re.sub(r"\W", "_", revision)
+    spec = importlib.util.spec_from_file_location(name, target / "drnet_core" / "__init__.py",
+                                                  submodule_search_locations=[str(target / "drnet_core")])
+    sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules[name])
+    return name
+
+
+def against_commit(args) -> None:
+    """Routed speed of this tree's drnet_core against another revision's, alternating in one process.
+
+    The machine's speed drifts by up to 2x between runs, so two `bench` runs a few minutes apart
+    cannot resolve a 10% change; alternating both versions in one process on the same batches can.
+    """
+    if not args.rev:
+        raise SystemExit("against-commit needs --rev, e.g. --rev HEAD~1")
+    keep_freed_memory()
+    name = package_at(args.rev)
+    before_checkpoint = importlib.import_module(f"{name}.checkpoint")
+    before_evaluate = importlib.import_module(f"{name}.evaluate")
+    model, meta, inputs, labels = setup(args.checkpoint)
+    before, _ = before_checkpoint.load_checkpoint(args.checkpoint or SHIPPED_CHECKPOINT)  # its own default is in /tmp
+    tau, threshold = meta["default_tau"], meta["default_threshold"]
+    variants = ((f"at {args.rev}", before, before_evaluate.run_routed), ("this tree", model, run_routed))
+    print(same_results(*(run(m, inputs[:2000], labels[:2000], tau=tau, threshold=threshold) for _, m, run in variants)))
+    batches = [inputs[i:i + 256] for i in range(0, 2560, 256)]
+    threads = torch.get_num_threads()
+    for round_index in range(args.rounds):
+        for label, variant, run in variants:
+            torch.set_num_threads(1)
+            with torch.inference_mode():
+                start = time.perf_counter()
+                for batch in batches:
+                    variant(batch, tau=tau, threshold=threshold)
+                one_thread_ms = 1e3 * (time.perf_counter() - start) / len(batches)
+            torch.set_num_threads(threads)
+            start = time.perf_counter()
+            run(variant, inputs, labels, tau=tau, threshold=threshold)
+            print(f"round {round_index + 1}, {label}: routed batch of 256 on one thread {one_thread_ms:.1f} ms, "
+                  f"{len(inputs):,}-image evaluation on {threads} threads {time.perf_counter() - start:.2f} s", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn", "gather-scatter", "pooling",
                                                "eval-workers", "eval-workers-once", "without-pooling", "compile",
-                                               "audit-time", "batch1-ops"])
+                                               "audit-time", "batch1-ops", "against-commit"])
     parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per experiment")
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
     parser.add_argument("--workers", choices=["1", "2"], default="2", help="eval-workers-once: batches at a time")
+    parser.add_argument("--rev", default=None, help="against-commit: the git revision to compare with")
     args = parser.parse_args()
     torch.manual_seed(0)
     {"eval-batch": eval_batch, "modules": modules, "allocator": allocator, "fold-bn": fold_bn,
      "gather-scatter": gather_scatter, "pooling": pooling, "eval-workers": eval_workers,
      "eval-workers-once": eval_workers_once, "without-pooling": without_pooling, "compile": compile_experiment,
-     "audit-time": audit_time, "batch1-ops": batch1_ops}[args.experiment](args)
+     "audit-time": audit_time, "batch1-ops": batch1_ops, "against-commit": against_commit}[args.experiment](args)
     return 0
 
 
