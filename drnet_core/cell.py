@@ -213,7 +213,13 @@ class PendingSum:
             out = torch.zeros_like(self.like)
         else:
             first, weights = pending.pop(0)
-            out = first.clone() if weights is None else first * per_instance(weights)
+            if weights is not None:
+                out = first * per_instance(weights)
+            elif pending:  # first + second in one pass
+                second, weights = pending.pop(0)
+                out = first + second if weights is None else torch.addcmul(first, second, per_instance(weights))
+            else:
+                out = first.clone()
         for tensor, weights in pending:
             if weights is None:
                 out = out + tensor if grad else out.add_(tensor)

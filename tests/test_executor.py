@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from drnet_core.cell import Cell
+from drnet_core.cell import Cell, PendingSum
 from drnet_core.config import ModelConfig, PRESETS
 from drnet_core.model import DRNet
 
@@ -183,3 +183,39 @@ def test_two_batches_at_a_time_give_the_serial_results_and_leave_the_thread_coun
     for field in ("probabilities", "mflops", "active_params", "path_masks", "branch_weights"):
         assert torch.allclose(getattr(parallel, field).double(), getattr(serial, field).double(), atol=1e-6), field
     assert torch.equal(parallel.path_masks, serial.path_masks)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_pending_sum_adds_up_to_its_terms_and_never_writes_to_them(grad: bool) -> None:
+    generator = torch.Generator().manual_seed(0)
+
+    def tensor(batch: int = 6) -> torch.Tensor:
+        return torch.randn(batch, 4, 3, 3, generator=generator).contiguous(memory_format=torch.channels_last)
+
+    def each(weights: torch.Tensor) -> torch.Tensor:
+        return weights.view(-1, 1, 1, 1)
+
+    x, y, first, second, part = tensor(), tensor(), tensor(), tensor(), tensor(2)
+    w = [torch.rand(6, generator=generator) for _ in range(4)]
+    rows = torch.tensor([1, 4])
+    shared = [x.clone(), y.clone()]
+    expected = x * each(1 + w[1]) + y * each(w[0]) + first * each(w[2]) + second * each(w[3])
+    expected[rows] += part * each(w[0][rows])
+    with torch.set_grad_enabled(grad):
+        node = PendingSum(x, [(x, None)])
+        node.add_term(y, w[0])
+        node.add_term(x, w[1])  # the same tensor twice: one term
+        node.add_output(first.clone(), w[2], x)
+        node.add_output(second.clone(), w[3], x)
+        node.add_rows(rows, part.clone(), w[0][rows])
+        assert len(node.terms) == 2
+        scaled = PendingSum(x)
+        scaled.add_scaled(node, w[3])  # an identity from this node
+        torch.testing.assert_close(node.rows(rows), expected[rows])
+        torch.testing.assert_close(node.total(), expected)
+        torch.testing.assert_close(scaled.total(), expected * each(w[3]))
+        torch.testing.assert_close(node.rows(rows), expected[rows])  # from the kept sum
+        output = PendingSum(x, [(x, None)])
+        output.absorb(scaled)
+        torch.testing.assert_close(output.total(), x + expected * each(w[3]))
+    assert torch.equal(x, shared[0]) and torch.equal(y, shared[1])
