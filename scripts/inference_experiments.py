@@ -19,6 +19,7 @@ machine's speed drifts, so each experiment alternates its variants and prints ev
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import copy
 import importlib
@@ -26,6 +27,7 @@ import importlib.util
 import io
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -435,8 +437,12 @@ def batch1_ops(args) -> None:
 
 def package_at(revision: str) -> str:
     """Import drnet_core as it was at a git revision, beside this tree's, and return its module name."""
-    archive = subprocess.run(["git", "archive", revision, "drnet_core"], cwd=ROOT, capture_output=True, check=True)
+    archive = subprocess.run(["git", "archive", revision, "drnet_core"], cwd=ROOT, capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"against-commit: git cannot read drnet_core at {revision!r}: "
+                         f"{archive.stderr.decode(errors='replace').strip()}")
     target = Path(tempfile.mkdtemp(prefix="drnet_core_at_"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(target, filter="data")
     name = "drnet_core_at_" + re.sub(r"\W", "_", revision)
