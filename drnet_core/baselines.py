@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from .cell import cell_connections
-from .checkpoint import CheckpointError, read_checkpoint, verify_recorded_sha256
+from .checkpoint import CheckpointError, read_verified_checkpoint
 from .config import ModelConfig, known_keys_only
 from .cost import module_macs, module_params
 from .evaluate import EVAL_BATCH_SIZE
@@ -281,10 +280,7 @@ def load_baseline(path: str | os.PathLike, *, device: str | torch.device = "cpu"
 
     Like `load_checkpoint`, it refuses a file that no longer matches the sha256 recorded beside it.
     """
-    if not Path(path).is_file():
-        raise CheckpointError(f"{path}: no such baseline checkpoint file.")
-    verify_recorded_sha256(Path(path), str(path))
-    payload = read_checkpoint(path)
+    payload = read_verified_checkpoint(path, str(path), kind="baseline checkpoint")
     try:
         config = BaselineConfig.from_dict(payload["config"])
         model = build_baseline(config)

@@ -261,7 +261,7 @@ def _check_meta(meta: dict, config: ModelConfig, name: str) -> None:
 
 # ---- integrity ----------------------------------------------------------------------------------
 
-def verify_recorded_sha256(path: Path, name: str) -> None:
+def _verify_recorded_sha256(path: Path, name: str) -> None:
     """Raise CheckpointError when `path` no longer matches the digest in `path.sha256` (if there is one).
 
     torch loads a file with flipped bits in its weights without complaint, so the digest written at
@@ -284,17 +284,22 @@ def verify_recorded_sha256(path: Path, name: str) -> None:
                               "It may be damaged or replaced; restore it or delete the stale .sha256.")
 
 
+def read_verified_checkpoint(source, name: str, *, verify_sha256: bool = True, kind: str = "checkpoint") -> dict:
+    """`read_checkpoint`, after checking that a path exists and still matches its recorded sha256."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise CheckpointError(f"{name}: no such {kind} file.")
+        if verify_sha256:
+            _verify_recorded_sha256(path, name)
+    return read_checkpoint(source)
+
+
 def load_checkpoint(source=None, *, device: str | torch.device = "cpu", verify_sha256: bool = True):
     """Returns (model in eval mode on `device`, metadata dict). `source`: path, binary file object or bytes."""
     source = SHIPPED_CHECKPOINT if source is None else source
     name = _name_of(source)
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise CheckpointError(f"{name}: no such checkpoint file.")
-        if verify_sha256:
-            verify_recorded_sha256(path, name)
-    payload = read_checkpoint(source)
+    payload = read_verified_checkpoint(source, name, verify_sha256=verify_sha256)
     model = build_from_payload(payload, name)
     meta = dict(payload.get("meta") or {})
     _check_meta(meta, model.config, name)
