@@ -107,7 +107,7 @@ def publish(*keys: str) -> None:
 def model_and_meta(path: str, sha256: str):
     """One model per process and checkpoint, shared read-only by every session (never trained or edited)."""
     bundled = Path(path) in BUNDLED_CHECKPOINTS.values()
-    model, meta = load_checkpoint(path, device=default_device(), verify_sha256=bundled)
+    model, meta = load_checkpoint(path, device=default_device(), verify_sha256=bundled, fold_batch_norms=True)
     return model, meta
 
 

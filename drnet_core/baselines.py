@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from . import folding
 from .cell import cell_connections
 from .checkpoint import CheckpointError, read_verified_checkpoint
 from .config import ModelConfig, known_keys_only
@@ -67,7 +68,7 @@ class BaselineConfig:
         return cls(**values)
 
 
-class StaticBaseline(nn.Module):
+class StaticBaseline(folding.FoldableNetwork):
     """Shared cost interface: a static network executes the same path for every instance."""
 
     config: BaselineConfig
@@ -275,10 +276,12 @@ def plain_cnn_widths(target_mflops: float, base: ModelConfig | None = None) -> t
     return best
 
 
-def load_baseline(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[StaticBaseline, dict]:
+def load_baseline(path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                  fold_batch_norms: bool = False) -> tuple[StaticBaseline, dict]:
     """(baseline in eval mode, metadata) from a checkpoint written by `python -m drnet_core baseline`.
 
-    Like `load_checkpoint`, it refuses a file that no longer matches the sha256 recorded beside it.
+    Like `load_checkpoint`, it refuses a file that no longer matches the sha256 recorded beside it,
+    and folds the batch norms for inference on request.
     """
     payload = read_verified_checkpoint(path, str(path), kind="baseline checkpoint")
     try:
@@ -287,4 +290,5 @@ def load_baseline(path: str | os.PathLike, *, device: str | torch.device = "cpu"
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: not a baseline checkpoint: {str(error).splitlines()[0]}") from None
-    return model.to(device).eval(), dict(payload.get("meta") or {})
+    model = model.to(device).eval()
+    return (folding.fold_batch_norms(model) if fold_batch_norms else model), dict(payload.get("meta") or {})

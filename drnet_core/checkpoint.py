@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from . import folding
 from .config import ModelConfig
 from .data import ASSETS
 from .model import DRNet
@@ -70,6 +71,8 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def save_checkpoint(path: str | os.PathLike, model: DRNet, meta: dict, *, write_sha256: bool = True) -> Path:
+    if folding.is_folded(model):
+        raise ValueError("a network with folded batch norms is for inference only and cannot be saved as a checkpoint")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -295,15 +298,21 @@ def read_verified_checkpoint(source, name: str, *, verify_sha256: bool = True, k
     return read_checkpoint(source)
 
 
-def load_checkpoint(source=None, *, device: str | torch.device = "cpu", verify_sha256: bool = True):
-    """Returns (model in eval mode on `device`, metadata dict). `source`: path, binary file object or bytes."""
+def load_checkpoint(source=None, *, device: str | torch.device = "cpu", verify_sha256: bool = True,
+                    fold_batch_norms: bool = False):
+    """Returns (model in eval mode on `device`, metadata dict). `source`: path, binary file object or bytes.
+
+    fold_batch_norms: fold them into the convolutions (`drnet_core.folding`), for a model that will
+    only run inference; it then refuses to train or be saved.
+    """
     source = SHIPPED_CHECKPOINT if source is None else source
     name = _name_of(source)
     payload = read_verified_checkpoint(source, name, verify_sha256=verify_sha256)
     model = build_from_payload(payload, name)
     meta = dict(payload.get("meta") or {})
     _check_meta(meta, model.config, name)
-    return model.to(device).eval(), meta
+    model = model.to(device).eval()
+    return (folding.fold_batch_norms(model) if fold_batch_norms else model), meta
 
 
 def default_device() -> torch.device:

@@ -129,7 +129,8 @@ def cmd_evaluate(args) -> int:
 
     ctx = DistributedContext()  # under torchrun the set is sharded across the processes
     ctx.quiet_other_ranks()
-    model, meta = load_checkpoint(args.checkpoint, device=ctx.device if ctx.distributed else default_device())
+    model, meta = load_checkpoint(args.checkpoint, device=ctx.device if ctx.distributed else default_device(),
+                                  fold_batch_norms=True)
     tau = args.tau if args.tau is not None else meta.get("default_tau", 1.0)
     threshold = args.threshold if args.threshold is not None else meta.get("default_threshold", 0.0)
     test, inputs = _eval_set(args, meta)
@@ -160,7 +161,8 @@ def cmd_sweep(args) -> int:
 
     ctx = DistributedContext()  # under torchrun every setting's evaluation is sharded
     ctx.quiet_other_ranks()
-    model, meta = load_checkpoint(args.checkpoint, device=ctx.device if ctx.distributed else default_device())
+    model, meta = load_checkpoint(args.checkpoint, device=ctx.device if ctx.distributed else default_device(),
+                                  fold_batch_norms=True)
     test, inputs = _eval_set(args, meta)
     rows = sweep_sharded(model, inputs, test.labels, args.taus, args.thresholds, progress=True,
                          batch_size=args.batch_size, ctx=ctx)
@@ -190,7 +192,7 @@ def cmd_bench(args) -> int:
     """Dense vs routed wall time, router overhead, evaluation and training throughput (drnet_core.bench)."""
     from .bench import format_table, run_bench
 
-    model, meta = load_checkpoint(args.checkpoint, device=default_device())
+    model, meta = load_checkpoint(args.checkpoint, device=default_device(), fold_batch_norms=True)
     result = run_bench(model, meta, data_dir=args.data_dir, eval_images=args.limit, warmup=args.warmup,
                        repeats=args.repeats, single_images=args.single_images, train_steps=args.train_steps,
                        tau=args.tau, threshold=args.threshold)

@@ -15,6 +15,7 @@ from torch import nn
 from .cell import Cell
 from .config import ModelConfig
 from .cost import module_macs, module_params
+from .folding import FoldableNetwork
 from .router import sample_gumbel
 
 
@@ -45,7 +46,7 @@ def reduction(in_channels: int, out_channels: int, input_rectified: bool = False
     )
 
 
-class DRNet(nn.Module):
+class DRNet(FoldableNetwork):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -76,6 +77,8 @@ class DRNet(nn.Module):
         self.always_on_macs = fixed_macs + sum(cell.router_macs for cell in self.cells)
         self.always_on_params = (module_params(self.stem) + module_params(self.reductions) + module_params(self.head)
                                  + sum(cell.router_params for cell in self.cells))
+        # Recorded now: folding batch norms for inference (drnet_core.folding) changes the modules.
+        self.total_params = module_params(self)
         self.to(memory_format=torch.channels_last)
 
     @property
@@ -167,4 +170,4 @@ class DRNet(nn.Module):
         return (self.always_on_macs + sum(float(cell.branch_macs.sum()) for cell in self.cells)) / 1e6
 
     def dense_params(self) -> int:
-        return module_params(self)
+        return self.total_params

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     keep_freed_memory()  # as the CLI and the app do
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    model, meta = load_checkpoint(device=default_device())
+    model, meta = load_checkpoint(device=default_device(), fold_batch_norms=True)  # as the app does
     tau, threshold = float(meta.get("default_tau", 1.0)), float(meta.get("default_threshold", 0.2))
     images = load_test_set().subset(args.limit)
     inputs = to_model_input(images.images)

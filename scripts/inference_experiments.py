@@ -46,11 +46,13 @@ from drnet_core.bench import latency  # noqa: E402
 from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
 from drnet_core.data import FASHION_CLASSES, load_test_set, to_model_input  # noqa: E402
 from drnet_core.evaluate import run_routed  # noqa: E402
+from drnet_core.folding import fold_batch_norms  # noqa: E402
 from drnet_core.runtime import keep_freed_memory  # noqa: E402
 
 
-def setup(checkpoint: str | None):
-    model, meta = load_checkpoint(checkpoint)
+def setup(checkpoint: str | None, *, fold_batch_norms: bool = True):
+    """The model as the CLI and the app load it (batch norms folded, unless told otherwise) and the test split."""
+    model, meta = load_checkpoint(checkpoint, fold_batch_norms=fold_batch_norms)
     test = load_test_set()
     return model, meta, to_model_input(test.images), test.labels
 
@@ -166,24 +168,17 @@ def latency_text(single: dict, big: dict) -> str:
 
 
 def folded(model, *, always_on_only: bool = False):
-    """A copy with every conv that feeds a batch norm folded into it (eval mode only); with
-    `always_on_only`, only in the stem and the reductions, which dense and routed forwards both run."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
+    """A folded copy (`drnet_core.folding`); with `always_on_only`, only the stem and the reductions,
+    which dense and routed forwards both run."""
     model = copy.deepcopy(model)
-    scope = [model.stem, model.reductions] if always_on_only else [model]
-    sequences = [m for part in scope for m in part.modules() if isinstance(m, nn.Sequential)]
-    for sequence in sequences:
-        for i in range(len(sequence) - 1):
-            if isinstance(sequence[i], nn.Conv2d) and isinstance(sequence[i + 1], nn.BatchNorm2d):
-                sequence[i] = fuse_conv_bn_eval(sequence[i], sequence[i + 1]).to(memory_format=torch.channels_last)
-                sequence[i + 1] = nn.Identity()
+    for part in [model.stem, model.reductions] if always_on_only else [model]:
+        fold_batch_norms(part)
     return model
 
 
 def fold_bn(args) -> None:
     keep_freed_memory()
-    model, meta, inputs, labels = setup(args.checkpoint)
+    model, meta, inputs, labels = setup(args.checkpoint, fold_batch_norms=False)
     tau, threshold = meta["default_tau"], meta["default_threshold"]
     variants = {"plain": model, "always-on folded": folded(model, always_on_only=True), "all folded": folded(model)}
     plain_run = run_routed(model, inputs[:2000], labels[:2000], tau=tau, threshold=threshold)
@@ -413,7 +408,7 @@ def batch1_ops(args) -> None:
     import torch.nn.functional as F
 
     keep_freed_memory()
-    model, _, _, _ = setup(args.checkpoint)
+    model, _, _, _ = setup(args.checkpoint, fold_batch_norms=False)
     for _ in range(args.rounds):
         for index, cell in enumerate(model.cells):
             branch = cell.edges[0][cell.branch_names.index("sep_conv_3x3")]

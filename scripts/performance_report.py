@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = args.checkpoint or [None] + others
     rows, drnets, defaults = [], [], {}
     for checkpoint in checkpoints:
-        model, meta = load_checkpoint(checkpoint, device=device)
+        model, meta = load_checkpoint(checkpoint, device=device, fold_batch_norms=True)
         model_name = "DRNet " + (Path(checkpoint).stem if checkpoint else "(shipped)")
         tau, defaults[model_name] = float(meta.get("default_tau", 1.0)), meta.get("default_threshold")
         thresholds = sorted(set(args.thresholds) | {defaults[model_name]} - {None})
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline_paths = args.baselines if args.baselines is not None else sorted(
         str(p) for p in (ROOT / "assets" / "baselines").glob("*.pt"))
     for path in baseline_paths:
-        baseline, baseline_meta = load_baseline(path, device=device)
+        baseline, baseline_meta = load_baseline(path, device=device, fold_batch_norms=True)
         kind = baseline.config.kind
         name = {"static-cells": "static cells", "plain-cnn": "plain CNN"}[kind] + f" ({Path(path).stem})"
         row = evaluate_row(baseline, inputs, test.labels, name=name, kind=kind, tau=1.0, threshold=0.0,
