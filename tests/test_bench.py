@@ -163,7 +163,8 @@ def test_baseline_trains_the_drnet_way_and_reloads(tmp_path):
     assert reloaded.config == config and reloaded_meta["epochs"] == 1
     x = torch.randn(4, 1, 28, 28)
     with torch.inference_mode():
-        torch.testing.assert_close(reloaded(x)[0], model.eval()(x)[0])
+        # train() moved `model` to the default device (CUDA where present); the reloaded one is on the CPU.
+        torch.testing.assert_close(reloaded(x)[0], model.cpu().eval()(x)[0])
     with pytest.raises(CheckpointError, match="not a baseline checkpoint"):
         save_checkpoint(tmp_path / "drnet.pt", tiny_model(), {})
         load_baseline(tmp_path / "drnet.pt")

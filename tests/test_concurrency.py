@@ -126,7 +126,7 @@ def test_interleaved_app_sessions_each_see_their_own_numbers(reference):
     import state  # the app's cached loaders; the same process-wide cache the sessions used
 
     shared, _ = state.model_and_meta(str(SHIPPED_CHECKPOINT), sha256_of(SHIPPED_CHECKPOINT))
-    fresh, _ = load_checkpoint()
+    fresh, _ = load_checkpoint(fold_batch_norms=True)  # the app serves the inference-folded network
     assert not shared.training
     for key, value in fresh.state_dict().items():
         assert torch.equal(shared.state_dict()[key].cpu(), value), f"{key} changed while serving sessions"
