@@ -26,6 +26,12 @@ formed in place (`addcmul_`, `index_add_`). It computes exactly the branches the
 computes; `Cell.reference_executor = True` switches back to the reference
 (tests compare the two; see docs/PERFORMANCE.md for what each step is worth). A single instance takes
 `Cell.forward_single`, where the same rules run on Python booleans read from one host copy.
+
+On CUDA, every new sub-batch size costs a convolution plan the first time it is seen (cuDNN builds
+one per shape), far more than the convolution itself. There the eval executor runs each sub-batch at
+a padded size from a short list (`padded_size`), filling it with copies of its own rows and dropping
+their outputs, and training runs every selected branch on the whole batch, masked. On the CPU neither
+is done: there extra rows cost real time. docs/PERFORMANCE.md, "On a GPU", has the figures.
 """
 from __future__ import annotations
 
@@ -58,6 +64,21 @@ def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return nhwc(x).index_select(0, rows).permute(0, 3, 1, 2)
 
 
+def padded_size(count: int) -> int:
+    """The sub-batch size `count` instances run at when padded: a power of two up to 32, then a multiple
+    of 32. Batches of up to 256 then meet at most 13 sizes, at no more than twice the rows."""
+    if count <= 32:
+        return 1 << (count - 1).bit_length()
+    return -(-count // 32) * 32
+
+
+def pad_rows(rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """`rows` followed by copies of its last entry, up to `padded_size(len(rows))` or, if smaller, the
+    size of the whole `batch` (a size the executor meets anyway)."""
+    missing = min(padded_size(len(rows)), batch) - len(rows)
+    return rows if missing == 0 else torch.cat([rows, rows[-1:].expand(missing)])
+
+
 def run_connection(
     branches: nn.ModuleList, x: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor, *, training: bool = False
 ) -> torch.Tensor | None:
@@ -65,17 +86,19 @@ def run_connection(
 
     x: (B, C, H, W); weights, mask: (B, num_branches). Returns None when nothing ran at all.
 
-    In training only, a branch that most of the batch selected runs on the whole batch and is masked
-    afterwards: the gather/scatter and its backward cost more than the few rows they would save.
+    In training only, a branch that most of the batch selected (on CUDA: any selected branch) runs on
+    the whole batch and is masked afterwards: the gather/scatter and its backward cost more than the
+    few rows they would save, and on CUDA a new sub-batch size costs more than the whole batch.
     Evaluation never does this, so an unselected branch is never computed for an instance there.
     """
     out = None
+    whole_batch_from = 1 if x.is_cuda else len(mask) // 2
     for branch_index, branch in enumerate(branches):
         selected = mask[:, branch_index]
         count = int(selected.sum())
         if count == 0:
             continue
-        if count == len(selected) or (training and count >= len(selected) // 2):
+        if count == len(selected) or (training and count >= whole_batch_from):
             scale = weights[:, branch_index] * selected.to(weights.dtype)
             out_b = branch(x) * scale.view(-1, 1, 1, 1)
             out = out_b if out is None else out + out_b
@@ -238,6 +261,8 @@ class PendingSum:
 class Cell(nn.Module):
     # True: evaluation uses the straightforward executor that training uses (the reference).
     reference_executor: bool = False
+    # Whether the eval executor pads sub-batches to `padded_size`; None: on CUDA only.
+    pad_sub_batches: bool | None = None
 
     def __init__(self, channels: int, height: int, width: int, nodes_per_cell: int,
                  branch_names: tuple[str, ...], router_hidden: int):
@@ -325,6 +350,7 @@ class Cell(nn.Module):
             by_branch = executed.permute(1, 2, 0)
             row_chunks = by_branch.nonzero()[:, 2].split(flat_counts)
             weight_chunks = weights.permute(1, 2, 0)[by_branch].split(flat_counts)
+        pad = x.is_cuda if self.pad_sub_batches is None else self.pad_sub_batches
         nodes: list[PendingSum | None] = [PendingSum(x, [(x, None)])]
         for target in range(1, self.nodes_per_cell + 1):
             node = PendingSum(x)
@@ -344,7 +370,9 @@ class Cell(nn.Module):
                         continue
                     chunk = edge_index * num_branches + branch_index
                     rows = row_chunks[chunk]
-                    node.add_rows(rows, branch(source.rows(rows)), weight_chunks[chunk])  # fresh, even for identity
+                    # A fresh tensor, even for identity; padding rows are copies of selected ones, dropped here.
+                    output = branch(source.rows(pad_rows(rows, batch) if pad else rows))[:count]
+                    node.add_rows(rows, output, weight_chunks[chunk])
             nodes.append(None if node.is_empty() else node)  # None: no instance reached this node
         reached = [node for node in nodes[1:] if node is not None]
         if not reached:

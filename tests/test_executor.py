@@ -219,3 +219,45 @@ def test_a_pending_sum_adds_up_to_its_terms_and_never_writes_to_them(grad: bool)
         output.absorb(scaled)
         torch.testing.assert_close(output.total(), x + expected * each(w[3]))
     assert torch.equal(x, shared[0]) and torch.equal(y, shared[1])
+
+
+def test_padded_sizes_are_few_and_at_most_double() -> None:
+    from drnet_core.cell import pad_rows, padded_size
+
+    sizes = {padded_size(count) for count in range(1, 257)}
+    assert len(sizes) == 13 and max(sizes) == 256
+    assert all(count <= padded_size(count) <= 2 * count for count in range(1, 257))
+    rows = torch.tensor([2, 5, 7])
+    assert pad_rows(rows, batch=8).tolist() == [2, 5, 7, 7]
+    assert pad_rows(torch.tensor([1, 3]), batch=8).tolist() == [1, 3]
+    assert pad_rows(torch.arange(33), batch=40).tolist() == list(range(33)) + [32] * 7  # never past the batch
+
+
+@pytest.mark.parametrize("threshold", (0.1, 0.25, 0.4))
+def test_padded_sub_batches_give_the_reference_result_at_padded_sizes_only(threshold: float) -> None:
+    """CUDA's executor pads each sub-batch with copies of its own rows; forced here on the CPU."""
+    from drnet_core.cell import padded_size
+
+    model = _model(PRESETS["fashion"].model, seed=7)
+    x = torch.randn(40, 1, 28, 28)
+    seen: dict[str, list[int]] = {"plain": [], "padded": [], "reference": []}
+    phase = "plain"
+    hooks = [branch.register_forward_pre_hook(lambda _module, args: seen[phase].append(len(args[0])))
+             for cell in model.cells for edge in cell.edges for branch in edge]
+    try:
+        with torch.inference_mode():
+            plain = model(x, tau=0.7, threshold=threshold)
+            phase = "padded"
+            for cell in model.cells:
+                cell.pad_sub_batches = True
+            padded = model(x, tau=0.7, threshold=threshold)
+            phase = "reference"
+            _set_reference(model, True)
+            reference = model(x, tau=0.7, threshold=threshold)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    _assert_same(reference, padded)
+    _assert_same(plain, padded)
+    assert any(padded_size(size) != size for size in seen["plain"])  # some sub-batch needed padding
+    assert all(padded_size(size) == size or size == len(x) for size in seen["padded"])
