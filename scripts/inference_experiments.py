@@ -12,6 +12,7 @@
     python scripts/inference_experiments.py audit-time   # the audit's per-image time estimate against MFLOPs
     python scripts/inference_experiments.py batch1-ops   # one image: what each operator of a branch costs
     python scripts/inference_experiments.py against-commit --rev REV  # this tree's routed speed against REV's
+    python scripts/inference_experiments.py cuda-shapes  # CUDA: first evaluations at new settings, padded or not
 
 All run on the shipped checkpoint (or `--checkpoint`) at its default setting on the test split. This
 machine's speed drifts, so each experiment alternates its variants and prints every run.
@@ -482,22 +483,62 @@ def against_commit(args) -> None:
                   f"{len(inputs):,}-image evaluation on {threads} threads {time.perf_counter() - start:.2f} s", flush=True)
 
 
+CUDA_SHAPE_VARIANTS = {"padded": (None, True), "unpadded": (False, True),
+                       "padded, cuDNN off": (None, False), "unpadded, cuDNN off": (False, False)}
+
+
+def cuda_shapes(args) -> None:
+    """On CUDA every new sub-batch size costs a convolution plan; each variant runs in a fresh process."""
+    if not torch.cuda.is_available():
+        sys.exit("cuda-shapes needs a CUDA device")
+    for _ in range(args.rounds):
+        for variant in CUDA_SHAPE_VARIANTS:
+            print(in_fresh_process(args, "cuda-shapes-once", "--variant", variant).strip())
+
+
+def cuda_shapes_once(args) -> None:
+    """The 10k evaluation at the default setting (cold), at three new thresholds (slider moves), then warm."""
+    from drnet_core.cell import Cell
+    from drnet_core.checkpoint import default_device
+    from drnet_core.cost import synchronize
+
+    pad, cudnn = CUDA_SHAPE_VARIANTS[args.variant]
+    Cell.pad_sub_batches = pad
+    torch.backends.cudnn.enabled = cudnn
+    model, meta = load_checkpoint(args.checkpoint, device=default_device(), fold_batch_norms=True)
+    test = load_test_set()
+    inputs, labels, tau = to_model_input(test.images), test.labels, meta["default_tau"]
+    seconds = {}
+    for name, threshold in (("cold", meta["default_threshold"]), ("threshold 0.1", 0.1), ("threshold 0.2", 0.2),
+                            ("threshold 0.3", 0.3), ("warm", meta["default_threshold"])):
+        start = time.perf_counter()
+        run = run_routed(model, inputs, labels, tau=tau, threshold=threshold)
+        synchronize(model.device)
+        seconds[name] = round(time.perf_counter() - start, 3)
+        if name == "cold":
+            accuracy = float(run.correct.float().mean())
+    print(json.dumps({"variant": args.variant, "accuracy_at_default": accuracy, "seconds": seconds}))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn", "gather-scatter", "pooling",
                                                "eval-workers", "eval-workers-once", "without-pooling", "compile",
-                                               "audit-time", "batch1-ops", "against-commit"])
+                                               "audit-time", "batch1-ops", "against-commit", "cuda-shapes",
+                                               "cuda-shapes-once"])
     parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per experiment")
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
     parser.add_argument("--workers", choices=["1", "2"], default="2", help="eval-workers-once: batches at a time")
     parser.add_argument("--rev", default=None, help="against-commit: the git revision to compare with")
+    parser.add_argument("--variant", choices=list(CUDA_SHAPE_VARIANTS), default="padded", help="cuda-shapes-once")
     args = parser.parse_args()
     torch.manual_seed(0)
     {"eval-batch": eval_batch, "modules": modules, "allocator": allocator, "fold-bn": fold_bn,
      "gather-scatter": gather_scatter, "pooling": pooling, "eval-workers": eval_workers,
      "eval-workers-once": eval_workers_once, "without-pooling": without_pooling, "compile": compile_experiment,
-     "audit-time": audit_time, "batch1-ops": batch1_ops, "against-commit": against_commit}[args.experiment](args)
+     "audit-time": audit_time, "batch1-ops": batch1_ops, "against-commit": against_commit,
+     "cuda-shapes": cuda_shapes, "cuda-shapes-once": cuda_shapes_once}[args.experiment](args)
     return 0
 
 
