@@ -194,8 +194,8 @@ def cmd_bench(args) -> int:
 
     model, meta = load_checkpoint(args.checkpoint, device=default_device(), fold_batch_norms=True)
     result = run_bench(model, meta, data_dir=args.data_dir, eval_images=args.limit, warmup=args.warmup,
-                       repeats=args.repeats, single_images=args.single_images, train_steps=args.train_steps,
-                       tau=args.tau, threshold=args.threshold)
+                       repeats=args.repeats, single_images=args.single_images, big_batch=args.big_batch,
+                       train_steps=args.train_steps, tau=args.tau, threshold=args.threshold)
     result["settings"]["checkpoint"] = str(args.checkpoint or "shipped")
     print(json.dumps(result, indent=1) if args.json else format_table(result))
     return 0
@@ -328,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=_positive_int, default=2, help="untimed calls before each timing")
     bench.add_argument("--repeats", type=_positive_int, default=5, help="timed calls; the median is reported")
     bench.add_argument("--single-images", type=_positive_int, default=100, help="images timed one at a time")
+    bench.add_argument("--big-batch", type=_positive_int, default=256,
+                       help="the large batch size timed beside batch 1 (a GPU needs thousands to be busy)")
     bench.add_argument("--train-steps", type=_positive_int, default=5, help="timed training steps")
     bench.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads")
     bench.add_argument("--tau", type=_tau, default=None, help="routed setting's temperature (default: checkpoint's)")

@@ -5,6 +5,7 @@ No timing is asserted anywhere: timings depend on the machine and its load.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,11 +89,14 @@ def test_bench_table_and_bad_arguments(tiny_setup):
     data, checkpoint = tiny_setup
     done = run_cli("bench", "--checkpoint", str(checkpoint), "--data-dir", str(data), "--limit", "8",
                    "--single-images", "2", "--warmup", "1", "--repeats", "1", "--train-steps", "1",
-                   "--tau", "1.5", "--threshold", "0.1")
+                   "--tau", "1.5", "--threshold", "0.1", "--big-batch", "4")
     assert done.returncode == 0, done.stderr
     assert "efficiency" in done.stdout and "images/s" in done.stdout and "time model" in done.stdout
     assert "routed = tau 1.5, threshold 0.1;" in done.stdout  # not the checkpoint's 0.7 / 0.2
+    assert re.search(r"^\s+4\s+[\d.]+\s+[\d.]+", done.stdout, re.M)  # a latency row at the chosen big batch
+    assert "time model at batch 4:" in done.stdout
     for args, message in ((("--repeats", "0"), "must be at least 1"), (("--threshold", "1.5"), "threshold must be in [0, 1]"),
+                          (("--big-batch", "0"), "must be at least 1"),
                           (("--tau", "0"), "tau must be > 0")):
         bad = run_cli("bench", *args)
         assert bad.returncode != 0 and message in bad.stderr and "Traceback" not in bad.stderr
