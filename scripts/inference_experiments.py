@@ -13,6 +13,7 @@
     python scripts/inference_experiments.py batch1-ops   # one image: what each operator of a branch costs
     python scripts/inference_experiments.py against-commit --rev REV  # this tree's routed speed against REV's
     python scripts/inference_experiments.py cuda-shapes  # CUDA: first evaluations at new settings, padded or not
+    python scripts/inference_experiments.py cell-overhead  # per cell: routed time against its router and branches
 
 All run on the shipped checkpoint (or `--checkpoint`) at its default setting on the test split. This
 machine's speed drifts, so each experiment alternates its variants and prints every run.
@@ -400,6 +401,39 @@ def audit_time(args) -> None:
               f"median {ratio.median():.4f}, 1,000 cheapest by MFLOPs {ratio[cheapest].median():.4f}", flush=True)
 
 
+@torch.inference_mode()
+def cell_overhead(args) -> None:
+    """Per cell, a routed batch of 256 against its router and its executed branches timed alone.
+
+    What is left over is the executor's own work in that cell: gathers, scatters, node sums, bookkeeping.
+    """
+    from drnet_core.cost import measure_branch_ms, median_seconds
+    from drnet_core.router import recalibrate
+
+    keep_freed_memory()
+    model, meta, inputs, _ = setup(args.checkpoint)
+    tau, threshold = meta["default_tau"], meta["default_threshold"]
+    batches = [inputs[start:start + 256] for start in range(0, 1024, 256)]
+    cell_inputs: list[list[torch.Tensor]] = [[] for _ in model.cells]
+    hooks = [cell.register_forward_pre_hook(lambda _m, args, index=index: cell_inputs[index].append(args[0]))
+             for index, cell in enumerate(model.cells)]
+    traces = [model(batch, tau=tau, threshold=threshold)[1] for batch in batches]
+    for hook in hooks:
+        hook.remove()
+    for _ in range(args.rounds):
+        for index, cell in enumerate(model.cells):
+            shares = torch.stack([trace.executed[index].double().mean(dim=0) for trace in traces]).mean(dim=0)
+            branches_ms = float((shares * measure_branch_ms(cell, batch_size=256, repeats=9)).sum())
+            router_ms = 1e3 * median_seconds(lambda: [recalibrate(cell.router(x), tau, training=False) >= threshold
+                                                      for x in cell_inputs[index]],
+                                             warmup=2, repeats=9, device=model.device) / len(batches)
+            cell_ms = 1e3 * median_seconds(lambda: [cell(x, tau, threshold) for x in cell_inputs[index]],
+                                           warmup=2, repeats=9, device=model.device) / len(batches)
+            print(f"cell {index}: routed {cell_ms:.2f} ms per batch of 256 = router {router_ms:.2f} + executed "
+                  f"branches alone {branches_ms:.2f} + executor's own work {cell_ms - router_ms - branches_ms:.2f}",
+                  flush=True)
+
+
 def batch1_ops(args) -> None:
     """At batch 1, each operator of a separable-convolution branch at every cell's shape, in microseconds.
 
@@ -525,7 +559,7 @@ def main() -> int:
     parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn", "gather-scatter", "pooling",
                                                "eval-workers", "eval-workers-once", "without-pooling", "compile",
                                                "audit-time", "batch1-ops", "against-commit", "cuda-shapes",
-                                               "cuda-shapes-once"])
+                                               "cuda-shapes-once", "cell-overhead"])
     parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per experiment")
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
@@ -538,7 +572,8 @@ def main() -> int:
      "gather-scatter": gather_scatter, "pooling": pooling, "eval-workers": eval_workers,
      "eval-workers-once": eval_workers_once, "without-pooling": without_pooling, "compile": compile_experiment,
      "audit-time": audit_time, "batch1-ops": batch1_ops, "against-commit": against_commit,
-     "cuda-shapes": cuda_shapes, "cuda-shapes-once": cuda_shapes_once}[args.experiment](args)
+     "cuda-shapes": cuda_shapes, "cuda-shapes-once": cuda_shapes_once,
+     "cell-overhead": cell_overhead}[args.experiment](args)
     return 0
 
 
