@@ -13,7 +13,7 @@
     python scripts/inference_experiments.py batch1-ops   # one image: what each operator of a branch costs
     python scripts/inference_experiments.py against-commit --rev REV  # this tree's routed speed against REV's
     python scripts/inference_experiments.py cuda-shapes  # CUDA: first evaluations at new settings, padded or not
-    python scripts/inference_experiments.py cell-overhead  # per cell: routed time against its router and branches
+    python scripts/inference_experiments.py cell-overhead [--profile-cell N]  # per cell: routed time against its router and branches
 
 All run on the shipped checkpoint (or `--checkpoint`) at its default setting on the test split. This
 machine's speed drifts, so each experiment alternates its variants and prints every run.
@@ -432,6 +432,16 @@ def cell_overhead(args) -> None:
             print(f"cell {index}: routed {cell_ms:.2f} ms per batch of 256 = router {router_ms:.2f} + executed "
                   f"branches alone {branches_ms:.2f} + executor's own work {cell_ms - router_ms - branches_ms:.2f}",
                   flush=True)
+    if args.profile_cell is not None:
+        from torch.profiler import ProfilerActivity, profile
+
+        cell = model.cells[args.profile_cell]
+        with profile(activities=[ProfilerActivity.CPU]) as profiled:
+            for _ in range(5):
+                for x in cell_inputs[args.profile_cell]:
+                    cell(x, tau, threshold)
+        print(f"cell {args.profile_cell}, 5 passes over {len(batches)} batches of 256:")
+        print(profiled.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
 def batch1_ops(args) -> None:
@@ -566,6 +576,7 @@ def main() -> int:
     parser.add_argument("--workers", choices=["1", "2"], default="2", help="eval-workers-once: batches at a time")
     parser.add_argument("--rev", default=None, help="against-commit: the git revision to compare with")
     parser.add_argument("--variant", choices=list(CUDA_SHAPE_VARIANTS), default="padded", help="cuda-shapes-once")
+    parser.add_argument("--profile-cell", type=int, default=None, help="cell-overhead: also profile this cell's operators")
     args = parser.parse_args()
     torch.manual_seed(0)
     {"eval-batch": eval_batch, "modules": modules, "allocator": allocator, "fold-bn": fold_bn,
