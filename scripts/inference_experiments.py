@@ -412,6 +412,8 @@ def cell_overhead(args) -> None:
 
     keep_freed_memory()
     model, meta, inputs, _ = setup(args.checkpoint)
+    if args.profile_cell is not None and not 0 <= args.profile_cell < len(model.cells):
+        sys.exit(f"--profile-cell must name a cell from 0 to {len(model.cells) - 1}")
     tau, threshold = meta["default_tau"], meta["default_threshold"]
     batches = [inputs[start:start + 256] for start in range(0, 1024, 256)]
     cell_inputs: list[list[torch.Tensor]] = [[] for _ in model.cells]
