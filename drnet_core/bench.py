@@ -36,7 +36,7 @@ from .config import TrainConfig
 from .cost import TimeTable, forced_off, measure_branch_ms, median_seconds, synchronize
 from .data import augment, load_split, load_test_set, to_model_input
 from .evaluate import EVAL_BATCH_SIZE, run_routed
-from .model import DRNet
+from .model import DRNet, RoutingTrace
 from .router import recalibrate
 
 
@@ -107,11 +107,10 @@ def latency(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: float,
 
 
 @torch.inference_mode()
-def router_share(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: float,
-                 warmup: int, repeats: int) -> dict:
-    """The RouterNets' multiply-adds and wall time (router, recalibration, threshold) over a routed forward."""
-    device = model.device
-    batch = inputs.to(device)
+def routed_with_cell_inputs(model: DRNet, batch: torch.Tensor, *, tau: float,
+                            threshold: float) -> tuple[RoutingTrace, list[torch.Tensor]]:
+    """A routed forward of `batch` (on the model's device): its trace, and the input each cell received,
+    so that a cell or its router can be timed alone on what it really sees."""
     cell_inputs: list[torch.Tensor] = []
     hooks = [cell.register_forward_pre_hook(lambda _m, args: cell_inputs.append(args[0])) for cell in model.cells]
     try:
@@ -119,6 +118,16 @@ def router_share(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: f
     finally:
         for hook in hooks:
             hook.remove()
+    return trace, cell_inputs
+
+
+@torch.inference_mode()
+def router_share(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: float,
+                 warmup: int, repeats: int) -> dict:
+    """The RouterNets' multiply-adds and wall time (router, recalibration, threshold) over a routed forward."""
+    device = model.device
+    batch = inputs.to(device)
+    trace, cell_inputs = routed_with_cell_inputs(model, batch, tau=tau, threshold=threshold)
 
     def routers() -> None:
         for cell, x in zip(model.cells, cell_inputs):

@@ -44,7 +44,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from drnet_core.bench import latency  # noqa: E402
+from drnet_core.bench import latency, routed_with_cell_inputs  # noqa: E402
 from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
 from drnet_core.data import FASHION_CLASSES, load_test_set, to_model_input  # noqa: E402
 from drnet_core.evaluate import run_routed  # noqa: E402
@@ -416,12 +416,9 @@ def cell_overhead(args) -> None:
         sys.exit(f"--profile-cell must name a cell from 0 to {len(model.cells) - 1}")
     tau, threshold = meta["default_tau"], meta["default_threshold"]
     batches = [inputs[start:start + 256] for start in range(0, 1024, 256)]
-    cell_inputs: list[list[torch.Tensor]] = [[] for _ in model.cells]
-    hooks = [cell.register_forward_pre_hook(lambda _m, args, index=index: cell_inputs[index].append(args[0]))
-             for index, cell in enumerate(model.cells)]
-    traces = [model(batch, tau=tau, threshold=threshold)[1] for batch in batches]
-    for hook in hooks:
-        hook.remove()
+    traces, inputs_by_batch = zip(*(routed_with_cell_inputs(model, batch, tau=tau, threshold=threshold)
+                                    for batch in batches))
+    cell_inputs = list(zip(*inputs_by_batch))  # per cell, its input in each batch
     for _ in range(args.rounds):
         for index, cell in enumerate(model.cells):
             shares = torch.stack([trace.executed[index].double().mean(dim=0) for trace in traces]).mean(dim=0)
