@@ -16,9 +16,9 @@ for entry in (str(ROOT), str(ROOT / "app")):
         sys.path.insert(0, entry)
 
 import state  # noqa: E402  (needs the paths above)
-from drnet_core.runtime import keep_freed_memory  # noqa: E402
+from drnet_core.runtime import configure_cpu_memory  # noqa: E402
 
-keep_freed_memory()
+configure_cpu_memory()
 
 st.set_page_config(page_title="DRNet Explorer", page_icon=":material/alt_route:", layout="wide")
 

@@ -23,7 +23,7 @@ from .checkpoint import CheckpointError, default_device, load_checkpoint
 from .config import COST_MEASURES, PRESETS, preset
 from .data import DatasetError
 from .evaluate import EVAL_BATCH_SIZE
-from .runtime import keep_freed_memory
+from .runtime import configure_cpu_memory
 
 log = logging.getLogger("drnet_core")
 
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    keep_freed_memory()
+    configure_cpu_memory()
     if getattr(args, "threads", None) is not None:  # train, bench and baseline take --threads
         torch.set_num_threads(args.threads)
     try:

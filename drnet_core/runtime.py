@@ -1,19 +1,30 @@
-"""Process-wide setting for routed inference on CPU: keep freed memory in the process.
+"""Process-wide memory settings for routed inference on CPU; entry points call `configure_cpu_memory` first.
 
-Routed inference allocates tensors of a different size for every sub-batch (each branch runs on
-the instances that selected it). With glibc's defaults, freed blocks above its mmap/trim thresholds
-go back to the operating system, so the next large buffer comes back through page faults and is
-zero-filled again. On the 2-core reference machine, routing the 10k test split in batches of 1,000
-took 2.65 and 2.79 s with the defaults and 1.49 to 1.64 s with this setting; in batches of 256 (the
-default, `evaluate.EVAL_BATCH_SIZE`) the two are within the machine's noise
+Keep freed memory in the process. Routed inference allocates tensors of a different size for every
+sub-batch (each branch runs on the instances that selected it). With glibc's defaults, freed blocks
+above its mmap/trim thresholds go back to the operating system, so the next large buffer comes back
+through page faults and is zero-filled again. On the 2-core reference machine, routing the 10k test
+split in batches of 1,000 took 2.65 and 2.79 s with the defaults and 1.49 to 1.64 s with this setting;
+in batches of 256 (the default, `evaluate.EVAL_BATCH_SIZE`) the two are within the machine's noise
 (`python scripts/inference_experiments.py eval-batch [--keep-freed-memory off]`). The cost is that
 the process keeps its peak heap instead of shrinking after it.
+
+Back large tensors with transparent huge pages. The reference machine is a virtual machine that
+switches, for seconds to minutes at a time, into a state where a routed batch of 256 takes 32-36 ms
+instead of 28-30, most likely paying for address translation on the executor's many passes over large
+activations (gathers, scatters, node sums). With huge pages it took 27.7-30.2 ms in both states, and
+batch-256 efficiency measured 0.68-0.80 over 12 processes against 0.61-0.86 with 4 KB pages
+(`python scripts/inference_experiments.py latency-processes`, docs/PERFORMANCE.md). torch's CPU
+allocator reads THP_MEM_ALLOC_ENABLE once, at the process's first tensor, so the setting only takes
+effect when made before any tensor exists.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import logging
+import os
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +33,9 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's largest mmap threshold on 64-bit systems
 TRIM_THRESHOLD_BYTES = 512 * 1024 * 1024
+
+HUGE_PAGES_VARIABLE = "THP_MEM_ALLOC_ENABLE"  # read by torch's CPU allocator (c10/core/impl/alloc_cpu.cpp)
+SYSTEM_HUGE_PAGES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 _applied: bool | None = None
 
@@ -43,3 +57,30 @@ def keep_freed_memory() -> bool:
             mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
         log.debug("glibc keeps freed memory: %s", _applied)
     return _applied
+
+
+def system_huge_pages() -> str | None:
+    """The kernel's transparent-huge-page mode ("always", "madvise" or "never"), or None where it has none."""
+    try:
+        modes = SYSTEM_HUGE_PAGES.read_text().split()
+    except OSError:
+        return None
+    chosen = [mode.strip("[]") for mode in modes if mode.startswith("[")]
+    return chosen[0] if chosen else None
+
+
+def use_huge_pages() -> bool:
+    """Ask torch's CPU allocator to back tensors of 2 MB and more with transparent huge pages.
+
+    Only where the kernel can provide them (a mode other than "never"); a THP_MEM_ALLOC_ENABLE already
+    in the environment wins, so `THP_MEM_ALLOC_ENABLE=0` turns this off. Returns whether the setting
+    asks for huge pages; it takes effect only if no tensor has been allocated yet (see the module doc).
+    """
+    if HUGE_PAGES_VARIABLE not in os.environ and system_huge_pages() in ("always", "madvise"):
+        os.environ[HUGE_PAGES_VARIABLE] = "1"
+    return os.environ.get(HUGE_PAGES_VARIABLE) == "1"
+
+
+def configure_cpu_memory() -> dict[str, bool]:
+    """Both settings, for the CLI, the app and the scripts; call before the first tensor is allocated."""
+    return {"huge_pages": use_huge_pages(), "keep_freed_memory": keep_freed_memory()}

@@ -29,7 +29,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from drnet_core import attribution, explorer, routing_graph  # noqa: E402
-from drnet_core.runtime import keep_freed_memory  # noqa: E402
+from drnet_core.runtime import configure_cpu_memory  # noqa: E402
 from drnet_core.checkpoint import default_device, load_checkpoint  # noqa: E402
 from drnet_core.data import FASHION_CLASSES, load_test_set, to_model_input  # noqa: E402
 from drnet_core.evaluate import run_routed, summarize  # noqa: E402
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
-    keep_freed_memory()  # as the CLI and the app do
+    configure_cpu_memory()  # as the CLI and the app do
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     model, meta = load_checkpoint(device=default_device(), fold_batch_norms=True)  # as the app does

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from drnet_core.checkpoint import load_checkpoint  # noqa: E402
-from drnet_core.runtime import keep_freed_memory  # noqa: E402
+from drnet_core.runtime import configure_cpu_memory  # noqa: E402
 from drnet_core.data import load_test_set, to_model_input  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=30, help="images timed one at a time")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    keep_freed_memory()  # as the CLI and the app do
+    configure_cpu_memory()  # as the CLI and the app do
     torch.set_num_threads(1)
     model, meta = load_checkpoint(args.checkpoint)
     tau, threshold = meta["default_tau"], meta["default_threshold"]

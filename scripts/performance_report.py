@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from drnet_core.baselines import load_baseline  # noqa: E402
-from drnet_core.runtime import keep_freed_memory  # noqa: E402
+from drnet_core.runtime import configure_cpu_memory  # noqa: E402
 from drnet_core.bench import machine_info  # noqa: E402
 from drnet_core.cost import median_seconds  # noqa: E402
 from drnet_core.checkpoint import BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, default_device, load_checkpoint  # noqa: E402
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(ROOT / "docs" / "results" / "accuracy_vs_flops.json"))
     parser.add_argument("--plot", default=str(ROOT / "docs" / "accuracy_vs_flops.png"))
     args = parser.parse_args(argv)
-    keep_freed_memory()  # as the CLI and the app do
+    configure_cpu_memory()  # as the CLI and the app do
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     device = default_device()

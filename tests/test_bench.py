@@ -5,6 +5,7 @@ No timing is asserted anywhere: timings depend on the machine and its load.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -50,6 +51,11 @@ def test_bench_json_has_every_field(tiny_setup):
     machine = result["machine"]
     assert machine["cpu_cores"] >= 1 and machine["torch_threads"] == 1
     assert machine["torch_version"] == str(torch.__version__) and isinstance(machine["device"], str)
+    # The CLI asks for huge pages wherever the kernel offers them, unless the environment already says.
+    from drnet_core.runtime import HUGE_PAGES_VARIABLE, system_huge_pages
+    offered = "1" if system_huge_pages() in ("always", "madvise") else None
+    asked = os.environ.get(HUGE_PAGES_VARIABLE, offered) == "1"
+    assert machine["huge_pages"] == {"torch_allocator": asked, "system": system_huge_pages()}
     assert result["settings"]["tau"] == 0.7 and result["settings"]["threshold"] == 0.2
     model = tiny_model()
     for key, batch in (("batch_1", 1), ("batch_256", 40)):  # the big batch is capped by the 40 test images
@@ -223,6 +229,36 @@ def test_keep_freed_memory_is_idempotent_and_says_whether_it_applies():
     assert keep_freed_memory() is first
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert first is True
+
+
+def test_system_huge_pages_reads_the_bracketed_mode(tmp_path, monkeypatch):
+    from drnet_core import runtime
+
+    setting = tmp_path / "enabled"
+    monkeypatch.setattr(runtime, "SYSTEM_HUGE_PAGES", setting)
+    assert runtime.system_huge_pages() is None  # no such file: a kernel without transparent huge pages
+    for line, mode in (("always [madvise] never\n", "madvise"), ("[always] madvise never", "always"),
+                       ("always madvise [never]", "never")):
+        setting.write_text(line)
+        assert runtime.system_huge_pages() == mode
+
+
+@pytest.mark.parametrize("mode, already, expected", [
+    ("madvise", None, "1"), ("always", None, "1"),
+    ("never", None, None), (None, None, None),  # the kernel cannot provide them: leave torch as it is
+    ("madvise", "0", "0"), ("never", "1", "1"),  # an explicit setting wins
+])
+def test_use_huge_pages_asks_torch_only_where_the_kernel_can_and_nobody_said_otherwise(monkeypatch, mode, already,
+                                                                                        expected):
+    from drnet_core import runtime
+
+    monkeypatch.setattr(runtime, "system_huge_pages", lambda: mode)
+    if already is None:
+        monkeypatch.delenv(runtime.HUGE_PAGES_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(runtime.HUGE_PAGES_VARIABLE, already)
+    assert runtime.use_huge_pages() is (expected == "1")
+    assert os.environ.get(runtime.HUGE_PAGES_VARIABLE) == expected
 
 
 def test_time_model_predicts_no_saving_when_every_branch_runs():
