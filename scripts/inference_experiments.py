@@ -14,6 +14,8 @@
     python scripts/inference_experiments.py against-commit --rev REV  # this tree's routed speed against REV's
     python scripts/inference_experiments.py cuda-shapes  # CUDA: first evaluations at new settings, padded or not
     python scripts/inference_experiments.py cell-overhead [--profile-cell N]  # per cell: routed time against its router and branches
+    python scripts/inference_experiments.py latency-processes  # bench's latency rows, one fresh process each, three memory layouts
+    python scripts/inference_experiments.py modules-over-time --seconds 300  # `modules`, dense and routed, again and again
 
 All run on the shipped checkpoint (or `--checkpoint`) at its default setting on the test split. This
 machine's speed drifts, so each experiment alternates its variants and prints every run.
@@ -28,7 +30,10 @@ import importlib
 import importlib.util
 import io
 import json
+import os
+import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -49,7 +54,7 @@ from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E
 from drnet_core.data import FASHION_CLASSES, load_test_set, to_model_input  # noqa: E402
 from drnet_core.evaluate import run_routed  # noqa: E402
 from drnet_core.folding import fold_batch_norms  # noqa: E402
-from drnet_core.runtime import keep_freed_memory  # noqa: E402
+from drnet_core.runtime import configure_cpu_memory, keep_freed_memory, use_huge_pages  # noqa: E402
 
 
 def setup(checkpoint: str | None, *, fold_batch_norms: bool = True):
@@ -60,6 +65,7 @@ def setup(checkpoint: str | None, *, fold_batch_norms: bool = True):
 
 
 def eval_batch(args) -> None:
+    use_huge_pages()
     if args.keep_freed_memory != "off":
         keep_freed_memory()
     model, meta, inputs, labels = setup(args.checkpoint)
@@ -101,6 +107,7 @@ def module_times(model, inputs: torch.Tensor, *, tau: float, threshold: float, b
 
 
 def modules(args) -> None:
+    use_huge_pages()
     if args.keep_freed_memory != "off":
         keep_freed_memory()
     model, meta, inputs, _ = setup(args.checkpoint)
@@ -109,6 +116,25 @@ def modules(args) -> None:
               "routed": module_times(model, inputs, tau=tau, threshold=meta["default_threshold"]),
               "dense": module_times(model, inputs, tau=tau, threshold=0.0)}
     print(json.dumps(result))
+
+
+def modules_over_time(args) -> None:
+    """Per-module dense and routed times of batches of 256, back to back for `--seconds`, one line each.
+
+    The machine's efficiency changes with its spells; this shows which parts of the forward move.
+    """
+    configure_cpu_memory()
+    model, meta, inputs, _ = setup(args.checkpoint)
+    tau, threshold = meta["default_tau"], meta["default_threshold"]
+    flops_ratio = latency(model, inputs[:1024], tau=tau, threshold=threshold, batch=256, warmup=1, repeats=1)["flops_ratio"]
+    end = time.monotonic() + args.seconds
+    while time.monotonic() < end:
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        routed = module_times(model, inputs, tau=tau, threshold=threshold, batches=4, passes=2)
+        dense = module_times(model, inputs, tau=tau, threshold=0.0, batches=4, passes=1)
+        print(json.dumps({"time": time.strftime("%H:%M:%S"), "efficiency": round(dense["total"] / routed["total"] / flops_ratio, 3),
+                          "page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before,
+                          "dense": dense, "routed": routed}), flush=True)
 
 
 def in_fresh_process(args, *experiment: str) -> str:
@@ -138,7 +164,7 @@ def eval_workers(args) -> None:
 def eval_workers_once(args) -> None:
     import drnet_core.evaluate as evaluate
 
-    keep_freed_memory()
+    configure_cpu_memory()
     allowed = int(args.workers)
     real = evaluate.batch_workers
     evaluate.batch_workers = lambda device, batches: min(allowed, real(device, batches))
@@ -149,6 +175,50 @@ def eval_workers_once(args) -> None:
         evaluate.run_routed(model, inputs, labels, tau=meta["default_tau"], threshold=meta["default_threshold"])
         seconds.append(round(time.perf_counter() - start, 3))
     print(f"batches at a time {allowed}: cold {seconds[0]} s, warm {seconds[1]} s")
+
+
+# Memory layouts: 4 KB pages, as before huge pages were the default; the same with the same addresses in
+# every run (Linux `setarch -R` turns off address randomisation); and torch's CPU allocator backing
+# large tensors with transparent huge pages (drnet_core.runtime; read at the process's first tensor,
+# so set from outside the process here).
+LAYOUT_VARIANTS = {"4 KB pages": ([], {"THP_MEM_ALLOC_ENABLE": "0"}),
+                   "4 KB pages, randomisation off": (["setarch", platform.machine(), "-R"], {"THP_MEM_ALLOC_ENABLE": "0"}),
+                   "huge pages": ([], {"THP_MEM_ALLOC_ENABLE": "1"})}
+
+
+def latency_processes(args) -> None:
+    """`bench`'s two latency rows in a fresh process per run, alternating memory layouts.
+
+    Repeated latency rows in one process agree closely, but one `bench` run is one process: this
+    shows how far the efficiency of single runs spreads, and its median over several processes.
+    """
+    results: dict[str, list[dict]] = {name: [] for name in LAYOUT_VARIANTS}
+    for round_index in range(args.rounds):
+        for name, (prefix, env) in LAYOUT_VARIANTS.items():
+            if prefix and shutil.which(prefix[0]) is None:
+                continue
+            command = [*prefix, sys.executable, __file__, "latency-once"]
+            if args.checkpoint:
+                command += ["--checkpoint", args.checkpoint]
+            output = subprocess.run(command, check=True, capture_output=True, text=True,
+                                    env={**os.environ, **env}).stdout
+            single, big = json.loads(output)
+            results[name].append({"batch_1": single, "batch_256": big})
+            print(f"round {round_index + 1}, {name}: {latency_text(single, big)}", flush=True)
+    for name, runs in results.items():
+        if runs:
+            spread = {row: [run[row]["efficiency"] for run in runs] for row in ("batch_1", "batch_256")}
+            print(f"{name}, {len(runs)} processes: efficiency at batch 1 median {statistics.median(spread['batch_1']):.2f}, "
+                  f"range {min(spread['batch_1']):.2f}-{max(spread['batch_1']):.2f}; at batch 256 median "
+                  f"{statistics.median(spread['batch_256']):.2f}, range {min(spread['batch_256']):.2f}-"
+                  f"{max(spread['batch_256']):.2f}")
+
+
+def latency_once(args) -> None:
+    configure_cpu_memory()  # as the CLI and the app do
+    model, meta, inputs, _ = setup(args.checkpoint)
+    print(json.dumps(batch_latencies(model, inputs, tau=meta["default_tau"], threshold=meta["default_threshold"],
+                                     warmup=2, repeats=9)))
 
 
 def same_results(reference, other) -> str:
@@ -179,7 +249,7 @@ def folded(model, *, always_on_only: bool = False):
 
 
 def fold_bn(args) -> None:
-    keep_freed_memory()
+    configure_cpu_memory()
     model, meta, inputs, labels = setup(args.checkpoint, fold_batch_norms=False)
     tau, threshold = meta["default_tau"], meta["default_threshold"]
     variants = {"plain": model, "always-on folded": folded(model, always_on_only=True), "all folded": folded(model)}
@@ -243,7 +313,7 @@ def pooling(args) -> None:
     """
     import torch.nn.functional as F
 
-    keep_freed_memory()
+    configure_cpu_memory()
     model, _, _, _ = setup(args.checkpoint)
 
     def separable_max(x: torch.Tensor) -> torch.Tensor:
@@ -290,7 +360,7 @@ def without_pooling(args) -> None:
     """
     from drnet_core.bench import time_model
 
-    keep_freed_memory()
+    configure_cpu_memory()
     model, meta, inputs, labels = setup(args.checkpoint)
     if not {"avg_pool_3x3", "max_pool_3x3"} <= set(model.config.branches):
         sys.exit(f"{args.checkpoint or 'the shipped checkpoint'} has no pooling branches to force off; "
@@ -349,7 +419,7 @@ def compiled(model):
 def compile_experiment(args) -> None:
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
-    keep_freed_memory()
+    configure_cpu_memory()
     model, meta, inputs, labels = setup(args.checkpoint)
     tau, threshold = meta["default_tau"], meta["default_threshold"]
     fast = compiled(model)
@@ -378,7 +448,7 @@ def audit_time(args) -> None:
     from drnet_core import audit
     from drnet_core.cost import measure_time_table
 
-    keep_freed_memory()
+    configure_cpu_memory()
     model, meta, inputs, labels = setup(args.checkpoint)
     tau, threshold = meta["default_tau"], meta["default_threshold"]
     run = run_routed(model, inputs, labels, tau=tau, threshold=threshold)
@@ -410,7 +480,7 @@ def cell_overhead(args) -> None:
     from drnet_core.cost import measure_branch_ms, median_seconds
     from drnet_core.router import recalibrate
 
-    keep_freed_memory()
+    configure_cpu_memory()
     model, meta, inputs, _ = setup(args.checkpoint)
     if args.profile_cell is not None and not 0 <= args.profile_cell < len(model.cells):
         sys.exit(f"--profile-cell must name a cell from 0 to {len(model.cells) - 1}")
@@ -451,7 +521,7 @@ def batch1_ops(args) -> None:
     """
     import torch.nn.functional as F
 
-    keep_freed_memory()
+    configure_cpu_memory()
     model, _, _, _ = setup(args.checkpoint, fold_batch_norms=False)
     for _ in range(args.rounds):
         for index, cell in enumerate(model.cells):
@@ -500,7 +570,7 @@ def against_commit(args) -> None:
     """
     if not args.rev:
         raise SystemExit("against-commit needs --rev, e.g. --rev HEAD~1")
-    keep_freed_memory()
+    configure_cpu_memory()
     name = package_at(args.rev)
     before_checkpoint = importlib.import_module(f"{name}.checkpoint")
     before_evaluate = importlib.import_module(f"{name}.evaluate")
@@ -568,7 +638,8 @@ def main() -> int:
     parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn", "gather-scatter", "pooling",
                                                "eval-workers", "eval-workers-once", "without-pooling", "compile",
                                                "audit-time", "batch1-ops", "against-commit", "cuda-shapes",
-                                               "cuda-shapes-once", "cell-overhead"])
+                                               "cuda-shapes-once", "cell-overhead", "latency-processes",
+                                               "latency-once", "modules-over-time"])
     parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per experiment")
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
@@ -576,6 +647,7 @@ def main() -> int:
     parser.add_argument("--rev", default=None, help="against-commit: the git revision to compare with")
     parser.add_argument("--variant", choices=list(CUDA_SHAPE_VARIANTS), default="padded", help="cuda-shapes-once")
     parser.add_argument("--profile-cell", type=int, default=None, help="cell-overhead: also profile this cell's operators")
+    parser.add_argument("--seconds", type=float, default=300, help="modules-over-time: how long to keep measuring")
     args = parser.parse_args()
     torch.manual_seed(0)
     {"eval-batch": eval_batch, "modules": modules, "allocator": allocator, "fold-bn": fold_bn,
@@ -583,7 +655,8 @@ def main() -> int:
      "eval-workers-once": eval_workers_once, "without-pooling": without_pooling, "compile": compile_experiment,
      "audit-time": audit_time, "batch1-ops": batch1_ops, "against-commit": against_commit,
      "cuda-shapes": cuda_shapes, "cuda-shapes-once": cuda_shapes_once,
-     "cell-overhead": cell_overhead}[args.experiment](args)
+     "cell-overhead": cell_overhead, "latency-processes": latency_processes,
+     "latency-once": latency_once, "modules-over-time": modules_over_time}[args.experiment](args)
     return 0
 
 
