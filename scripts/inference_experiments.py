@@ -54,7 +54,7 @@ from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E
 from drnet_core.data import FASHION_CLASSES, load_test_set, to_model_input  # noqa: E402
 from drnet_core.evaluate import run_routed  # noqa: E402
 from drnet_core.folding import fold_batch_norms  # noqa: E402
-from drnet_core.runtime import configure_cpu_memory, keep_freed_memory, use_huge_pages  # noqa: E402
+from drnet_core.runtime import HUGE_PAGES_VARIABLE, configure_cpu_memory, keep_freed_memory, use_huge_pages  # noqa: E402
 
 
 def setup(checkpoint: str | None, *, fold_batch_norms: bool = True):
@@ -181,16 +181,16 @@ def eval_workers_once(args) -> None:
 # every run (Linux `setarch -R` turns off address randomisation); and torch's CPU allocator backing
 # large tensors with transparent huge pages (drnet_core.runtime; read at the process's first tensor,
 # so set from outside the process here).
-LAYOUT_VARIANTS = {"4 KB pages": ([], {"THP_MEM_ALLOC_ENABLE": "0"}),
-                   "4 KB pages, randomisation off": (["setarch", platform.machine(), "-R"], {"THP_MEM_ALLOC_ENABLE": "0"}),
-                   "huge pages": ([], {"THP_MEM_ALLOC_ENABLE": "1"})}
+LAYOUT_VARIANTS = {"4 KB pages": ([], {HUGE_PAGES_VARIABLE: "0"}),
+                   "4 KB pages, randomisation off": (["setarch", platform.machine(), "-R"], {HUGE_PAGES_VARIABLE: "0"}),
+                   "huge pages": ([], {HUGE_PAGES_VARIABLE: "1"})}
 
 
 def latency_processes(args) -> None:
     """`bench`'s two latency rows in a fresh process per run, alternating memory layouts.
 
-    Repeated latency rows in one process agree closely, but one `bench` run is one process: this
-    shows how far the efficiency of single runs spreads, and its median over several processes.
+    One `bench` run is one process at one moment of the machine: this shows how far the efficiency
+    of single runs spreads, and its median over several processes.
     """
     results: dict[str, list[dict]] = {name: [] for name in LAYOUT_VARIANTS}
     for round_index in range(args.rounds):
