@@ -38,7 +38,7 @@ from .data import augment, load_split, load_test_set, to_model_input
 from .evaluate import EVAL_BATCH_SIZE, run_routed
 from .model import DRNet, RoutingTrace
 from .router import recalibrate
-from .runtime import HUGE_PAGES_VARIABLE, system_huge_pages
+from .runtime import huge_pages_asked, system_huge_pages
 
 
 BIG_BATCHES = 4  # distinct batches timed at the big batch size: each routes its own way
@@ -53,7 +53,7 @@ def machine_info(device: torch.device) -> dict:
         "torch_version": str(torch.__version__),
         "python_version": platform.python_version(),
         # Whether torch was asked to back large tensors with huge pages (drnet_core.runtime), and the kernel's mode.
-        "huge_pages": {"torch_allocator": os.environ.get(HUGE_PAGES_VARIABLE) == "1", "system": system_huge_pages()},
+        "huge_pages": {"torch_allocator": huge_pages_asked(), "system": system_huge_pages()},
     }
 
 

@@ -36,6 +36,7 @@ TRIM_THRESHOLD_BYTES = 512 * 1024 * 1024
 
 HUGE_PAGES_VARIABLE = "THP_MEM_ALLOC_ENABLE"  # read by torch's CPU allocator (c10/core/impl/alloc_cpu.cpp)
 SYSTEM_HUGE_PAGES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+MODES_WITH_HUGE_PAGES = ("always", "madvise")  # the kernel's modes in which a madvise'd range can get them
 
 _applied: bool | None = None
 
@@ -76,8 +77,13 @@ def use_huge_pages() -> bool:
     in the environment wins, so `THP_MEM_ALLOC_ENABLE=0` turns this off. Returns whether the setting
     asks for huge pages; it takes effect only if no tensor has been allocated yet (see the module doc).
     """
-    if HUGE_PAGES_VARIABLE not in os.environ and system_huge_pages() in ("always", "madvise"):
+    if HUGE_PAGES_VARIABLE not in os.environ and system_huge_pages() in MODES_WITH_HUGE_PAGES:
         os.environ[HUGE_PAGES_VARIABLE] = "1"
+    return huge_pages_asked()
+
+
+def huge_pages_asked() -> bool:
+    """Whether this process's environment asks torch for huge pages (not whether the kernel gave any)."""
     return os.environ.get(HUGE_PAGES_VARIABLE) == "1"
 
 

@@ -137,12 +137,16 @@ def modules_over_time(args) -> None:
                           "dense": dense, "routed": routed}), flush=True)
 
 
-def in_fresh_process(args, *experiment: str) -> str:
-    """This script's stdout for `experiment` run in a new Python process, on the same checkpoint."""
-    command = [sys.executable, __file__, *experiment]
+def in_fresh_process(args, *experiment: str, prefix: list[str] | None = None, env: dict[str, str] | None = None) -> str:
+    """This script's stdout for `experiment` run in a new Python process, on the same checkpoint.
+
+    prefix: a command the process runs under (e.g. `setarch`); env: variables added to this environment.
+    """
+    command = [*(prefix or []), sys.executable, __file__, *experiment]
     if args.checkpoint:
         command += ["--checkpoint", args.checkpoint]
-    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return subprocess.run(command, check=True, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}).stdout
 
 
 def allocator(args) -> None:
@@ -197,12 +201,7 @@ def latency_processes(args) -> None:
         for name, (prefix, env) in LAYOUT_VARIANTS.items():
             if prefix and shutil.which(prefix[0]) is None:
                 continue
-            command = [*prefix, sys.executable, __file__, "latency-once"]
-            if args.checkpoint:
-                command += ["--checkpoint", args.checkpoint]
-            output = subprocess.run(command, check=True, capture_output=True, text=True,
-                                    env={**os.environ, **env}).stdout
-            single, big = json.loads(output)
+            single, big = json.loads(in_fresh_process(args, "latency-once", prefix=prefix, env=env))
             results[name].append({"batch_1": single, "batch_256": big})
             print(f"round {round_index + 1}, {name}: {latency_text(single, big)}", flush=True)
     for name, runs in results.items():

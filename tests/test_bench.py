@@ -52,8 +52,8 @@ def test_bench_json_has_every_field(tiny_setup):
     assert machine["cpu_cores"] >= 1 and machine["torch_threads"] == 1
     assert machine["torch_version"] == str(torch.__version__) and isinstance(machine["device"], str)
     # The CLI asks for huge pages wherever the kernel offers them, unless the environment already says.
-    from drnet_core.runtime import HUGE_PAGES_VARIABLE, system_huge_pages
-    offered = "1" if system_huge_pages() in ("always", "madvise") else None
+    from drnet_core.runtime import HUGE_PAGES_VARIABLE, MODES_WITH_HUGE_PAGES, system_huge_pages
+    offered = "1" if system_huge_pages() in MODES_WITH_HUGE_PAGES else None
     asked = os.environ.get(HUGE_PAGES_VARIABLE, offered) == "1"
     assert machine["huge_pages"] == {"torch_allocator": asked, "system": system_huge_pages()}
     assert result["settings"]["tau"] == 0.7 and result["settings"]["threshold"] == 0.2
