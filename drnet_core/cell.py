@@ -390,6 +390,8 @@ class Cell(nn.Module):
         """
         picked = selected[0].tolist()  # (connections, branches) bools: the cell's only host sync
         ran = [[False] * len(row) for row in picked]
+        scales = weights.reshape(-1).unbind()  # one view per (connection, branch), in one operator
+        num_branches = len(self.branch_names)
         nodes: list[torch.Tensor | None] = [x]
         for target in range(1, self.nodes_per_cell + 1):
             node = None
@@ -401,7 +403,9 @@ class Cell(nn.Module):
                     if not chosen:
                         continue
                     ran[edge_index][branch_index] = True
-                    scale = weights[:, edge_index, branch_index].view(-1, 1, 1, 1)
+                    scale = scales[edge_index * num_branches + branch_index]
                     node = accumulate(node, self.edges[edge_index][branch_index](source), scale, source)
             nodes.append(node)
-        return sum_into_nodes(x, nodes[1:]), torch.tensor(ran, device=selected.device).unsqueeze(0)
+        # Usually every selected branch ran; then the selection is the executed mask, no new tensor needed.
+        executed = selected if ran == picked else torch.tensor(ran, device=selected.device).unsqueeze(0)
+        return sum_into_nodes(x, nodes[1:]), executed

@@ -25,7 +25,13 @@ class RouterNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.mlp(x)
+        # self.mlp(x), with the two linear layers applied directly. `mlp` keeps the layers (its indices
+        # name the parameters in every checkpoint), but at batch 1 each of its five module calls costs
+        # about as much as the small operator inside it, and every cell runs a router
+        # (docs/PERFORMANCE.md, "What was changed in the executor").
+        hidden, output = self.mlp[2], self.mlp[4]
+        features = torch.relu(F.linear(x.mean(dim=(2, 3)), hidden.weight, hidden.bias))
+        logits = F.linear(features, output.weight, output.bias)
         return logits.view(-1, self.num_connections, self.num_branches)  # (B, connections, branches)
 
 

@@ -28,6 +28,7 @@ import collections
 import copy
 import importlib
 import importlib.util
+import inspect
 import io
 import json
 import os
@@ -185,9 +186,10 @@ def eval_workers_once(args) -> None:
 # every run (Linux `setarch -R` turns off address randomisation); and torch's CPU allocator backing
 # large tensors with transparent huge pages (drnet_core.runtime; read at the process's first tensor,
 # so set from outside the process here).
-LAYOUT_VARIANTS = {"4 KB pages": ([], {HUGE_PAGES_VARIABLE: "0"}),
-                   "4 KB pages, randomisation off": (["setarch", platform.machine(), "-R"], {HUGE_PAGES_VARIABLE: "0"}),
-                   "huge pages": ([], {HUGE_PAGES_VARIABLE: "1"})}
+# --layouts name: (what the output calls it, command prefix, environment)
+LAYOUT_VARIANTS = {"4kb": ("4 KB pages", [], {HUGE_PAGES_VARIABLE: "0"}),
+                   "4kb-fixed": ("4 KB pages, randomisation off", ["setarch", platform.machine(), "-R"], {HUGE_PAGES_VARIABLE: "0"}),
+                   "huge": ("huge pages", [], {HUGE_PAGES_VARIABLE: "1"})}
 
 
 def latency_processes(args) -> None:
@@ -196,9 +198,10 @@ def latency_processes(args) -> None:
     One `bench` run is one process at one moment of the machine: this shows how far the efficiency
     of single runs spreads, and its median over several processes.
     """
-    results: dict[str, list[dict]] = {name: [] for name in LAYOUT_VARIANTS}
+    layouts = [LAYOUT_VARIANTS[key] for key in args.layouts]
+    results: dict[str, list[dict]] = {name: [] for name, _, _ in layouts}
     for round_index in range(args.rounds):
-        for name, (prefix, env) in LAYOUT_VARIANTS.items():
+        for name, prefix, env in layouts:
             if prefix and shutil.which(prefix[0]) is None:
                 continue
             single, big = json.loads(in_fresh_process(args, "latency-once", prefix=prefix, env=env))
@@ -574,7 +577,12 @@ def against_commit(args) -> None:
     before_checkpoint = importlib.import_module(f"{name}.checkpoint")
     before_evaluate = importlib.import_module(f"{name}.evaluate")
     model, meta, inputs, labels = setup(args.checkpoint)
-    before, _ = before_checkpoint.load_checkpoint(args.checkpoint or SHIPPED_CHECKPOINT)  # its own default is in /tmp
+    # Its own default checkpoint path is in /tmp. Batch norms are folded on both sides where that revision can.
+    folds = "fold_batch_norms" in inspect.signature(before_checkpoint.load_checkpoint).parameters
+    before, _ = before_checkpoint.load_checkpoint(args.checkpoint or SHIPPED_CHECKPOINT,
+                                                  **({"fold_batch_norms": True} if folds else {}))
+    if not folds:
+        print(f"{args.rev} cannot fold batch norms: it runs unfolded, this tree folded")
     tau, threshold = meta["default_tau"], meta["default_threshold"]
     variants = ((f"at {args.rev}", before, before_evaluate.run_routed), ("this tree", model, run_routed))
     print(same_results(*(run(m, inputs[:2000], labels[:2000], tau=tau, threshold=threshold) for _, m, run in variants)))
@@ -591,8 +599,12 @@ def against_commit(args) -> None:
             torch.set_num_threads(threads)
             start = time.perf_counter()
             run(variant, inputs, labels, tau=tau, threshold=threshold)
+            evaluation_s = time.perf_counter() - start
+            single = latency(variant, inputs[:100], tau=tau, threshold=threshold, batch=1, warmup=1, repeats=5)
             print(f"round {round_index + 1}, {label}: routed batch of 256 on one thread {one_thread_ms:.1f} ms, "
-                  f"{len(inputs):,}-image evaluation on {threads} threads {time.perf_counter() - start:.2f} s", flush=True)
+                  f"{len(inputs):,}-image evaluation on {threads} threads {evaluation_s:.2f} s, "
+                  f"batch 1 (as bench) dense {single['dense_ms']:.2f} ms, routed {single['routed_ms']:.2f} ms, "
+                  f"efficiency {single['efficiency']:.3f}", flush=True)
 
 
 CUDA_SHAPE_VARIANTS = {"padded": (None, True), "unpadded": (False, True),
@@ -647,6 +659,8 @@ def main() -> int:
     parser.add_argument("--variant", choices=list(CUDA_SHAPE_VARIANTS), default="padded", help="cuda-shapes-once")
     parser.add_argument("--profile-cell", type=int, default=None, help="cell-overhead: also profile this cell's operators")
     parser.add_argument("--seconds", type=float, default=300, help="modules-over-time: how long to keep measuring")
+    parser.add_argument("--layouts", nargs="+", choices=list(LAYOUT_VARIANTS), default=list(LAYOUT_VARIANTS),
+                        help="latency-processes: the memory layouts to alternate (default: all three)")
     args = parser.parse_args()
     torch.manual_seed(0)
     {"eval-batch": eval_batch, "modules": modules, "allocator": allocator, "fold-bn": fold_bn,
