@@ -31,7 +31,7 @@ from .checkpoint import CheckpointError, read_verified_checkpoint
 from .config import ModelConfig, known_keys_only
 from .cost import module_macs, module_params
 from .evaluate import EVAL_BATCH_SIZE
-from .model import DRNet, RoutingTrace, reduction
+from .model import ClassifierHead, DRNet, RoutingTrace, reduction
 from .ops import build_branch
 
 BASELINE_KINDS = ("static-cells", "plain-cnn")
@@ -177,8 +177,7 @@ class StaticCellNet(StaticBaseline):
                 cell_index += 1
             self.cells.append(stage_cells)
             in_channels = channels
-        self.head = nn.Sequential(nn.ReLU(inplace=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(in_channels, base.num_classes))
+        self.head = ClassifierHead(in_channels, base.num_classes)
         self.path_shape = [(per_cell, 1)] * total_cells
         self._finish()
 

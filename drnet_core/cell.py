@@ -388,7 +388,7 @@ class Cell(nn.Module):
         The selection is read to the host once and the reachability rule runs on Python booleans, so
         a routed single image pays for its branches and little else (docs/PERFORMANCE.md, batch 1).
         """
-        picked = selected[0].tolist()  # (connections, branches) bools: the cell's only host sync
+        picked = selected.tolist()[0]  # (connections, branches) bools: the cell's only host sync
         ran = [[False] * len(row) for row in picked]
         scales = weights.reshape(-1).unbind()  # one view per (connection, branch), in one operator
         num_branches = len(self.branch_names)
@@ -404,7 +404,9 @@ class Cell(nn.Module):
                         continue
                     ran[edge_index][branch_index] = True
                     scale = scales[edge_index * num_branches + branch_index]
-                    node = accumulate(node, self.edges[edge_index][branch_index](source), scale, source)
+                    branch = self.edges[edge_index][branch_index]
+                    output = source if isinstance(branch, nn.Identity) else branch(source)  # as forward_sparse
+                    node = accumulate(node, output, scale, source)
             nodes.append(node)
         # Usually every selected branch ran; then the selection is the executed mask, no new tensor needed.
         executed = selected if ran == picked else torch.tensor(ran, device=selected.device).unsqueeze(0)

@@ -11,10 +11,12 @@
     python scripts/inference_experiments.py compile      # torch.compile of every module the executor calls
     python scripts/inference_experiments.py audit-time   # the audit's per-image time estimate against MFLOPs
     python scripts/inference_experiments.py batch1-ops   # one image: what each operator of a branch costs
+    python scripts/inference_experiments.py batch1-op-count --rev REV  # one image: operators per forward, here and at REV
     python scripts/inference_experiments.py against-commit --rev REV  # this tree's routed speed against REV's
     python scripts/inference_experiments.py cuda-shapes  # CUDA: first evaluations at new settings, padded or not
     python scripts/inference_experiments.py cell-overhead [--profile-cell N]  # per cell: routed time against its router and branches
     python scripts/inference_experiments.py latency-processes  # bench's latency rows, one fresh process each, three memory layouts
+    python scripts/inference_experiments.py latency-processes --layouts huge --rev REV  # the same, this tree against REV
     python scripts/inference_experiments.py modules-over-time --seconds 300  # `modules`, dense and routed, again and again
 
 All run on the shipped checkpoint (or `--checkpoint`) at its default setting on the test split. This
@@ -193,32 +195,37 @@ LAYOUT_VARIANTS = {"4kb": ("4 KB pages", [], {HUGE_PAGES_VARIABLE: "0"}),
 
 
 def latency_processes(args) -> None:
-    """`bench`'s two latency rows in a fresh process per run, alternating memory layouts.
+    """`bench`'s two latency rows in a fresh process per run, alternating memory layouts and, with
+    `--rev`, this tree's drnet_core with that revision's (timed by this tree's `bench.latency`).
 
     One `bench` run is one process at one moment of the machine: this shows how far the efficiency
     of single runs spreads, and its median over several processes.
     """
-    layouts = [LAYOUT_VARIANTS[key] for key in args.layouts]
-    results: dict[str, list[dict]] = {name: [] for name, _, _ in layouts}
+    trees = [(f", at {args.rev}", ["--rev", args.rev]), (", this tree", [])] if args.rev else [("", [])]
+    variants = [(name + tree, prefix, env, rev) for name, prefix, env in (LAYOUT_VARIANTS[key] for key in args.layouts)
+                for tree, rev in trees]
+    results: dict[str, list[dict]] = {name: [] for name, *_ in variants}
     for round_index in range(args.rounds):
-        for name, prefix, env in layouts:
+        for name, prefix, env, rev in variants:
             if prefix and shutil.which(prefix[0]) is None:
                 continue
-            single, big = json.loads(in_fresh_process(args, "latency-once", prefix=prefix, env=env))
+            single, big = json.loads(in_fresh_process(args, "latency-once", *rev, prefix=prefix, env=env))
             results[name].append({"batch_1": single, "batch_256": big})
             print(f"round {round_index + 1}, {name}: {latency_text(single, big)}", flush=True)
     for name, runs in results.items():
         if runs:
             spread = {row: [run[row]["efficiency"] for run in runs] for row in ("batch_1", "batch_256")}
-            print(f"{name}, {len(runs)} processes: efficiency at batch 1 median {statistics.median(spread['batch_1']):.2f}, "
-                  f"range {min(spread['batch_1']):.2f}-{max(spread['batch_1']):.2f}; at batch 256 median "
-                  f"{statistics.median(spread['batch_256']):.2f}, range {min(spread['batch_256']):.2f}-"
-                  f"{max(spread['batch_256']):.2f}")
+            print(f"{name}, {len(runs)} processes: efficiency at batch 1 median {statistics.median(spread['batch_1']):.3f}, "
+                  f"range {min(spread['batch_1']):.3f}-{max(spread['batch_1']):.3f}; at batch 256 median "
+                  f"{statistics.median(spread['batch_256']):.3f}, range {min(spread['batch_256']):.3f}-"
+                  f"{max(spread['batch_256']):.3f}")
 
 
 def latency_once(args) -> None:
     configure_cpu_memory()  # as the CLI and the app do
     model, meta, inputs, _ = setup(args.checkpoint)
+    if args.rev:  # the same timing code, on the model as that revision's drnet_core runs it
+        model, _ = model_at(args.rev, args.checkpoint)
     print(json.dumps(batch_latencies(model, inputs, tau=meta["default_tau"], threshold=meta["default_threshold"],
                                      warmup=2, repeats=9)))
 
@@ -237,8 +244,8 @@ def batch_latencies(model, inputs: torch.Tensor, **timing) -> tuple[dict, dict]:
 
 def latency_text(single: dict, big: dict) -> str:
     return (f"batch 1 dense {single['dense_ms']:.2f} ms, routed {single['routed_ms']:.2f} ms, efficiency "
-            f"{single['efficiency']:.2f}; batch 256 dense {big['dense_ms']:.1f} ms, routed {big['routed_ms']:.1f} ms, "
-            f"efficiency {big['efficiency']:.2f}")
+            f"{single['efficiency']:.3f}; batch 256 dense {big['dense_ms']:.1f} ms, routed {big['routed_ms']:.1f} ms, "
+            f"efficiency {big['efficiency']:.3f}")
 
 
 def folded(model, *, always_on_only: bool = False):
@@ -515,6 +522,33 @@ def cell_overhead(args) -> None:
         print(profiled.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
+def batch1_op_count(args) -> None:
+    """ATen operators per single-image forward, routed and dense, averaged over the first 20 test images;
+    with `--rev`, also for the model as that revision's drnet_core runs it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountOperators(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    model, meta, inputs, _ = setup(args.checkpoint)
+    variants = [("this tree", model)] + ([(f"at {args.rev}", model_at(args.rev, args.checkpoint)[0])] if args.rev else [])
+    for label, variant in variants:
+        for name, threshold in (("routed", meta["default_threshold"]), ("dense", 0.0)):
+            counter = CountOperators()
+            with torch.inference_mode(), counter:
+                for index in range(20):
+                    variant(inputs[index:index + 1], tau=meta["default_tau"], threshold=threshold)
+            total = sum(counter.calls.values()) / 20
+            print(f"{label}, {name}: {total:.1f} operators per image; most frequent: "
+                  + ", ".join(f"{op} {count / 20:.1f}" for op, count in counter.calls.most_common(6)))
+
+
 def batch1_ops(args) -> None:
     """At batch 1, each operator of a separable-convolution branch at every cell's shape, in microseconds.
 
@@ -564,25 +598,34 @@ def package_at(revision: str) -> str:
     return name
 
 
+def model_at(revision: str, checkpoint: str | None):
+    """The checkpoint loaded by drnet_core as it was at `revision`, batch norms folded where that revision
+    can fold them (as this tree's `setup` does), and the name of that package."""
+    name = package_at(revision)
+    checkpoint_module = importlib.import_module(f"{name}.checkpoint")
+    folds = "fold_batch_norms" in inspect.signature(checkpoint_module.load_checkpoint).parameters
+    # The shipped path is passed explicitly: that package's own default points into its temporary copy.
+    model, _ = checkpoint_module.load_checkpoint(checkpoint or SHIPPED_CHECKPOINT,
+                                                 **({"fold_batch_norms": True} if folds else {}))
+    if not folds:
+        print(f"{revision} cannot fold batch norms: it runs unfolded, this tree folded", file=sys.stderr)
+    return model, name
+
+
 def against_commit(args) -> None:
     """Routed speed of this tree's drnet_core against another revision's, alternating in one process.
 
     The machine's speed drifts by up to 2x between runs, so two `bench` runs a few minutes apart
     cannot resolve a 10% change; alternating both versions in one process on the same batches can.
+    Each round times a routed batch of 256 on one thread and the 10k evaluation; then bench's batch-1
+    row alternates between the versions, 4 * rounds times.
     """
     if not args.rev:
         raise SystemExit("against-commit needs --rev, e.g. --rev HEAD~1")
     configure_cpu_memory()
-    name = package_at(args.rev)
-    before_checkpoint = importlib.import_module(f"{name}.checkpoint")
+    before, name = model_at(args.rev, args.checkpoint)
     before_evaluate = importlib.import_module(f"{name}.evaluate")
     model, meta, inputs, labels = setup(args.checkpoint)
-    # Its own default checkpoint path is in /tmp. Batch norms are folded on both sides where that revision can.
-    folds = "fold_batch_norms" in inspect.signature(before_checkpoint.load_checkpoint).parameters
-    before, _ = before_checkpoint.load_checkpoint(args.checkpoint or SHIPPED_CHECKPOINT,
-                                                  **({"fold_batch_norms": True} if folds else {}))
-    if not folds:
-        print(f"{args.rev} cannot fold batch norms: it runs unfolded, this tree folded")
     tau, threshold = meta["default_tau"], meta["default_threshold"]
     variants = ((f"at {args.rev}", before, before_evaluate.run_routed), ("this tree", model, run_routed))
     print(same_results(*(run(m, inputs[:2000], labels[:2000], tau=tau, threshold=threshold) for _, m, run in variants)))
@@ -599,12 +642,25 @@ def against_commit(args) -> None:
             torch.set_num_threads(threads)
             start = time.perf_counter()
             run(variant, inputs, labels, tau=tau, threshold=threshold)
-            evaluation_s = time.perf_counter() - start
-            single = latency(variant, inputs[:100], tau=tau, threshold=threshold, batch=1, warmup=1, repeats=5)
             print(f"round {round_index + 1}, {label}: routed batch of 256 on one thread {one_thread_ms:.1f} ms, "
-                  f"{len(inputs):,}-image evaluation on {threads} threads {evaluation_s:.2f} s, "
-                  f"batch 1 (as bench) dense {single['dense_ms']:.2f} ms, routed {single['routed_ms']:.2f} ms, "
-                  f"efficiency {single['efficiency']:.3f}", flush=True)
+                  f"{len(inputs):,}-image evaluation on {threads} threads {time.perf_counter() - start:.2f} s", flush=True)
+    # Batch 1 moves by a few hundredths of efficiency while the machine changes state within seconds, so
+    # the two versions alternate every pair of dense and routed passes over 100 single images (bench's
+    # batch-1 row, one repeat), and what is compared is the paired difference.
+    single = {label: [] for label, _, _ in variants}
+    for label, variant, _ in variants:
+        latency(variant, inputs[:100], tau=tau, threshold=threshold, batch=1, warmup=1, repeats=1)
+    for repeat in range(4 * args.rounds):
+        for label, variant, _ in (variants if repeat % 2 == 0 else variants[::-1]):
+            row = latency(variant, inputs[:100], tau=tau, threshold=threshold, batch=1, warmup=0, repeats=1)
+            single[label].append(row["efficiency"])
+            print(f"batch 1, repeat {repeat + 1}, {label}: dense {row['dense_ms']:.2f} ms, routed {row['routed_ms']:.2f} ms, "
+                  f"efficiency {row['efficiency']:.3f}", flush=True)
+    (before_label, before_runs), (after_label, after_runs) = single.items()
+    gains = [after - before for before, after in zip(before_runs, after_runs)]
+    print(f"batch 1 efficiency, medians over {len(gains)} repeats: {before_label} {statistics.median(before_runs):.3f}, "
+          f"{after_label} {statistics.median(after_runs):.3f}; paired difference median {statistics.median(gains):+.4f}, "
+          f"{after_label} higher in {sum(gain > 0 for gain in gains)}")
 
 
 CUDA_SHAPE_VARIANTS = {"padded": (None, True), "unpadded": (False, True),
@@ -649,13 +705,13 @@ def main() -> int:
     parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn", "gather-scatter", "pooling",
                                                "eval-workers", "eval-workers-once", "without-pooling", "compile",
                                                "audit-time", "batch1-ops", "against-commit", "cuda-shapes",
-                                               "cuda-shapes-once", "cell-overhead", "latency-processes",
+                                               "cuda-shapes-once", "cell-overhead", "latency-processes", "batch1-op-count",
                                                "latency-once", "modules-over-time"])
     parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per experiment")
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
     parser.add_argument("--workers", choices=["1", "2"], default="2", help="eval-workers-once: batches at a time")
-    parser.add_argument("--rev", default=None, help="against-commit: the git revision to compare with")
+    parser.add_argument("--rev", default=None, help="against-commit, latency-processes, batch1-op-count: the git revision to compare with")
     parser.add_argument("--variant", choices=list(CUDA_SHAPE_VARIANTS), default="padded", help="cuda-shapes-once")
     parser.add_argument("--profile-cell", type=int, default=None, help="cell-overhead: also profile this cell's operators")
     parser.add_argument("--seconds", type=float, default=300, help="modules-over-time: how long to keep measuring")
@@ -668,7 +724,7 @@ def main() -> int:
      "eval-workers-once": eval_workers_once, "without-pooling": without_pooling, "compile": compile_experiment,
      "audit-time": audit_time, "batch1-ops": batch1_ops, "against-commit": against_commit,
      "cuda-shapes": cuda_shapes, "cuda-shapes-once": cuda_shapes_once,
-     "cell-overhead": cell_overhead, "latency-processes": latency_processes,
+     "cell-overhead": cell_overhead, "latency-processes": latency_processes, "batch1-op-count": batch1_op_count,
      "latency-once": latency_once, "modules-over-time": modules_over_time}[args.experiment](args)
     return 0
 
