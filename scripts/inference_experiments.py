@@ -16,7 +16,7 @@
     python scripts/inference_experiments.py cuda-shapes  # CUDA: first evaluations at new settings, padded or not
     python scripts/inference_experiments.py cell-overhead [--profile-cell N]  # per cell: routed time against its router and branches
     python scripts/inference_experiments.py latency-processes  # bench's latency rows, one fresh process each, three memory layouts
-    python scripts/inference_experiments.py latency-processes --layouts huge --rev REV  # the same, this tree against REV
+    python scripts/inference_experiments.py latency-processes --layouts huge --rev REV  # the same, here against REV
     python scripts/inference_experiments.py modules-over-time --seconds 300  # `modules`, dense and routed, again and again
 
 All run on the shipped checkpoint (or `--checkpoint`) at its default setting on the test split. This
@@ -189,9 +189,12 @@ def eval_workers_once(args) -> None:
 # large tensors with transparent huge pages (drnet_core.runtime; read at the process's first tensor,
 # so set from outside the process here).
 # --layouts name: (what the output calls it, command prefix, environment)
-LAYOUT_VARIANTS = {"4kb": ("4 KB pages", [], {HUGE_PAGES_VARIABLE: "0"}),
-                   "4kb-fixed": ("4 KB pages, randomisation off", ["setarch", platform.machine(), "-R"], {HUGE_PAGES_VARIABLE: "0"}),
-                   "huge": ("huge pages", [], {HUGE_PAGES_VARIABLE: "1"})}
+LAYOUT_VARIANTS = {
+    "4kb": ("4 KB pages", [], {HUGE_PAGES_VARIABLE: "0"}),
+    "4kb-no-randomisation": ("4 KB pages, randomisation off", ["setarch", platform.machine(), "-R"],
+                             {HUGE_PAGES_VARIABLE: "0"}),
+    "huge": ("huge pages", [], {HUGE_PAGES_VARIABLE: "1"}),
+}
 
 
 def latency_processes(args) -> None:
@@ -654,8 +657,8 @@ def against_commit(args) -> None:
         for label, variant, _ in (variants if repeat % 2 == 0 else variants[::-1]):
             row = latency(variant, inputs[:100], tau=tau, threshold=threshold, batch=1, warmup=0, repeats=1)
             single[label].append(row["efficiency"])
-            print(f"batch 1, repeat {repeat + 1}, {label}: dense {row['dense_ms']:.2f} ms, routed {row['routed_ms']:.2f} ms, "
-                  f"efficiency {row['efficiency']:.3f}", flush=True)
+            print(f"batch 1, repeat {repeat + 1}, {label}: dense {row['dense_ms']:.2f} ms, "
+                  f"routed {row['routed_ms']:.2f} ms, efficiency {row['efficiency']:.3f}", flush=True)
     (before_label, before_runs), (after_label, after_runs) = single.items()
     gains = [after - before for before, after in zip(before_runs, after_runs)]
     print(f"batch 1 efficiency, medians over {len(gains)} repeats: {before_label} {statistics.median(before_runs):.3f}, "
@@ -705,13 +708,14 @@ def main() -> int:
     parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn", "gather-scatter", "pooling",
                                                "eval-workers", "eval-workers-once", "without-pooling", "compile",
                                                "audit-time", "batch1-ops", "against-commit", "cuda-shapes",
-                                               "cuda-shapes-once", "cell-overhead", "latency-processes", "batch1-op-count",
-                                               "latency-once", "modules-over-time"])
+                                               "cuda-shapes-once", "cell-overhead", "latency-processes", "latency-once",
+                                               "batch1-op-count", "modules-over-time"])
     parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per experiment")
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
     parser.add_argument("--workers", choices=["1", "2"], default="2", help="eval-workers-once: batches at a time")
-    parser.add_argument("--rev", default=None, help="against-commit, latency-processes, batch1-op-count: the git revision to compare with")
+    parser.add_argument("--rev", default=None,
+                        help="against-commit, latency-processes, batch1-op-count: the git revision to compare with")
     parser.add_argument("--variant", choices=list(CUDA_SHAPE_VARIANTS), default="padded", help="cuda-shapes-once")
     parser.add_argument("--profile-cell", type=int, default=None, help="cell-overhead: also profile this cell's operators")
     parser.add_argument("--seconds", type=float, default=300, help="modules-over-time: how long to keep measuring")
