@@ -12,6 +12,7 @@
     python scripts/inference_experiments.py audit-time   # the audit's per-image time estimate against MFLOPs
     python scripts/inference_experiments.py batch1-ops   # one image: what each operator of a branch costs
     python scripts/inference_experiments.py batch1-op-count --rev REV  # one image: operators per forward, here and at REV
+    python scripts/inference_experiments.py merged-reductions  # one image: reductions as one full convolution each
     python scripts/inference_experiments.py against-commit --rev REV  # this tree's routed speed against REV's
     python scripts/inference_experiments.py cuda-shapes  # CUDA: first evaluations at new settings, padded or not
     python scripts/inference_experiments.py cell-overhead [--profile-cell N]  # per cell: routed time against its router and branches
@@ -552,6 +553,67 @@ def batch1_op_count(args) -> None:
                   + ", ".join(f"{op} {count / 20:.1f}" for op, count in counter.calls.most_common(6)))
 
 
+def merged_reductions(args) -> None:
+    """Batch 1 with each reduction's depthwise and pointwise convolutions merged into one full 3x3
+    convolution (weights pointwise x depthwise; exact up to rounding), alternating with the model as it
+    is, `bench`'s batch-1 row one repeat at a time, 8 * rounds repeats each."""
+    import torch.nn.functional as F
+
+    configure_cpu_memory()
+    model, meta, inputs, _ = setup(args.checkpoint)
+    tau, threshold = meta["default_tau"], meta["default_threshold"]
+    merged = []
+    for reduce in model.reductions:
+        relu, depthwise, pointwise = reduce[0], reduce[1], reduce[2]
+        weight = pointwise.weight * depthwise.weight.view(1, depthwise.out_channels, *depthwise.kernel_size)
+        merged.append((reduce, relu, weight.contiguous(memory_format=torch.channels_last), pointwise.bias,
+                       depthwise.stride, depthwise.padding))
+
+    def use_merged(on: bool) -> None:
+        for reduce, relu, weight, bias, stride, padding in merged:
+            if on:
+                reduce.forward = lambda x, relu=relu, weight=weight, bias=bias, stride=stride, padding=padding: \
+                    F.conv2d(relu(x), weight, bias, stride, padding)
+            else:
+                reduce.__dict__.pop("forward", None)
+
+    with torch.inference_mode():
+        outputs = []
+        for on in (False, True):
+            use_merged(on)
+            outputs.append(model(inputs[:256], tau=tau, threshold=threshold)[0])
+        print(f"largest logit difference, merged against separate: {float((outputs[0] - outputs[1]).abs().max()):.2g}")
+    runs = {False: [], True: []}
+    for on in (False, True):
+        use_merged(on)
+        latency(model, inputs[:100], tau=tau, threshold=threshold, batch=1, warmup=1, repeats=1)
+    for repeat in range(8 * args.rounds):
+        for on in ((False, True) if repeat % 2 else (True, False)):
+            use_merged(on)
+            runs[on].append(latency(model, inputs[:100], tau=tau, threshold=threshold, batch=1, warmup=0, repeats=1))
+    for on, rows in runs.items():
+        print(f"{'merged' if on else 'separate'}: medians over {len(rows)} repeats, batch 1 dense "
+              f"{statistics.median(r['dense_ms'] for r in rows):.2f} ms, routed {statistics.median(r['routed_ms'] for r in rows):.2f} ms, "
+              f"efficiency {statistics.median(r['efficiency'] for r in rows):.3f}")
+    gains = [m["efficiency"] - s["efficiency"] for m, s in zip(runs[True], runs[False])]
+    print(f"paired difference in efficiency, median {statistics.median(gains):+.4f}, merged higher in "
+          f"{sum(gain > 0 for gain in gains)} of {len(gains)}")
+    use_merged(False)
+    with torch.inference_mode():  # each reduction alone on the batch of 256 it receives in a routed forward
+        reduction_inputs = []
+        hooks = [reduce.register_forward_pre_hook(lambda _m, args: reduction_inputs.append(args[0]))
+                 for reduce in model.reductions]
+        model(inputs[:256], tau=tau, threshold=threshold)
+        for hook in hooks:
+            hook.remove()
+        for index, (reduce, x) in enumerate(zip(model.reductions, reduction_inputs)):
+            times = {}
+            for on in (False, True):
+                use_merged(on)
+                times[on] = mean_ms(lambda: reduce(x), 20)
+            print(f"reduction {index} at batch 256: separate {times[False]:.2f} ms, merged {times[True]:.2f} ms")
+
+
 def batch1_ops(args) -> None:
     """At batch 1, each operator of a separable-convolution branch at every cell's shape, in microseconds.
 
@@ -709,7 +771,7 @@ def main() -> int:
                                                "eval-workers", "eval-workers-once", "without-pooling", "compile",
                                                "audit-time", "batch1-ops", "against-commit", "cuda-shapes",
                                                "cuda-shapes-once", "cell-overhead", "latency-processes", "latency-once",
-                                               "batch1-op-count", "modules-over-time"])
+                                               "batch1-op-count", "merged-reductions", "modules-over-time"])
     parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per experiment")
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
@@ -729,6 +791,7 @@ def main() -> int:
      "audit-time": audit_time, "batch1-ops": batch1_ops, "against-commit": against_commit,
      "cuda-shapes": cuda_shapes, "cuda-shapes-once": cuda_shapes_once,
      "cell-overhead": cell_overhead, "latency-processes": latency_processes, "batch1-op-count": batch1_op_count,
+     "merged-reductions": merged_reductions,
      "latency-once": latency_once, "modules-over-time": modules_over_time}[args.experiment](args)
     return 0
 
