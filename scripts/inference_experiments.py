@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from drnet_core.bench import latency, routed_with_cell_inputs  # noqa: E402
 from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
+from drnet_core.cost import module_macs  # noqa: E402
 from drnet_core.data import FASHION_CLASSES, load_test_set, to_model_input  # noqa: E402
 from drnet_core.evaluate import run_routed  # noqa: E402
 from drnet_core.folding import fold_batch_norms  # noqa: E402
@@ -583,6 +584,16 @@ def merged_reductions(args) -> None:
             use_merged(on)
             outputs.append(model(inputs[:256], tau=tau, threshold=threshold)[0])
         print(f"largest logit difference, merged against separate: {float((outputs[0] - outputs[1]).abs().max()):.2g}")
+        trace = model(inputs[:100], tau=tau, threshold=threshold)[1]
+    size, separate_macs, merged_macs = model.config.image_size, 0, 0
+    for reduce, _, weight, _, stride, _ in merged:
+        out = (size - 1) // stride[0] + 1  # 3x3, padding 1
+        separate_macs += module_macs(reduce, size, size)
+        merged_macs += out * out * weight.numel()
+        size = out
+    print(f"multiply-adds per image in the reductions: {separate_macs / 1e6:.2f} million as the network has them, "
+          f"{merged_macs / 1e6:.2f} million merged; a routed image of the first 100 test images: "
+          f"{float(model.mflops_per_instance(trace).mean()):.2f} million reported")
     runs = {False: [], True: []}
     for on in (False, True):
         use_merged(on)
