@@ -62,9 +62,14 @@ from drnet_core.folding import fold_batch_norms  # noqa: E402
 from drnet_core.runtime import HUGE_PAGES_VARIABLE, configure_cpu_memory, keep_freed_memory, use_huge_pages  # noqa: E402
 
 
-def setup(checkpoint: str | None, *, fold_batch_norms: bool = True):
-    """The model as the CLI and the app load it (batch norms folded, unless told otherwise) and the test split."""
-    model, meta = load_checkpoint(checkpoint, fold_batch_norms=fold_batch_norms)
+def setup(checkpoint: str | None, *, fold_batch_norms: bool = True, rev: str | None = None):
+    """The model as the CLI and the app load it (batch norms folded, unless told otherwise) and the test split.
+
+    rev: load the model with drnet_core as it was at that git revision instead (`model_at`)."""
+    if rev:
+        model, meta, _ = model_at(rev, checkpoint)
+    else:
+        model, meta = load_checkpoint(checkpoint, fold_batch_norms=fold_batch_norms)
     test = load_test_set()
     return model, meta, to_model_input(test.images), test.labels
 
@@ -228,9 +233,8 @@ def latency_processes(args) -> None:
 
 def latency_once(args) -> None:
     configure_cpu_memory()  # as the CLI and the app do
-    model, meta, inputs, _ = setup(args.checkpoint)
-    if args.rev:  # the same timing code, on the model as that revision's drnet_core runs it
-        model, _ = model_at(args.rev, args.checkpoint)
+    # With --rev, the same timing code on the model as that revision's drnet_core runs it.
+    model, meta, inputs, _ = setup(args.checkpoint, rev=args.rev)
     print(json.dumps(batch_latencies(model, inputs, tau=meta["default_tau"], threshold=meta["default_threshold"],
                                      warmup=2, repeats=9)))
 
@@ -542,7 +546,8 @@ def batch1_op_count(args) -> None:
             return func(*args, **(kwargs or {}))
 
     model, meta, inputs, _ = setup(args.checkpoint)
-    variants = [("this tree", model)] + ([(f"at {args.rev}", model_at(args.rev, args.checkpoint)[0])] if args.rev else [])
+    variants = [("this tree", model)] + ([(f"at {args.rev}", model_at(args.rev, args.checkpoint)[0])]
+                                           if args.rev else [])
     for label, variant in variants:
         for name, threshold in (("routed", meta["default_threshold"]), ("dense", 0.0)):
             counter = CountOperators()
@@ -579,18 +584,23 @@ def merged_reductions(args) -> None:
                 reduce.__dict__.pop("forward", None)
 
     with torch.inference_mode():
-        outputs = []
-        for on in (False, True):
-            use_merged(on)
-            outputs.append(model(inputs[:256], tau=tau, threshold=threshold)[0])
+        # The batch of 256 each reduction receives in a routed forward: its shapes give the multiply-adds
+        # below, and the reductions are timed alone on it at the end.
+        reduction_inputs = []
+        hooks = [reduce.register_forward_pre_hook(lambda _m, args: reduction_inputs.append(args[0]))
+                 for reduce in model.reductions]
+        outputs = [model(inputs[:256], tau=tau, threshold=threshold)[0]]
+        for hook in hooks:
+            hook.remove()
+        use_merged(True)
+        outputs.append(model(inputs[:256], tau=tau, threshold=threshold)[0])
+        use_merged(False)
         print(f"largest logit difference, merged against separate: {float((outputs[0] - outputs[1]).abs().max()):.2g}")
         trace = model(inputs[:100], tau=tau, threshold=threshold)[1]
-    size, separate_macs, merged_macs = model.config.image_size, 0, 0
-    for reduce, _, weight, _, stride, _ in merged:
-        out = (size - 1) // stride[0] + 1  # 3x3, padding 1
-        separate_macs += module_macs(reduce, size, size)
-        merged_macs += out * out * weight.numel()
-        size = out
+        separate_macs = merged_macs = 0
+        for (reduce, _, weight, _, _, _), x in zip(merged, reduction_inputs):
+            separate_macs += module_macs(reduce, *x.shape[-2:])
+            merged_macs += reduce(x[:1]).shape[-2:].numel() * weight.numel()
     print(f"multiply-adds per image in the reductions: {separate_macs / 1e6:.2f} million as the network has them, "
           f"{merged_macs / 1e6:.2f} million merged; a routed image of the first 100 test images: "
           f"{float(model.mflops_per_instance(trace).mean()):.2f} million reported")
@@ -609,14 +619,7 @@ def merged_reductions(args) -> None:
     gains = [m["efficiency"] - s["efficiency"] for m, s in zip(runs[True], runs[False])]
     print(f"paired difference in efficiency, median {statistics.median(gains):+.4f}, merged higher in "
           f"{sum(gain > 0 for gain in gains)} of {len(gains)}")
-    use_merged(False)
-    with torch.inference_mode():  # each reduction alone on the batch of 256 it receives in a routed forward
-        reduction_inputs = []
-        hooks = [reduce.register_forward_pre_hook(lambda _m, args: reduction_inputs.append(args[0]))
-                 for reduce in model.reductions]
-        model(inputs[:256], tau=tau, threshold=threshold)
-        for hook in hooks:
-            hook.remove()
+    with torch.inference_mode():
         for index, (reduce, x) in enumerate(zip(model.reductions, reduction_inputs)):
             times = {}
             for on in (False, True):
@@ -676,16 +679,16 @@ def package_at(revision: str) -> str:
 
 def model_at(revision: str, checkpoint: str | None):
     """The checkpoint loaded by drnet_core as it was at `revision`, batch norms folded where that revision
-    can fold them (as this tree's `setup` does), and the name of that package."""
+    can fold them (as this tree's `setup` does), its metadata, and the name of that package."""
     name = package_at(revision)
     checkpoint_module = importlib.import_module(f"{name}.checkpoint")
     folds = "fold_batch_norms" in inspect.signature(checkpoint_module.load_checkpoint).parameters
     # The shipped path is passed explicitly: that package's own default points into its temporary copy.
-    model, _ = checkpoint_module.load_checkpoint(checkpoint or SHIPPED_CHECKPOINT,
-                                                 **({"fold_batch_norms": True} if folds else {}))
+    model, meta = checkpoint_module.load_checkpoint(checkpoint or SHIPPED_CHECKPOINT,
+                                                    **({"fold_batch_norms": True} if folds else {}))
     if not folds:
         print(f"{revision} cannot fold batch norms: it runs unfolded, this tree folded", file=sys.stderr)
-    return model, name
+    return model, meta, name
 
 
 def against_commit(args) -> None:
@@ -699,7 +702,7 @@ def against_commit(args) -> None:
     if not args.rev:
         raise SystemExit("against-commit needs --rev, e.g. --rev HEAD~1")
     configure_cpu_memory()
-    before, name = model_at(args.rev, args.checkpoint)
+    before, _, name = model_at(args.rev, args.checkpoint)
     before_evaluate = importlib.import_module(f"{name}.evaluate")
     model, meta, inputs, labels = setup(args.checkpoint)
     tau, threshold = meta["default_tau"], meta["default_threshold"]
