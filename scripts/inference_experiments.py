@@ -16,6 +16,8 @@
     python scripts/inference_experiments.py against-commit --rev REV  # this tree's routed speed against REV's
     python scripts/inference_experiments.py cuda-shapes  # CUDA: first evaluations at new settings, padded or not
     python scripts/inference_experiments.py cell-overhead [--profile-cell N]  # per cell: routed time against its router and branches
+    python scripts/inference_experiments.py split-batch  # one batch of 256: one call on two threads vs two halves on one each
+    python scripts/inference_experiments.py stem         # the stem's one-channel convolution computed other ways
     python scripts/inference_experiments.py latency-processes  # bench's latency rows, one fresh process each, three memory layouts
     python scripts/inference_experiments.py latency-processes --layouts huge --rev REV  # the same, here against REV
     python scripts/inference_experiments.py modules-over-time --seconds 300  # `modules`, dense and routed, again and again
@@ -490,10 +492,125 @@ def audit_time(args) -> None:
 
 
 @torch.inference_mode()
+def stem_variants(args) -> None:
+    """The stem's convolution (one input channel to many, 3x3) and ReLU on batches of 256, computed other ways.
+
+    The same outputs each way (checked); medians over four batches, alternating, per round.
+    """
+    import torch.nn.functional as F
+
+    configure_cpu_memory()
+    model, _, inputs, _ = setup(args.checkpoint)
+    conv = model.stem[0]
+    weight, bias = conv.weight, conv.bias
+    channels, size = weight.shape[0], inputs.shape[-1]
+    batches = [inputs[start:start + 256].contiguous(memory_format=torch.channels_last) for start in range(0, 1024, 256)]
+
+    def nchw_input(x):
+        return F.conv2d(x.contiguous(), weight.contiguous(), bias, padding=1).clamp_min_(0)
+
+    def depthwise_over_copies(x):  # one input channel to C outputs = a depthwise conv over C copies
+        copies = x.expand(-1, channels, -1, -1).contiguous(memory_format=torch.channels_last)
+        return F.conv2d(copies, weight, bias, padding=1, groups=channels).clamp_min_(0)
+
+    def batch_as_groups(x):  # (1, B, H, W) with B groups of C outputs each
+        grouped = x.reshape(1, len(x), size, size).contiguous(memory_format=torch.channels_last)
+        out = F.conv2d(grouped, weight.repeat(len(x), 1, 1, 1), bias.repeat(len(x)), padding=1, groups=len(x))
+        return out.clamp_min_(0).permute(0, 2, 3, 1).reshape(size, size, len(x), channels).permute(2, 3, 0, 1)
+
+    def patches_matmul(x):
+        padded = F.pad(x.reshape(len(x), size, size), (1, 1, 1, 1))
+        patches = padded.unfold(1, 3, 1).unfold(2, 3, 1).reshape(-1, 9)
+        out = torch.addmm(bias, patches, weight.reshape(channels, 9).t()).clamp_min_(0)
+        return out.view(len(x), size, size, channels).permute(0, 3, 1, 2)
+
+    variants = {"as shipped": model.stem, "NCHW input": nchw_input, "depthwise over copies": depthwise_over_copies,
+                "batch as groups": batch_as_groups, "patches and one matrix product": patches_matmul}
+    for name, variant in variants.items():
+        gap = max(float((variant(x) - model.stem(x)).abs().max()) for x in batches)
+        print(f"{name}: largest difference from the shipped stem {gap:.2g}")
+    for round_index in range(args.rounds):
+        times = {name: statistics.median(mean_ms(lambda: variant(x), 5) for x in batches)
+                 for name, variant in variants.items()}
+        print(f"round {round_index + 1}, ms per batch of 256: "
+              + ", ".join(f"{name} {ms:.2f}" for name, ms in times.items()), flush=True)
+
+
+def split_batch(args) -> None:
+    """A batch of 256 as one call on two threads, against its two halves at once on one thread each.
+
+    `run_routed` already evaluates two batches at a time this way; this asks whether one batch gains
+    from it too, i.e. whether the routed forward is held back by its small operators scaling badly over
+    two threads. Dense and routed, alternating, medians of 3 passes over four batches, ms per batch.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    configure_cpu_memory()
+    model, meta, inputs, _ = setup(args.checkpoint)
+    tau, threshold = meta["default_tau"], meta["default_threshold"]
+    batches = [inputs[start:start + 256] for start in range(0, 1024, 256)]
+    pool = ThreadPoolExecutor(2)
+
+    def half(batch: torch.Tensor, setting: float) -> torch.Tensor:
+        torch.set_num_threads(1)  # per thread, as in run_routed's workers
+        with torch.inference_mode():
+            return model(batch, tau=tau, threshold=setting)[0]
+
+    def whole(batch: torch.Tensor, setting: float) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(batch, tau=tau, threshold=setting)[0]
+
+    def halves(batch: torch.Tensor, setting: float) -> torch.Tensor:
+        middle = len(batch) // 2
+        return torch.cat(list(pool.map(half, (batch[:middle], batch[middle:]), (setting, setting))))
+
+    gap = max(float((whole(batch, threshold) - halves(batch, threshold)).abs().max()) for batch in batches)
+    print(f"largest logit difference between the two ways: {gap:.2g}")
+    with torch.inference_mode():
+        flops_ratio = model.dense_mflops() / float(torch.cat(
+            [model.mflops_per_instance(model(batch, tau=tau, threshold=threshold)[1]) for batch in batches]).mean())
+    for round_index in range(args.rounds):
+        times = {}
+        for name, forward in (("one call", whole), ("two halves", halves)):
+            for kind, setting in (("dense", 0.0), ("routed", threshold)):
+                for batch in batches:  # warm-up
+                    forward(batch, setting)
+                passes = []
+                for _ in range(3):
+                    for batch in batches:
+                        start = time.perf_counter()
+                        forward(batch, setting)
+                        passes.append(1e3 * (time.perf_counter() - start))
+                times[name, kind] = statistics.median(passes)
+        print(f"round {round_index + 1}: " + "; ".join(
+            f"{name}: dense {times[name, 'dense']:.1f} ms, routed {times[name, 'routed']:.1f} ms, efficiency "
+            f"{times[name, 'dense'] / times[name, 'routed'] / flops_ratio:.3f}" for name in ("one call", "two halves")),
+            flush=True)
+
+
+def branch_calls(cell, cell_inputs: list[torch.Tensor], tau: float, threshold: float) -> list[tuple[nn.Module, torch.Tensor]]:
+    """Every branch call the routed cell makes on `cell_inputs`, with a copy of the sub-batch it ran on."""
+    calls: list[tuple[nn.Module, torch.Tensor]] = []
+    hooks = [branch.register_forward_hook(lambda module, inputs, _output: calls.append((module, inputs[0].clone())))
+             for edge in cell.edges for branch in edge]
+    try:
+        for x in cell_inputs:
+            cell(x, tau, threshold)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+@torch.inference_mode()
 def cell_overhead(args) -> None:
     """Per cell, a routed batch of 256 against its router and its executed branches timed alone.
 
-    What is left over is the executor's own work in that cell: gathers, scatters, node sums, bookkeeping.
+    The branches are timed twice: each alone at batch 256 on one input, again and again, weighted by
+    the share of images that ran them; and replayed in order on the very sub-batches the cell ran them
+    on. The difference is what smaller batches and a colder cache (each call reads another tensor)
+    cost; what is left after the replay is the executor's other work in that cell: gathers, scatters,
+    node sums, bookkeeping and the Python between them.
     """
     from drnet_core.cost import measure_branch_ms, median_seconds
     from drnet_core.router import recalibrate
@@ -516,9 +633,24 @@ def cell_overhead(args) -> None:
                                              warmup=2, repeats=9, device=model.device) / len(batches)
             cell_ms = 1e3 * median_seconds(lambda: [cell(x, tau, threshold) for x in cell_inputs[index]],
                                            warmup=2, repeats=9, device=model.device) / len(batches)
+            calls = branch_calls(cell, cell_inputs[index], tau, threshold)
+            replay_ms = 1e3 * median_seconds(lambda: [branch(x) for branch, x in calls],
+                                             warmup=2, repeats=9, device=model.device) / len(batches)
             print(f"cell {index}: routed {cell_ms:.2f} ms per batch of 256 = router {router_ms:.2f} + executed "
-                  f"branches alone {branches_ms:.2f} + executor's own work {cell_ms - router_ms - branches_ms:.2f}",
-                  flush=True)
+                  f"branches alone {branches_ms:.2f} + executor's own work {cell_ms - router_ms - branches_ms:.2f}; "
+                  f"the branches replayed on their sub-batches {replay_ms:.2f} ({len(calls) / len(batches):.1f} calls "
+                  f"per batch), so sub-batches {replay_ms - branches_ms:.2f} + other work "
+                  f"{cell_ms - router_ms - replay_ms:.2f}", flush=True)
+    print("each branch call of the first batch, timed alone again and again (warm), against its share of the "
+          "same branch on all 256 images:")
+    for index, cell in enumerate(model.cells):
+        whole_batch = cell_inputs[index][0]
+        for branch, rows in branch_calls(cell, [whole_batch], tau, threshold):
+            alone = 1e3 * median_seconds(lambda: branch(rows), warmup=3, repeats=30, device=model.device)
+            share = 1e3 * median_seconds(lambda: branch(whole_batch), warmup=3, repeats=30,
+                                         device=model.device) * len(rows) / len(whole_batch)
+            print(f"  cell {index}, {type(branch).__name__} on {len(rows)} images: {alone:.3f} ms, share "
+                  f"{share:.3f} ms, {alone / share:.2f}x", flush=True)
     if args.profile_cell is not None:
         from torch.profiler import ProfilerActivity, profile
 
@@ -785,7 +917,8 @@ def main() -> int:
                                                "eval-workers", "eval-workers-once", "without-pooling", "compile",
                                                "audit-time", "batch1-ops", "against-commit", "cuda-shapes",
                                                "cuda-shapes-once", "cell-overhead", "latency-processes", "latency-once",
-                                               "batch1-op-count", "merged-reductions", "modules-over-time"])
+                                               "batch1-op-count", "merged-reductions", "modules-over-time",
+                                               "split-batch", "stem"])
     parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per experiment")
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
@@ -805,7 +938,8 @@ def main() -> int:
      "audit-time": audit_time, "batch1-ops": batch1_ops, "against-commit": against_commit,
      "cuda-shapes": cuda_shapes, "cuda-shapes-once": cuda_shapes_once,
      "cell-overhead": cell_overhead, "latency-processes": latency_processes, "batch1-op-count": batch1_op_count,
-     "merged-reductions": merged_reductions,
+     "merged-reductions": merged_reductions, "split-batch": split_batch,
+     "stem": stem_variants,
      "latency-once": latency_once, "modules-over-time": modules_over_time}[args.experiment](args)
     return 0
 
