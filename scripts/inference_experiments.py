@@ -550,6 +550,7 @@ def split_batch(args) -> None:
     tau, threshold = meta["default_tau"], meta["default_threshold"]
     batches = [inputs[start:start + 256] for start in range(0, 1024, 256)]
     pool = ThreadPoolExecutor(2)
+    atexit.register(pool.shutdown)
 
     def half(batch: torch.Tensor, setting: float) -> torch.Tensor:
         torch.set_num_threads(1)  # per thread, as in run_routed's workers
@@ -645,11 +646,11 @@ def cell_overhead(args) -> None:
           "same branch on all 256 images:")
     for index, cell in enumerate(model.cells):
         whole_batch = cell_inputs[index][0]
-        for branch, rows in branch_calls(cell, [whole_batch], tau, threshold):
-            alone = 1e3 * median_seconds(lambda: branch(rows), warmup=3, repeats=30, device=model.device)
+        for branch, sub_batch in branch_calls(cell, [whole_batch], tau, threshold):
+            alone = 1e3 * median_seconds(lambda: branch(sub_batch), warmup=3, repeats=30, device=model.device)
             share = 1e3 * median_seconds(lambda: branch(whole_batch), warmup=3, repeats=30,
-                                         device=model.device) * len(rows) / len(whole_batch)
-            print(f"  cell {index}, {type(branch).__name__} on {len(rows)} images: {alone:.3f} ms, share "
+                                         device=model.device) * len(sub_batch) / len(whole_batch)
+            print(f"  cell {index}, {type(branch).__name__} on {len(sub_batch)} images: {alone:.3f} ms, share "
                   f"{share:.3f} ms, {alone / share:.2f}x", flush=True)
     if args.profile_cell is not None:
         from torch.profiler import ProfilerActivity, profile
