@@ -109,19 +109,33 @@ def latency(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: float,
             "flops_ratio": flops_ratio, "speedup": speedup, "efficiency": speedup / flops_ratio}
 
 
+def inputs_seen(modules, run: Callable[[], object], *,
+                copy: bool = False) -> tuple[object, list[tuple[torch.nn.Module, torch.Tensor]]]:
+    """What `run()` returns, and each call of any of `modules` during it: (module, its first input), in order.
+
+    copy: keep a clone of each input, for callers that reuse inputs the run may later have written into.
+    """
+    seen: list[tuple[torch.nn.Module, torch.Tensor]] = []
+
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        seen.append((module, args[0].clone() if copy else args[0]))
+
+    hooks = [module.register_forward_pre_hook(record) for module in modules]
+    try:
+        result = run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return result, seen
+
+
 @torch.inference_mode()
 def routed_with_cell_inputs(model: DRNet, batch: torch.Tensor, *, tau: float,
                             threshold: float) -> tuple[RoutingTrace, list[torch.Tensor]]:
     """A routed forward of `batch` (on the model's device): its trace, and the input each cell received,
     so that a cell or its router can be timed alone on what it really sees."""
-    cell_inputs: list[torch.Tensor] = []
-    hooks = [cell.register_forward_pre_hook(lambda _m, args: cell_inputs.append(args[0])) for cell in model.cells]
-    try:
-        _, trace = model(batch, tau=tau, threshold=threshold)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return trace, cell_inputs
+    (_, trace), seen = inputs_seen(model.cells, lambda: model(batch, tau=tau, threshold=threshold))
+    return trace, [x for _, x in seen]
 
 
 @torch.inference_mode()

@@ -55,7 +55,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from drnet_core.bench import latency, routed_with_cell_inputs  # noqa: E402
+from drnet_core.bench import inputs_seen, latency, routed_with_cell_inputs  # noqa: E402
 from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
 from drnet_core.cost import module_macs  # noqa: E402
 from drnet_core.data import FASHION_CLASSES, load_test_set, to_model_input  # noqa: E402
@@ -552,14 +552,13 @@ def split_batch(args) -> None:
     pool = ThreadPoolExecutor(2)
     atexit.register(pool.shutdown)
 
-    def half(batch: torch.Tensor, setting: float) -> torch.Tensor:
-        torch.set_num_threads(1)  # per thread, as in run_routed's workers
-        with torch.inference_mode():
+    def whole(batch: torch.Tensor, setting: float) -> torch.Tensor:
+        with torch.inference_mode():  # per thread, so set in the pool's threads too
             return model(batch, tau=tau, threshold=setting)[0]
 
-    def whole(batch: torch.Tensor, setting: float) -> torch.Tensor:
-        with torch.inference_mode():
-            return model(batch, tau=tau, threshold=setting)[0]
+    def half(batch: torch.Tensor, setting: float) -> torch.Tensor:
+        torch.set_num_threads(1)  # per thread, as in run_routed's workers
+        return whole(batch, setting)
 
     def halves(batch: torch.Tensor, setting: float) -> torch.Tensor:
         middle = len(batch) // 2
@@ -590,17 +589,10 @@ def split_batch(args) -> None:
 
 
 def branch_calls(cell, cell_inputs: list[torch.Tensor], tau: float, threshold: float) -> list[tuple[nn.Module, torch.Tensor]]:
-    """Every branch call the routed cell makes on `cell_inputs`, with a copy of the sub-batch it ran on."""
-    calls: list[tuple[nn.Module, torch.Tensor]] = []
-    hooks = [branch.register_forward_hook(lambda module, inputs, _output: calls.append((module, inputs[0].clone())))
-             for edge in cell.edges for branch in edge]
-    try:
-        for x in cell_inputs:
-            cell(x, tau, threshold)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return calls
+    """Every branch call the routed cell makes on `cell_inputs`, with a copy of the sub-batch it ran on
+    (the executor sums into node buffers in place after their branches have read them)."""
+    branches = [branch for edge in cell.edges for branch in edge]
+    return inputs_seen(branches, lambda: [cell(x, tau, threshold) for x in cell_inputs], copy=True)[1]
 
 
 @torch.inference_mode()
@@ -625,6 +617,9 @@ def cell_overhead(args) -> None:
     traces, inputs_by_batch = zip(*(routed_with_cell_inputs(model, batch, tau=tau, threshold=threshold)
                                     for batch in batches))
     cell_inputs = list(zip(*inputs_by_batch))  # per cell, its input in each batch
+    # Per cell, per batch: the branch calls the cell made, with their sub-batches.
+    calls_by_cell = [[branch_calls(cell, [x], tau, threshold) for x in cell_inputs[index]]
+                     for index, cell in enumerate(model.cells)]
     for _ in range(args.rounds):
         for index, cell in enumerate(model.cells):
             shares = torch.stack([trace.executed[index].double().mean(dim=0) for trace in traces]).mean(dim=0)
@@ -634,7 +629,7 @@ def cell_overhead(args) -> None:
                                              warmup=2, repeats=9, device=model.device) / len(batches)
             cell_ms = 1e3 * median_seconds(lambda: [cell(x, tau, threshold) for x in cell_inputs[index]],
                                            warmup=2, repeats=9, device=model.device) / len(batches)
-            calls = branch_calls(cell, cell_inputs[index], tau, threshold)
+            calls = [call for batch_calls in calls_by_cell[index] for call in batch_calls]
             replay_ms = 1e3 * median_seconds(lambda: [branch(x) for branch, x in calls],
                                              warmup=2, repeats=9, device=model.device) / len(batches)
             print(f"cell {index}: routed {cell_ms:.2f} ms per batch of 256 = router {router_ms:.2f} + executed "
@@ -646,7 +641,7 @@ def cell_overhead(args) -> None:
           "same branch on all 256 images:")
     for index, cell in enumerate(model.cells):
         whole_batch = cell_inputs[index][0]
-        for branch, sub_batch in branch_calls(cell, [whole_batch], tau, threshold):
+        for branch, sub_batch in calls_by_cell[index][0]:
             alone = 1e3 * median_seconds(lambda: branch(sub_batch), warmup=3, repeats=30, device=model.device)
             share = 1e3 * median_seconds(lambda: branch(whole_batch), warmup=3, repeats=30,
                                          device=model.device) * len(sub_batch) / len(whole_batch)
@@ -719,12 +714,9 @@ def merged_reductions(args) -> None:
     with torch.inference_mode():
         # The batch of 256 each reduction receives in a routed forward: its shapes give the multiply-adds
         # below, and the reductions are timed alone on it at the end.
-        reduction_inputs = []
-        hooks = [reduce.register_forward_pre_hook(lambda _m, args: reduction_inputs.append(args[0]))
-                 for reduce in model.reductions]
-        outputs = [model(inputs[:256], tau=tau, threshold=threshold)[0]]
-        for hook in hooks:
-            hook.remove()
+        separate, seen = inputs_seen(model.reductions, lambda: model(inputs[:256], tau=tau, threshold=threshold)[0])
+        reduction_inputs = [x for _, x in seen]
+        outputs = [separate]
         use_merged(True)
         outputs.append(model(inputs[:256], tau=tau, threshold=threshold)[0])
         use_merged(False)
@@ -912,14 +904,21 @@ def cuda_shapes_once(args) -> None:
     print(json.dumps({"variant": args.variant, "accuracy_at_default": accuracy, "seconds": seconds}))
 
 
+EXPERIMENTS = {
+    "eval-batch": eval_batch, "modules": modules, "allocator": allocator, "fold-bn": fold_bn,
+    "gather-scatter": gather_scatter, "pooling": pooling, "eval-workers": eval_workers,
+    "eval-workers-once": eval_workers_once, "without-pooling": without_pooling, "compile": compile_experiment,
+    "audit-time": audit_time, "batch1-ops": batch1_ops, "against-commit": against_commit,
+    "cuda-shapes": cuda_shapes, "cuda-shapes-once": cuda_shapes_once, "cell-overhead": cell_overhead,
+    "latency-processes": latency_processes, "latency-once": latency_once, "batch1-op-count": batch1_op_count,
+    "merged-reductions": merged_reductions, "modules-over-time": modules_over_time, "split-batch": split_batch,
+    "stem": stem_variants,
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=["eval-batch", "modules", "allocator", "fold-bn", "gather-scatter", "pooling",
-                                               "eval-workers", "eval-workers-once", "without-pooling", "compile",
-                                               "audit-time", "batch1-ops", "against-commit", "cuda-shapes",
-                                               "cuda-shapes-once", "cell-overhead", "latency-processes", "latency-once",
-                                               "batch1-op-count", "merged-reductions", "modules-over-time",
-                                               "split-batch", "stem"])
+    parser.add_argument("experiment", choices=list(EXPERIMENTS))
     parser.add_argument("--checkpoint", default=None, help="DRNet checkpoint (default: the shipped one)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per experiment")
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
@@ -933,15 +932,7 @@ def main() -> int:
                         help="latency-processes: the memory layouts to alternate (default: all three)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    {"eval-batch": eval_batch, "modules": modules, "allocator": allocator, "fold-bn": fold_bn,
-     "gather-scatter": gather_scatter, "pooling": pooling, "eval-workers": eval_workers,
-     "eval-workers-once": eval_workers_once, "without-pooling": without_pooling, "compile": compile_experiment,
-     "audit-time": audit_time, "batch1-ops": batch1_ops, "against-commit": against_commit,
-     "cuda-shapes": cuda_shapes, "cuda-shapes-once": cuda_shapes_once,
-     "cell-overhead": cell_overhead, "latency-processes": latency_processes, "batch1-op-count": batch1_op_count,
-     "merged-reductions": merged_reductions, "split-batch": split_batch,
-     "stem": stem_variants,
-     "latency-once": latency_once, "modules-over-time": modules_over_time}[args.experiment](args)
+    EXPERIMENTS[args.experiment](args)
     return 0
 
 
