@@ -31,7 +31,7 @@ from .checkpoint import CheckpointError, read_verified_checkpoint
 from .config import ModelConfig, known_keys_only
 from .cost import module_macs, module_params
 from .evaluate import EVAL_BATCH_SIZE
-from .model import ClassifierHead, DRNet, RoutingTrace, reduction
+from .model import ClassifierHead, DRNet, Reduction, RoutingTrace
 from .ops import build_branch
 
 BASELINE_KINDS = ("static-cells", "plain-cnn")
@@ -167,7 +167,7 @@ class StaticCellNet(StaticBaseline):
         self.reductions, self.cells, self.sizes = nn.ModuleList(), nn.ModuleList(), []
         in_channels, size, cell_index = base.stem_channels, base.image_size, 0
         for stage, channels in enumerate(base.stage_channels):
-            self.reductions.append(reduction(in_channels, channels, input_rectified=stage == 0))
+            self.reductions.append(Reduction(in_channels, channels, input_rectified=stage == 0))
             self.sizes.append(size)
             size = (size + 1) // 2
             stage_cells = nn.ModuleList()
@@ -194,8 +194,9 @@ class StaticCellNet(StaticBaseline):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
+        overwrite = not torch.is_grad_enabled()  # as in DRNet.forward: each activation is read once
         for reduce, stage_cells in zip(self.reductions, self.cells):
-            x = reduce(x)
+            x = reduce(x, overwrite_input=overwrite)
             for cell in stage_cells:
                 x = cell(x)
         return self.head(x)

@@ -134,7 +134,8 @@ def routed_with_cell_inputs(model: DRNet, batch: torch.Tensor, *, tau: float,
                             threshold: float) -> tuple[RoutingTrace, list[torch.Tensor]]:
     """A routed forward of `batch` (on the model's device): its trace, and the input each cell received,
     so that a cell or its router can be timed alone on what it really sees."""
-    (_, trace), seen = inputs_seen(model.cells, lambda: model(batch, tau=tau, threshold=threshold))
+    # Copies: the forward gives each cell's input to the cell, which may form its output in it.
+    (_, trace), seen = inputs_seen(model.cells, lambda: model(batch, tau=tau, threshold=threshold), copy=True)
     return trace, [x for _, x in seen]
 
 

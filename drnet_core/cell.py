@@ -111,9 +111,9 @@ def run_connection(
     return out
 
 
-# The eval executors write only buffers they created, so without autograd they scale and sum in
-# place instead of allocating and filling a fresh buffer per product and per sum (6.4 MB for a batch
-# of 256 at 32x14x14). With autograd on (attributions run the eval executor) a tensor may be saved
+# The eval executors write only buffers they created (and the cell input, when the caller gives it
+# away), so without autograd they scale and sum in place instead of allocating and filling a fresh
+# buffer per product and per sum (6.4 MB for a batch of 256 at 32x14x14). With autograd on (attributions run the eval executor) a tensor may be saved
 # for the backward pass, so they compute out of place there. `accumulate` and `sum_into_nodes` serve
 # one instance (`Cell.forward_single`); the nodes of a batch are `PendingSum`s.
 
@@ -223,17 +223,28 @@ class PendingSum:
             return gathered * scale if torch.is_grad_enabled() else gathered.mul_(scale)
         return gather_rows(self.total(), rows)
 
-    def total(self) -> torch.Tensor:
-        """The node's value. It is kept, so a node read twice is summed once."""
+    def total(self, writable: torch.Tensor | None = None) -> torch.Tensor:
+        """The node's value. It is kept, so a node read twice is summed once.
+
+        writable: a term's tensor that nothing reads after this sum; without autograd the sum may be
+        formed in it instead of in a fresh buffer.
+        """
         if len(self.terms) == 1 and self.terms[0][1] is None and self.own is None and not self.scattered:
             return self.terms[0][0]
         grad = torch.is_grad_enabled()
         pending = list(self.terms)
-        # The first step writes `own` or a fresh buffer, never a term.
+        # Only a term nothing else here shares a buffer with (a branch may return a view of its input).
+        buffer = None if writable is None or grad else writable.untyped_storage().data_ptr()
+        sharing = [index for index, (tensor, _) in enumerate(pending) if tensor.untyped_storage().data_ptr() == buffer]
+        # The first step writes `own`, the writable term or a fresh buffer, never another term.
         if self.own is not None:
             out = self.own
         elif not pending:
             out = torch.zeros_like(self.like)
+        elif len(sharing) == 1 and pending[sharing[0]][0] is writable:
+            out, weights = pending.pop(sharing[0])
+            if weights is not None:
+                out.mul_(per_instance(weights))
         else:
             first, weights = pending.pop(0)
             if weights is not None:
@@ -288,10 +299,12 @@ class Cell(nn.Module):
 
     def forward(self, x: torch.Tensor, tau: float, threshold: float,
                 gumbel_noise: torch.Tensor | None = None,
-                branch_overrides: torch.Tensor | None = None):
+                branch_overrides: torch.Tensor | None = None, *, overwrite_input: bool = False):
         """Returns (output, logits, weights, executed mask); the last three are (B, connections, branches).
 
         branch_overrides: optional (connections, branches) int tensor, +1 force on, -1 force off, 0 router.
+        overwrite_input: `x` is the caller's to give away (it never reads it again), so the eval
+        executor may form the output in its buffer; ignored while autograd records.
         """
         logits = self.router(x)
         weights = recalibrate(logits, tau, training=self.training, gumbel_noise=gumbel_noise)
@@ -300,7 +313,7 @@ class Cell(nn.Module):
             overrides = branch_overrides.to(selected.device)
             selected = (selected | (overrides > 0)) & ~(overrides < 0)
         if not self.training and not self.reference_executor:
-            out, executed = self.forward_sparse(x, weights, selected)
+            out, executed = self.forward_sparse(x, weights, selected, overwrite_input=overwrite_input)
             return out, logits, weights, executed
 
         executed = self.executed_mask(selected)
@@ -336,8 +349,14 @@ class Cell(nn.Module):
             reached.append(node_reached)
         return executed
 
-    def forward_sparse(self, x: torch.Tensor, weights: torch.Tensor, selected: torch.Tensor):
-        """Eval-mode executor: the reference's result, with one host sync per cell. Returns (output, executed)."""
+    def forward_sparse(self, x: torch.Tensor, weights: torch.Tensor, selected: torch.Tensor, *,
+                       overwrite_input: bool = False):
+        """Eval-mode executor: the reference's result, with one host sync per cell. Returns (output, executed).
+
+        overwrite_input: form the output in `x`'s buffer when it is a term of the sum. A cell that routes
+        every instance through an identity then scales its input in place instead of filling a fresh
+        buffer (docs/PERFORMANCE.md, "Activations overwritten in place").
+        """
         if len(x) == 1:
             return self.forward_single(x, weights, selected)
         executed = self.executed_mask(selected)
@@ -380,7 +399,7 @@ class Cell(nn.Module):
         out = PendingSum(x, [(x, None)])
         for node in reached:
             out.absorb(node)
-        return out.total(), executed
+        return out.total(writable=x if overwrite_input else None), executed
 
     def forward_single(self, x: torch.Tensor, weights: torch.Tensor, selected: torch.Tensor):
         """`forward_sparse` for one instance, where bookkeeping tensors would cost more than the branches.

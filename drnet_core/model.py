@@ -36,15 +36,31 @@ class RoutingTrace:
         return torch.cat([weights.flatten(1) for weights in self.weights], dim=1)
 
 
-def reduction(in_channels: int, out_channels: int, input_rectified: bool = False) -> nn.Sequential:
-    # After the stem's ReLU a second one is a no-op that would still cost a full-resolution pass;
-    # an Identity in its place keeps the parameter names of every checkpoint.
-    return nn.Sequential(
-        nn.Identity() if input_rectified else nn.ReLU(inplace=False),
-        nn.Conv2d(in_channels, in_channels, 3, stride=2, padding=1, groups=in_channels, bias=False),
-        nn.Conv2d(in_channels, out_channels, 1, bias=False),
-        nn.BatchNorm2d(out_channels),
-    )
+class Reduction(nn.Sequential):
+    """ReLU, stride-2 depthwise 3x3, pointwise 1x1, batch norm: the always-on step into each stage.
+
+    A Sequential, so the parameter names stay those of every checkpoint. After the stem's ReLU a second
+    one is a no-op that would still cost a full-resolution pass; an Identity stands in its place there.
+    `overwrite_input`: the ReLU may rectify the input in place, for a caller that never reads it again,
+    instead of filling a fresh buffer the size of a stage's activations (docs/PERFORMANCE.md,
+    "Activations overwritten in place").
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, input_rectified: bool = False):
+        super().__init__(
+            nn.Identity() if input_rectified else nn.ReLU(inplace=False),
+            nn.Conv2d(in_channels, in_channels, 3, stride=2, padding=1, groups=in_channels, bias=False),
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+
+    def forward(self, x: torch.Tensor, *, overwrite_input: bool = False) -> torch.Tensor:
+        rectify, *rest = self
+        if isinstance(rectify, nn.ReLU):
+            x = torch.relu_(x) if overwrite_input else torch.relu(x)
+        for module in rest:
+            x = module(x)
+        return x
 
 
 class ClassifierHead(nn.Sequential):
@@ -79,7 +95,7 @@ class DRNet(FoldableNetwork):
         self.cell_stage: list[int] = []
         in_channels = config.stem_channels
         for stage, channels in enumerate(config.stage_channels):
-            self.reductions.append(reduction(in_channels, channels, input_rectified=stage == 0))
+            self.reductions.append(Reduction(in_channels, channels, input_rectified=stage == 0))
             fixed_macs += module_macs(self.reductions[-1], size, size)
             size = (size + 1) // 2
             for _ in range(config.cells_per_stage):
@@ -112,15 +128,19 @@ class DRNet(FoldableNetwork):
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        # From here on every activation is this forward's own and read once, by the next module; without
+        # autograd (which may have saved one for its backward pass) that module may write into it.
+        overwrite = not torch.is_grad_enabled()
         trace = RoutingTrace([], [], [])
         cell_index = 0
         for stage, reduce in enumerate(self.reductions):
-            x = reduce(x)
+            x = reduce(x, overwrite_input=overwrite)
             for _ in range(self.config.cells_per_stage):
                 x, logits, weights, executed = self.cells[cell_index](
                     x, tau, threshold,
                     gumbel_noise=None if gumbel_noise is None else gumbel_noise[cell_index],
                     branch_overrides=None if branch_overrides is None else branch_overrides[cell_index],
+                    overwrite_input=overwrite,
                 )
                 trace.logits.append(logits)
                 trace.weights.append(weights)

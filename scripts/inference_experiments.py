@@ -706,15 +706,19 @@ def merged_reductions(args) -> None:
     def use_merged(on: bool) -> None:
         for reduce, relu, weight, bias, stride, padding in merged:
             if on:
-                reduce.forward = lambda x, relu=relu, weight=weight, bias=bias, stride=stride, padding=padding: \
-                    F.conv2d(relu(x), weight, bias, stride, padding)
+                def merged_forward(x, *, overwrite_input=False, relu=relu, weight=weight, bias=bias, stride=stride,
+                                   padding=padding):
+                    rectified = torch.relu_(x) if overwrite_input and isinstance(relu, nn.ReLU) else relu(x)
+                    return F.conv2d(rectified, weight, bias, stride, padding)
+                reduce.forward = merged_forward
             else:
                 reduce.__dict__.pop("forward", None)
 
     with torch.inference_mode():
         # The batch of 256 each reduction receives in a routed forward: its shapes give the multiply-adds
         # below, and the reductions are timed alone on it at the end.
-        separate, seen = inputs_seen(model.reductions, lambda: model(inputs[:256], tau=tau, threshold=threshold)[0])
+        separate, seen = inputs_seen(model.reductions, lambda: model(inputs[:256], tau=tau, threshold=threshold)[0],
+                                     copy=True)
         reduction_inputs = [x for _, x in seen]
         outputs = [separate]
         use_merged(True)
@@ -822,7 +826,7 @@ def against_commit(args) -> None:
     The machine's speed drifts by up to 2x between runs, so two `bench` runs a few minutes apart
     cannot resolve a 10% change; alternating both versions in one process on the same batches can.
     Each round times a routed batch of 256 on one thread and the 10k evaluation; then bench's batch-1
-    row alternates between the versions, 4 * rounds times.
+    row, and its batch-256 row, alternate between the versions, 4 * rounds times each.
     """
     if not args.rev:
         raise SystemExit("against-commit needs --rev, e.g. --rev HEAD~1")
@@ -848,23 +852,24 @@ def against_commit(args) -> None:
             run(variant, inputs, labels, tau=tau, threshold=threshold)
             print(f"round {round_index + 1}, {label}: routed batch of 256 on one thread {one_thread_ms:.1f} ms, "
                   f"{len(inputs):,}-image evaluation on {threads} threads {time.perf_counter() - start:.2f} s", flush=True)
-    # Batch 1 moves by a few hundredths of efficiency while the machine changes state within seconds, so
-    # the two versions alternate every pair of dense and routed passes over 100 single images (bench's
-    # batch-1 row, one repeat), and what is compared is the paired difference.
-    single = {label: [] for label, _, _ in variants}
-    for label, variant, _ in variants:
-        latency(variant, inputs[:100], tau=tau, threshold=threshold, batch=1, warmup=1, repeats=1)
-    for repeat in range(4 * args.rounds):
-        for label, variant, _ in (variants if repeat % 2 == 0 else variants[::-1]):
-            row = latency(variant, inputs[:100], tau=tau, threshold=threshold, batch=1, warmup=0, repeats=1)
-            single[label].append(row["efficiency"])
-            print(f"batch 1, repeat {repeat + 1}, {label}: dense {row['dense_ms']:.2f} ms, "
-                  f"routed {row['routed_ms']:.2f} ms, efficiency {row['efficiency']:.3f}", flush=True)
-    (before_label, before_runs), (after_label, after_runs) = single.items()
-    gains = [after - before for before, after in zip(before_runs, after_runs)]
-    print(f"batch 1 efficiency, medians over {len(gains)} repeats: {before_label} {statistics.median(before_runs):.3f}, "
-          f"{after_label} {statistics.median(after_runs):.3f}; paired difference median {statistics.median(gains):+.4f}, "
-          f"{after_label} higher in {sum(gain > 0 for gain in gains)}")
+    # Efficiency moves by a few hundredths while the machine changes state within seconds, so the two
+    # versions alternate every pair of dense and routed passes (bench's latency rows, one repeat: 100
+    # single images, or four distinct batches of 256), and what is compared is the paired difference.
+    for batch, images in ((1, 100), (256, 1024)):
+        efficiency = {label: [] for label, _, _ in variants}
+        for label, variant, _ in variants:
+            latency(variant, inputs[:images], tau=tau, threshold=threshold, batch=batch, warmup=1, repeats=1)
+        for repeat in range(4 * args.rounds):
+            for label, variant, _ in (variants if repeat % 2 == 0 else variants[::-1]):
+                row = latency(variant, inputs[:images], tau=tau, threshold=threshold, batch=batch, warmup=0, repeats=1)
+                efficiency[label].append(row["efficiency"])
+                print(f"batch {batch}, repeat {repeat + 1}, {label}: dense {row['dense_ms']:.2f} ms, "
+                      f"routed {row['routed_ms']:.2f} ms, efficiency {row['efficiency']:.3f}", flush=True)
+        (before_label, before_runs), (after_label, after_runs) = efficiency.items()
+        gains = [after - before for before, after in zip(before_runs, after_runs)]
+        print(f"batch {batch} efficiency, medians over {len(gains)} repeats: {before_label} "
+              f"{statistics.median(before_runs):.3f}, {after_label} {statistics.median(after_runs):.3f}; paired "
+              f"difference median {statistics.median(gains):+.4f}, {after_label} higher in {sum(g > 0 for g in gains)}")
 
 
 CUDA_SHAPE_VARIANTS = {"padded": (None, True), "unpadded": (False, True),

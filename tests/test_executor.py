@@ -221,6 +221,89 @@ def test_a_pending_sum_adds_up_to_its_terms_and_never_writes_to_them(grad: bool)
     assert torch.equal(x, shared[0]) and torch.equal(y, shared[1])
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_pending_sum_forms_itself_in_the_writable_term_only_without_autograd(grad: bool) -> None:
+    x, y = (torch.randn(5, 4, 3, 3).contiguous(memory_format=torch.channels_last) for _ in range(2))
+    w = torch.rand(5)
+    rows, part = torch.tensor([0, 3]), torch.randn(2, 4, 3, 3)
+    expected = x * w.view(-1, 1, 1, 1) + y
+    expected[rows] += part
+    kept_y = y.clone()
+    with torch.set_grad_enabled(grad):
+        node = PendingSum(x, [(x, w), (y, None)])
+        node.add_rows(rows, part.clone(), torch.ones(2))
+        out = node.total(writable=x)
+    torch.testing.assert_close(out, expected)
+    assert (out.data_ptr() == x.data_ptr()) == (not grad)
+    assert torch.equal(y, kept_y)
+
+
+def test_a_pending_sum_leaves_the_writable_term_alone_when_another_term_views_it() -> None:
+    """A branch may return a view of its input: writing the input would change that term too."""
+    x = torch.randn(5, 4, 3, 3)
+    view = x.view(5, 4, 3, 3)
+    kept = x.clone()
+    w = torch.rand(5)
+    with torch.inference_mode():
+        out = PendingSum(x, [(x, w), (view, None)]).total(writable=x)
+    torch.testing.assert_close(out, kept * w.view(-1, 1, 1, 1) + kept)
+    assert torch.equal(x, kept)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.17, 0.4, 1.0])
+def test_a_cell_given_its_input_computes_the_same_output(threshold: float) -> None:
+    model = _model(PRESETS["fashion"].model, seed=5)
+    with torch.inference_mode():
+        cell_input = model.reductions[0](model.stem(torch.randn(16, 1, 28, 28).contiguous(
+            memory_format=torch.channels_last)))
+        kept = cell_input.clone()
+        expected, *_ = model.cells[0](cell_input, 0.7, threshold)
+        assert torch.equal(cell_input, kept)
+        out, *_ = model.cells[0](cell_input, 0.7, threshold, overwrite_input=True)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_identity_everywhere_forms_the_cell_output_in_the_given_input() -> None:
+    model = _model(PRESETS["tiny"].model, seed=4)
+    identity = model.cells[0].branch_names.index("identity")
+    overrides = torch.full(model.routing_shape()[0], -1, dtype=torch.int64)
+    overrides[:, identity] = 1
+    with torch.inference_mode():
+        cell_input = model.reductions[0](model.stem(torch.randn(6, 1, 28, 28).contiguous(
+            memory_format=torch.channels_last)))
+        expected, *_ = model.cells[0](cell_input, 1.0, 0.5, branch_overrides=overrides)
+        out, *_ = model.cells[0](cell_input, 1.0, 0.5, branch_overrides=overrides, overwrite_input=True)
+    assert out.data_ptr() == cell_input.data_ptr()
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_reduction_rectifies_in_place_only_when_given_its_input(overwrite: bool) -> None:
+    reduce = _model(PRESETS["tiny"].model).reductions[1]
+    x = torch.randn(3, 4, 14, 14).contiguous(memory_format=torch.channels_last)
+    kept = x.clone()
+    with torch.inference_mode():
+        expected = reduce(kept.clone())
+        out = reduce(x, overwrite_input=overwrite)
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(x, kept.clamp_min(0) if overwrite else kept)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.17, 1.0])
+def test_a_forward_without_autograd_matches_one_with_it_and_keeps_the_callers_images(threshold: float) -> None:
+    """Without autograd the forward overwrites its own activations; with it, it never does."""
+    model = _model(PRESETS["fashion"].model, seed=6)
+    images = torch.randn(10, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    kept = images.clone()
+    with torch.inference_mode():
+        logits, trace = model(images, tau=0.7, threshold=threshold)
+    with torch.enable_grad():
+        expected, expected_trace = model(images, tau=0.7, threshold=threshold)
+    torch.testing.assert_close(logits, expected.detach(), atol=1e-5, rtol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(trace.executed, expected_trace.executed))
+    assert torch.equal(images, kept)
+
+
 def test_padded_sizes_are_few_and_at_most_double() -> None:
     from drnet_core.cell import pad_rows, padded_size
 
