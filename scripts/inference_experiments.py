@@ -18,6 +18,7 @@
     python scripts/inference_experiments.py cell-overhead [--profile-cell N]  # per cell: routed time against its router and branches
     python scripts/inference_experiments.py split-batch  # one batch of 256: one call on two threads vs two halves on one each
     python scripts/inference_experiments.py stem         # the stem's one-channel convolution computed other ways
+    python scripts/inference_experiments.py forward-profile [--rev REV]  # a routed batch's operators by input shape
     python scripts/inference_experiments.py latency-processes  # bench's latency rows, one fresh process each, three memory layouts
     python scripts/inference_experiments.py latency-processes --layouts huge --rev REV  # the same, here against REV
     python scripts/inference_experiments.py modules-over-time --seconds 300  # `modules`, dense and routed, again and again
@@ -659,6 +660,37 @@ def cell_overhead(args) -> None:
         print(profiled.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
+def forward_profile(args) -> None:
+    """The operators of a routed forward of four batches of 256, by operator and input shape (torch.profiler).
+
+    With `--rev`, the model as that revision's drnet_core runs it. Each line: self CPU time per batch and
+    calls per batch. The profiler adds its own cost to every operator, so compare lines, not totals,
+    with unprofiled timings.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    configure_cpu_memory()
+    model, meta, inputs, _ = setup(args.checkpoint, rev=args.rev)
+    tau, threshold = meta["default_tau"], meta["default_threshold"]
+    batches = [inputs[i:i + 256] for i in range(0, 1024, 256)]
+    passes = 5
+    with torch.inference_mode():
+        for _ in range(3):
+            for batch in batches:
+                model(batch, tau=tau, threshold=threshold)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiled:
+            for _ in range(passes):
+                for batch in batches:
+                    model(batch, tau=tau, threshold=threshold)
+    forwards = passes * len(batches)
+    rows = sorted(profiled.key_averages(group_by_input_shape=True), key=lambda row: -row.self_cpu_time_total)
+    print(f"{'at ' + args.rev if args.rev else 'this tree'}: routed forward, batch 256, {forwards} forwards; "
+          f"self CPU ms per batch, calls per batch, operator, first input's shape")
+    for row in rows[:80]:
+        shape = row.input_shapes[0] if row.input_shapes else []
+        print(f"{row.self_cpu_time_total / 1e3 / forwards:8.3f} {row.count / forwards:6.2f}  {row.key} {shape}")
+
+
 def batch1_op_count(args) -> None:
     """ATen operators per single-image forward, routed and dense, averaged over the first 20 test images;
     with `--rev`, also for the model as that revision's drnet_core runs it."""
@@ -917,7 +949,7 @@ EXPERIMENTS = {
     "cuda-shapes": cuda_shapes, "cuda-shapes-once": cuda_shapes_once, "cell-overhead": cell_overhead,
     "latency-processes": latency_processes, "latency-once": latency_once, "batch1-op-count": batch1_op_count,
     "merged-reductions": merged_reductions, "modules-over-time": modules_over_time, "split-batch": split_batch,
-    "stem": stem_variants,
+    "stem": stem_variants, "forward-profile": forward_profile,
 }
 
 
@@ -929,7 +961,7 @@ def main() -> int:
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on", help="modules, eval-batch: the allocator setting")
     parser.add_argument("--workers", choices=["1", "2"], default="2", help="eval-workers-once: batches at a time")
     parser.add_argument("--rev", default=None,
-                        help="against-commit, latency-processes, batch1-op-count: the git revision to compare with")
+                        help="against-commit, latency-processes, batch1-op-count, forward-profile: the git revision to compare with")
     parser.add_argument("--variant", choices=list(CUDA_SHAPE_VARIANTS), default="padded", help="cuda-shapes-once")
     parser.add_argument("--profile-cell", type=int, default=None, help="cell-overhead: also profile this cell's operators")
     parser.add_argument("--seconds", type=float, default=300, help="modules-over-time: how long to keep measuring")
