@@ -194,7 +194,7 @@ class StaticCellNet(StaticBaseline):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        overwrite = not torch.is_grad_enabled()  # as in DRNet.forward: each activation is read once
+        overwrite = not torch.is_grad_enabled()  # as in DRNet.forward: only the next module reads an activation
         for reduce, stage_cells in zip(self.reductions, self.cells):
             x = reduce(x, overwrite_input=overwrite)
             for cell in stage_cells:

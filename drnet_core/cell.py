@@ -113,8 +113,9 @@ def run_connection(
 
 # The eval executors write only buffers they created (and the cell input, when the caller gives it
 # away), so without autograd they scale and sum in place instead of allocating and filling a fresh
-# buffer per product and per sum (6.4 MB for a batch of 256 at 32x14x14). With autograd on (attributions run the eval executor) a tensor may be saved
-# for the backward pass, so they compute out of place there. `accumulate` and `sum_into_nodes` serve
+# buffer per product and per sum (6.4 MB for a batch of 256 at 32x14x14). With autograd on
+# (attributions run the eval executor) a tensor may be saved for the backward pass, so they compute
+# out of place there. `accumulate` and `sum_into_nodes` serve
 # one instance (`Cell.forward_single`); the nodes of a batch are `PendingSum`s.
 
 def accumulate(node: torch.Tensor | None, out: torch.Tensor, scale: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
@@ -235,7 +236,8 @@ class PendingSum:
         pending = list(self.terms)
         # Only a term nothing else here shares a buffer with (a branch may return a view of its input).
         buffer = None if writable is None or grad else writable.untyped_storage().data_ptr()
-        sharing = [index for index, (tensor, _) in enumerate(pending) if tensor.untyped_storage().data_ptr() == buffer]
+        sharing = [] if buffer is None else [index for index, (tensor, _) in enumerate(pending)
+                                             if tensor.untyped_storage().data_ptr() == buffer]
         # The first step writes `own`, the writable term or a fresh buffer, never another term.
         if self.own is not None:
             out = self.own

@@ -128,7 +128,7 @@ class DRNet(FoldableNetwork):
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         x = self.stem(x.contiguous(memory_format=torch.channels_last))
-        # From here on every activation is this forward's own and read once, by the next module; without
+        # From here on every activation is this forward's own and read only by the next module; without
         # autograd (which may have saved one for its backward pass) that module may write into it.
         overwrite = not torch.is_grad_enabled()
         trace = RoutingTrace([], [], [])
