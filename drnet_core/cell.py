@@ -115,8 +115,8 @@ def run_connection(
 # away), so without autograd they scale and sum in place instead of allocating and filling a fresh
 # buffer per product and per sum (6.4 MB for a batch of 256 at 32x14x14). With autograd on
 # (attributions run the eval executor) a tensor may be saved for the backward pass, so they compute
-# out of place there. `accumulate` and `sum_into_nodes` serve
-# one instance (`Cell.forward_single`); the nodes of a batch are `PendingSum`s.
+# out of place there. `accumulate` and `sum_into_nodes` serve one instance (`Cell.forward_single`);
+# the nodes of a batch are `PendingSum`s.
 
 def accumulate(node: torch.Tensor | None, out: torch.Tensor, scale: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """node + out * scale, reusing `out` as the node when it is a fresh tensor (not the branch input)."""

@@ -152,18 +152,26 @@ def test_row_gather_and_scatter_keep_values_and_channels_last() -> None:
     assert torch.equal(node, expected) and node.is_contiguous(memory_format=torch.channels_last)
 
 
+def _first_cell_input(model: DRNet, batch: int) -> torch.Tensor:
+    """What the first cell receives for `batch` random images (call without autograd)."""
+    images = torch.randn(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    return model.reductions[0](model.stem(images))
+
+
+def _identity_alone(model: DRNet) -> torch.Tensor:
+    """Branch overrides for the first cell: identity on every connection, every other branch off."""
+    overrides = torch.full(model.routing_shape()[0], -1, dtype=torch.int64)
+    overrides[:, model.cells[0].branch_names.index("identity")] = 1
+    return overrides
+
+
 def test_in_place_eval_accumulation_leaves_the_cell_input_alone() -> None:
     """The identity branch returns its input: scaling it in place would corrupt the cell's input."""
     model = _model(PRESETS["tiny"].model, seed=4)
-    x = torch.randn(6, 1, 28, 28)
     with torch.inference_mode():
-        stem = model.stem(x.contiguous(memory_format=torch.channels_last))
-        cell_input = model.reductions[0](stem)
+        cell_input = _first_cell_input(model, 6)
         kept = cell_input.clone()
-        identity = model.cells[0].branch_names.index("identity")
-        overrides = torch.full(model.routing_shape()[0], -1, dtype=torch.int64)
-        overrides[:, identity] = 1  # identity alone on every connection
-        out, *_ = model.cells[0](cell_input, 1.0, 0.5, branch_overrides=overrides)
+        out, *_ = model.cells[0](cell_input, 1.0, 0.5, branch_overrides=_identity_alone(model))
     assert torch.equal(cell_input, kept)
     assert not torch.equal(out, cell_input)
 
@@ -254,8 +262,7 @@ def test_a_pending_sum_leaves_the_writable_term_alone_when_another_term_views_it
 def test_a_cell_given_its_input_computes_the_same_output(threshold: float) -> None:
     model = _model(PRESETS["fashion"].model, seed=5)
     with torch.inference_mode():
-        cell_input = model.reductions[0](model.stem(torch.randn(16, 1, 28, 28).contiguous(
-            memory_format=torch.channels_last)))
+        cell_input = _first_cell_input(model, 16)
         kept = cell_input.clone()
         expected, *_ = model.cells[0](cell_input, 0.7, threshold)
         assert torch.equal(cell_input, kept)
@@ -265,12 +272,9 @@ def test_a_cell_given_its_input_computes_the_same_output(threshold: float) -> No
 
 def test_identity_everywhere_forms_the_cell_output_in_the_given_input() -> None:
     model = _model(PRESETS["tiny"].model, seed=4)
-    identity = model.cells[0].branch_names.index("identity")
-    overrides = torch.full(model.routing_shape()[0], -1, dtype=torch.int64)
-    overrides[:, identity] = 1
+    overrides = _identity_alone(model)
     with torch.inference_mode():
-        cell_input = model.reductions[0](model.stem(torch.randn(6, 1, 28, 28).contiguous(
-            memory_format=torch.channels_last)))
+        cell_input = _first_cell_input(model, 6)
         expected, *_ = model.cells[0](cell_input, 1.0, 0.5, branch_overrides=overrides)
         out, *_ = model.cells[0](cell_input, 1.0, 0.5, branch_overrides=overrides, overwrite_input=True)
     assert out.data_ptr() == cell_input.data_ptr()
