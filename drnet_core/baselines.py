@@ -31,7 +31,7 @@ from .checkpoint import CheckpointError, read_verified_checkpoint
 from .config import ModelConfig, known_keys_only
 from .cost import module_macs, module_params
 from .evaluate import EVAL_BATCH_SIZE
-from .model import ClassifierHead, DRNet, Reduction, RoutingTrace
+from .model import ClassifierHead, ConvNormRelu, DRNet, Reduction, RoutingTrace
 from .ops import build_branch
 
 BASELINE_KINDS = ("static-cells", "plain-cnn")
@@ -162,8 +162,7 @@ class StaticCellNet(StaticBaseline):
         if len(config.branches) != per_cell * total_cells:
             raise ValueError(f"static-cells needs {per_cell * total_cells} branch names "
                              f"({total_cells} cells x {per_cell} connections), got {len(config.branches)}")
-        self.stem = nn.Sequential(nn.Conv2d(base.in_channels, base.stem_channels, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(base.stem_channels), nn.ReLU(inplace=True))
+        self.stem = ConvNormRelu(base.in_channels, base.stem_channels)
         self.reductions, self.cells, self.sizes = nn.ModuleList(), nn.ModuleList(), []
         in_channels, size, cell_index = base.stem_channels, base.image_size, 0
         for stage, channels in enumerate(base.stage_channels):
@@ -202,11 +201,6 @@ class StaticCellNet(StaticBaseline):
         return self.head(x)
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
-
-
 class PlainCNN(StaticBaseline):
     """conv3x3 stem, then per stage a strided and a plain conv3x3 (BN, ReLU each), GAP, linear."""
 
@@ -217,9 +211,9 @@ class PlainCNN(StaticBaseline):
         if len(config.widths) != len(base.stage_channels) + 1:
             raise ValueError(f"plain-cnn needs {len(base.stage_channels) + 1} widths (stem + one per stage), "
                              f"got {len(config.widths)}")
-        self.stem = conv_bn_relu(base.in_channels, config.widths[0], 1)
+        self.stem = ConvNormRelu(base.in_channels, config.widths[0], 1)
         self.stages = nn.ModuleList(
-            nn.Sequential(conv_bn_relu(c_in, c_out, 2), conv_bn_relu(c_out, c_out, 1))
+            nn.Sequential(ConvNormRelu(c_in, c_out, 2), ConvNormRelu(c_out, c_out, 1))
             for c_in, c_out in zip(config.widths[:-1], config.widths[1:]))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(config.widths[-1], base.num_classes))
         self.path_shape = [(1, 1)] * len(self.stages)

@@ -16,7 +16,8 @@ from torch import nn
 from .cell import Cell
 from .config import ModelConfig
 from .cost import module_macs, module_params
-from .folding import FoldableNetwork
+from .folding import FoldableNetwork, FoldedBatchNorm
+from .ops import separable
 from .router import sample_gumbel
 
 
@@ -36,11 +37,32 @@ class RoutingTrace:
         return torch.cat([weights.flatten(1) for weights in self.weights], dim=1)
 
 
+class ConvNormRelu(nn.Sequential):
+    """3x3 convolution, batch norm, ReLU: the stem (and each layer of the plain-CNN baseline).
+
+    A Sequential, so the parameter names stay those of every checkpoint; `forward` applies the
+    operators directly, as `ops.separable` does, and skips a batch norm folded into the convolution.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, norm, _ = self
+        x = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)
+        return torch.relu_(x if isinstance(norm, FoldedBatchNorm) else norm(x))
+
+
 class Reduction(nn.Sequential):
     """ReLU, stride-2 depthwise 3x3, pointwise 1x1, batch norm: the always-on step into each stage.
 
-    A Sequential, so the parameter names stay those of every checkpoint. After the stem's ReLU a second
-    one is a no-op that would still cost a full-resolution pass; an Identity stands in its place there.
+    A Sequential, so the parameter names stay those of every checkpoint; `forward` applies the
+    operators through `ops.separable`, as the branches do. After the stem's ReLU a second one is a
+    no-op that would still cost a full-resolution pass; an Identity stands in its place there.
     `overwrite_input`: the ReLU may rectify the input in place, for a caller that never reads it again,
     instead of filling a fresh buffer the size of a stage's activations (docs/PERFORMANCE.md,
     "Activations overwritten in place").
@@ -55,12 +77,10 @@ class Reduction(nn.Sequential):
         )
 
     def forward(self, x: torch.Tensor, *, overwrite_input: bool = False) -> torch.Tensor:
-        rectify, *rest = self
+        rectify, depthwise, pointwise, norm = self
         if isinstance(rectify, nn.ReLU):
             x = torch.relu_(x) if overwrite_input else torch.relu(x)
-        for module in rest:
-            x = module(x)
-        return x
+        return separable(x, depthwise, pointwise, norm)
 
 
 class ClassifierHead(nn.Sequential):
@@ -84,11 +104,7 @@ class DRNet(FoldableNetwork):
         super().__init__()
         self.config = config
         size = config.image_size
-        self.stem = nn.Sequential(
-            nn.Conv2d(config.in_channels, config.stem_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(config.stem_channels),
-            nn.ReLU(inplace=True),
-        )
+        self.stem = ConvNormRelu(config.in_channels, config.stem_channels)
         fixed_macs = module_macs(self.stem, size, size)
         self.reductions = nn.ModuleList()
         self.cells = nn.ModuleList()

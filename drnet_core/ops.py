@@ -10,11 +10,32 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .folding import FoldedBatchNorm
+
+
+def separable(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: nn.Conv2d, norm: nn.Module) -> torch.Tensor:
+    """Depthwise convolution, pointwise convolution, batch norm: the unit of every convolution branch.
+
+    The operators are applied directly rather than through the modules: at batch 1 a module call
+    costs about as much as the small operator inside it, and dense and routed forwards alike make
+    several per branch (docs/PERFORMANCE.md, "Operators applied directly"). A batch norm folded
+    into `pointwise` (drnet_core.folding) is skipped.
+    """
+    x = F.conv2d(x, depthwise.weight, None, depthwise.stride, depthwise.padding, depthwise.dilation,
+                 depthwise.groups)
+    x = F.conv2d(x, pointwise.weight, pointwise.bias)
+    return x if isinstance(norm, FoldedBatchNorm) else norm(x)
 
 
 class SepConv(nn.Sequential):
-    """Depthwise-separable convolution applied twice (ReLU-dw-pw-BN, x2), as in DARTS."""
+    """Depthwise-separable convolution applied twice (ReLU-dw-pw-BN, x2), as in DARTS.
+
+    A Sequential, so the parameter names stay those of every checkpoint; `forward` applies the
+    operators through `separable`.
+    """
 
     def __init__(self, channels: int, kernel_size: int):
         padding = kernel_size // 2
@@ -28,9 +49,16 @@ class SepConv(nn.Sequential):
             ]
         super().__init__(*layers)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = list(self)
+        for start in (0, 4):  # each half: ReLU, depthwise, pointwise, batch norm
+            _, depthwise, pointwise, norm = layers[start:start + 4]
+            x = separable(torch.relu(x), depthwise, pointwise, norm)
+        return x
+
 
 class DilConv(nn.Sequential):
-    """Dilated depthwise-separable convolution: a 5x5 receptive field at 3x3 cost."""
+    """Dilated depthwise-separable convolution: a 5x5 receptive field at 3x3 cost (applied as SepConv's)."""
 
     def __init__(self, channels: int, kernel_size: int, dilation: int):
         padding = dilation * (kernel_size - 1) // 2
@@ -40,6 +68,10 @@ class DilConv(nn.Sequential):
             nn.Conv2d(channels, channels, 1, bias=False),
             nn.BatchNorm2d(channels),
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, depthwise, pointwise, norm = self
+        return separable(torch.relu(x), depthwise, pointwise, norm)
 
 
 OPS: dict[str, Callable[[int], nn.Module]] = {

@@ -1,6 +1,8 @@
 """Behaviour of the routed network: sparse execution, selection rules, cost, noise, devices."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -8,6 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from drnet_core.checkpoint import default_device
 from drnet_core.cost import module_macs, module_params
 from drnet_core.evaluate import run_routed, summarize
+from drnet_core.folding import fold_batch_norms
+from drnet_core.model import ConvNormRelu, Reduction
 from drnet_core.ops import OPS, build_branch
 from drnet_core.router import recalibrate
 
@@ -40,6 +44,41 @@ def test_every_learnable_branch_gets_a_gradient(name):
     branch = build_branch(name, 4).train()
     branch(torch.randn(3, 4, 8, 8)).square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in branch.parameters())
+
+
+LAYER_CHAINS = {  # every Sequential whose forward applies its layers' operators directly
+    "sep_conv_3x3": lambda: build_branch("sep_conv_3x3", 6),
+    "sep_conv_5x5": lambda: build_branch("sep_conv_5x5", 6),
+    "dil_conv_3x3": lambda: build_branch("dil_conv_3x3", 6),
+    "reduction": lambda: Reduction(6, 8),
+    "reduction after the stem": lambda: Reduction(6, 8, input_rectified=True),
+    "stem": lambda: ConvNormRelu(1, 6),
+    "strided conv-norm-relu": lambda: ConvNormRelu(6, 8, stride=2),
+}
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "folded"])
+@pytest.mark.parametrize("name", sorted(LAYER_CHAINS))
+def test_layers_applied_directly_compute_what_running_them_in_order_computes(name, mode):
+    torch.manual_seed(0)
+    chain = LAYER_CHAINS[name]()
+    for norm in (m for m in chain.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # not the identity map
+        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
+        norm.weight.data.uniform_(0.5, 2), norm.bias.data.uniform_(-1, 1)
+    chain.to(memory_format=torch.channels_last).train(mode == "train")
+    if mode == "folded":
+        fold_batch_norms(chain)
+    in_channels = next(m for m in chain.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
+    x = torch.randn(3, in_channels, 9, 9).contiguous(memory_format=torch.channels_last)
+    in_order = copy.deepcopy(chain)
+    x_direct, x_in_order = x.clone().requires_grad_(), x.clone().requires_grad_()
+    direct, reference = chain(x_direct), torch.nn.Sequential.forward(in_order, x_in_order)
+    assert torch.equal(direct, reference)
+    direct.square().sum().backward()
+    reference.square().sum().backward()
+    assert torch.equal(x_direct.grad, x_in_order.grad)
+    for state, reference_state in zip(chain.state_dict().values(), in_order.state_dict().values()):
+        assert torch.equal(state, reference_state)  # batch norm statistics updated alike in training
 
 
 def test_unknown_branch_name_is_refused_with_the_registered_names():
