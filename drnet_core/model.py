@@ -17,7 +17,7 @@ from .cell import Cell
 from .config import ModelConfig
 from .cost import module_macs, module_params
 from .folding import FoldableNetwork, FoldedBatchNorm
-from .ops import separable
+from .ops import SeparableChain
 from .router import sample_gumbel
 
 
@@ -41,7 +41,7 @@ class ConvNormRelu(nn.Sequential):
     """3x3 convolution, batch norm, ReLU: the stem (and each layer of the plain-CNN baseline).
 
     A Sequential, so the parameter names stay those of every checkpoint; `forward` applies the
-    operators directly, as `ops.separable` does, and skips a batch norm folded into the convolution.
+    operators directly, as `ops.SeparableChain` does, and skips a batch norm folded into the convolution.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
@@ -57,15 +57,13 @@ class ConvNormRelu(nn.Sequential):
         return torch.relu_(x if isinstance(norm, FoldedBatchNorm) else norm(x))
 
 
-class Reduction(nn.Sequential):
+class Reduction(SeparableChain):
     """ReLU, stride-2 depthwise 3x3, pointwise 1x1, batch norm: the always-on step into each stage.
 
-    A Sequential, so the parameter names stay those of every checkpoint; `forward` applies the
-    operators through `ops.separable`, as the branches do. After the stem's ReLU a second one is a
-    no-op that would still cost a full-resolution pass; an Identity stands in its place there.
-    `overwrite_input`: the ReLU may rectify the input in place, for a caller that never reads it again,
-    instead of filling a fresh buffer the size of a stage's activations (docs/PERFORMANCE.md,
-    "Activations overwritten in place").
+    After the stem's ReLU a second one is a no-op that would still cost a full-resolution pass; an
+    Identity stands in its place there. `overwrite_input`: the ReLU may rectify the input in place, for a
+    caller that never reads it again, instead of filling a fresh buffer the size of a stage's activations
+    (docs/PERFORMANCE.md, "Activations overwritten in place").
     """
 
     def __init__(self, in_channels: int, out_channels: int, input_rectified: bool = False):
@@ -75,12 +73,6 @@ class Reduction(nn.Sequential):
             nn.Conv2d(in_channels, out_channels, 1, bias=False),
             nn.BatchNorm2d(out_channels),
         )
-
-    def forward(self, x: torch.Tensor, *, overwrite_input: bool = False) -> torch.Tensor:
-        rectify, depthwise, pointwise, norm = self
-        if isinstance(rectify, nn.ReLU):
-            x = torch.relu_(x) if overwrite_input else torch.relu(x)
-        return separable(x, depthwise, pointwise, norm)
 
 
 class ClassifierHead(nn.Sequential):

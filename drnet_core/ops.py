@@ -16,26 +16,38 @@ from torch import nn
 from .folding import FoldedBatchNorm
 
 
-def separable(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: nn.Conv2d, norm: nn.Module) -> torch.Tensor:
-    """Depthwise convolution, pointwise convolution, batch norm: the unit of every convolution branch.
+class SeparableChain(nn.Sequential):
+    """Units of (ReLU or Identity, depthwise convolution, pointwise convolution, batch norm), in order.
 
-    The operators are applied directly rather than through the modules: at batch 1 a module call
-    costs about as much as the small operator inside it, and dense and routed forwards alike make
-    several per branch (docs/PERFORMANCE.md, "Operators applied directly"). A batch norm folded
-    into `pointwise` (drnet_core.folding) is skipped.
+    A Sequential, so the parameter names stay those of every checkpoint. `forward` applies the
+    operators directly rather than through the modules: at batch 1 a module call costs about as much
+    as the small operator inside it, and dense and routed forwards alike make several per branch
+    (docs/PERFORMANCE.md, "Operators applied directly"). Every intermediate is rebound in this one
+    frame, so, as in `nn.Sequential.forward`, each is freed once the next operator has run; a helper
+    called per unit would keep its caller's reference to the unit's input alive meanwhile, and that
+    one extra activation made dense batches of 256 5-8% slower. A batch norm folded into the
+    pointwise convolution (drnet_core.folding) is skipped.
+
+    overwrite_input: the first ReLU may rectify the input in place, for a caller that never reads it
+    again (`model.Reduction`).
     """
-    x = F.conv2d(x, depthwise.weight, None, depthwise.stride, depthwise.padding, depthwise.dilation,
-                 depthwise.groups)
-    x = F.conv2d(x, pointwise.weight, pointwise.bias)
-    return x if isinstance(norm, FoldedBatchNorm) else norm(x)
+
+    def forward(self, x: torch.Tensor, *, overwrite_input: bool = False) -> torch.Tensor:
+        layers = list(self)
+        for start in range(0, len(layers), 4):
+            rectify, depthwise, pointwise, norm = layers[start:start + 4]
+            if isinstance(rectify, nn.ReLU):
+                x = torch.relu_(x) if overwrite_input and start == 0 else torch.relu(x)
+            x = F.conv2d(x, depthwise.weight, None, depthwise.stride, depthwise.padding, depthwise.dilation,
+                         depthwise.groups)
+            x = F.conv2d(x, pointwise.weight, pointwise.bias)
+            if not isinstance(norm, FoldedBatchNorm):
+                x = norm(x)
+        return x
 
 
-class SepConv(nn.Sequential):
-    """Depthwise-separable convolution applied twice (ReLU-dw-pw-BN, x2), as in DARTS.
-
-    A Sequential, so the parameter names stay those of every checkpoint; `forward` applies the
-    operators through `separable`.
-    """
+class SepConv(SeparableChain):
+    """Depthwise-separable convolution applied twice (ReLU-dw-pw-BN, x2), as in DARTS."""
 
     def __init__(self, channels: int, kernel_size: int):
         padding = kernel_size // 2
@@ -49,16 +61,9 @@ class SepConv(nn.Sequential):
             ]
         super().__init__(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layers = list(self)
-        for start in (0, 4):  # each half: ReLU, depthwise, pointwise, batch norm
-            _, depthwise, pointwise, norm = layers[start:start + 4]
-            x = separable(torch.relu(x), depthwise, pointwise, norm)
-        return x
 
-
-class DilConv(nn.Sequential):
-    """Dilated depthwise-separable convolution: a 5x5 receptive field at 3x3 cost (applied as SepConv's)."""
+class DilConv(SeparableChain):
+    """Dilated depthwise-separable convolution: a 5x5 receptive field at 3x3 cost."""
 
     def __init__(self, channels: int, kernel_size: int, dilation: int):
         padding = dilation * (kernel_size - 1) // 2
@@ -68,10 +73,6 @@ class DilConv(nn.Sequential):
             nn.Conv2d(channels, channels, 1, bias=False),
             nn.BatchNorm2d(channels),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, depthwise, pointwise, norm = self
-        return separable(torch.relu(x), depthwise, pointwise, norm)
 
 
 OPS: dict[str, Callable[[int], nn.Module]] = {

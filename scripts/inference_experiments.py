@@ -792,8 +792,10 @@ def merged_reductions(args) -> None:
 def batch1_ops(args) -> None:
     """At batch 1, each operator of a separable-convolution branch at every cell's shape, in microseconds.
 
-    Also a depthwise convolution computed without oneDNN, as `F.unfold` and a batched matmul (exact up
-    to rounding), since oneDNN's per-call cost dwarfs the arithmetic of one image.
+    Also a depthwise convolution computed other ways, since oneDNN's per-call cost dwarfs the
+    arithmetic of one image: as `F.unfold` and a batched matmul, as nine multiply-adds of shifted views
+    (both exact up to rounding), and as oneDNN's call with its weights reordered once beforehand, as
+    inductor's CPU backend does (the same arithmetic).
     """
     import torch.nn.functional as F
 
@@ -805,17 +807,37 @@ def batch1_ops(args) -> None:
             relu, depthwise, pointwise, norm = branch[0], branch[1], branch[2], branch[3]
             x = torch.randn(1, cell.channels, cell.height, cell.width).contiguous(memory_format=torch.channels_last)
             kernel = depthwise.weight.reshape(cell.channels, 1, 9)
+            taps = depthwise.weight.reshape(1, cell.channels, 9, 1, 1).unbind(2)
 
             def depthwise_unfolded() -> torch.Tensor:
                 columns = F.unfold(x, 3, padding=1).view(cell.channels, 9, cell.height * cell.width)
                 return torch.bmm(kernel, columns).view(1, cell.channels, cell.height, cell.width)
 
+            def depthwise_per_tap() -> torch.Tensor:
+                padded = F.pad(x, (1, 1, 1, 1))
+                out = padded[:, :, :cell.height, :cell.width] * taps[0]
+                for tap in range(1, 9):
+                    row, column = divmod(tap, 3)
+                    out.addcmul_(padded[:, :, row:row + cell.height, column:column + cell.width], taps[tap])
+                return out
+
+            variants = [("ReLU", lambda: relu(x)), ("depthwise 3x3", lambda: depthwise(x)),
+                        ("pointwise", lambda: pointwise(x)), ("batch norm", lambda: norm(x)),
+                        ("whole branch", lambda: branch(x)), ("depthwise by unfold", depthwise_unfolded),
+                        ("depthwise per tap", depthwise_per_tap)]
             with torch.inference_mode():
-                assert torch.allclose(depthwise_unfolded(), depthwise(x), atol=1e-5)
-                row = {name: 1000 * mean_ms(step, 300) for name, step in (
-                    ("ReLU", lambda: relu(x)), ("depthwise 3x3", lambda: depthwise(x)),
-                    ("pointwise", lambda: pointwise(x)), ("batch norm", lambda: norm(x)),
-                    ("whole branch", lambda: branch(x)), ("depthwise by unfold", depthwise_unfolded))}
+                try:
+                    ones = [1, 1]  # padding, stride, dilation
+                    packed = torch.ops.mkldnn._reorder_convolution_weight(depthwise.weight, ones, ones, ones,
+                                                                          cell.channels, list(x.shape))
+                    variants.append(("depthwise, oneDNN, weights reordered once",
+                                     lambda: torch.ops.mkldnn._convolution_pointwise(
+                                         x, packed, None, ones, ones, ones, cell.channels, "none", [], "")))
+                except (AttributeError, RuntimeError) as error:  # a torch build without oneDNN
+                    print(f"no reordered-weight oneDNN call here: {error}")
+                for name, step in variants[5:]:
+                    assert torch.allclose(step(), depthwise(x), atol=1e-5), name
+                row = {name: 1000 * mean_ms(step, 300) for name, step in variants}
             print(f"cell {index} ({cell.channels}x{cell.height}x{cell.width}), us: "
                   + ", ".join(f"{name} {us:.1f}" for name, us in row.items()), flush=True)
 
