@@ -821,23 +821,23 @@ def batch1_ops(args) -> None:
                     out.addcmul_(padded[:, :, row:row + cell.height, column:column + cell.width], taps[tap])
                 return out
 
-            variants = [("ReLU", lambda: relu(x)), ("depthwise 3x3", lambda: depthwise(x)),
-                        ("pointwise", lambda: pointwise(x)), ("batch norm", lambda: norm(x)),
-                        ("whole branch", lambda: branch(x)), ("depthwise by unfold", depthwise_unfolded),
-                        ("depthwise per tap", depthwise_per_tap)]
+            parts = [("ReLU", lambda: relu(x)), ("depthwise 3x3", lambda: depthwise(x)),
+                     ("pointwise", lambda: pointwise(x)), ("batch norm", lambda: norm(x)),
+                     ("whole branch", lambda: branch(x))]
+            depthwise_variants = [("depthwise by unfold", depthwise_unfolded), ("depthwise per tap", depthwise_per_tap)]
             with torch.inference_mode():
                 try:
                     ones = [1, 1]  # padding, stride, dilation
                     packed = torch.ops.mkldnn._reorder_convolution_weight(depthwise.weight, ones, ones, ones,
                                                                           cell.channels, list(x.shape))
-                    variants.append(("depthwise, oneDNN, weights reordered once",
+                    depthwise_variants.append(("depthwise, oneDNN, weights reordered once",
                                      lambda: torch.ops.mkldnn._convolution_pointwise(
                                          x, packed, None, ones, ones, ones, cell.channels, "none", [], "")))
                 except (AttributeError, RuntimeError) as error:  # a torch build without oneDNN
                     print(f"no reordered-weight oneDNN call here: {error}")
-                for name, step in variants[5:]:
+                for name, step in depthwise_variants:
                     assert torch.allclose(step(), depthwise(x), atol=1e-5), name
-                row = {name: 1000 * mean_ms(step, 300) for name, step in variants}
+                row = {name: 1000 * mean_ms(step, 300) for name, step in parts + depthwise_variants}
             print(f"cell {index} ({cell.channels}x{cell.height}x{cell.width}), us: "
                   + ", ".join(f"{name} {us:.1f}" for name, us in row.items()), flush=True)
 
