@@ -831,8 +831,8 @@ def batch1_ops(args) -> None:
                     packed = torch.ops.mkldnn._reorder_convolution_weight(depthwise.weight, ones, ones, ones,
                                                                           cell.channels, list(x.shape))
                     depthwise_variants.append(("depthwise, oneDNN, weights reordered once",
-                                     lambda: torch.ops.mkldnn._convolution_pointwise(
-                                         x, packed, None, ones, ones, ones, cell.channels, "none", [], "")))
+                                               lambda: torch.ops.mkldnn._convolution_pointwise(
+                                                   x, packed, None, ones, ones, ones, cell.channels, "none", [], "")))
                 except (AttributeError, RuntimeError) as error:  # a torch build without oneDNN
                     print(f"no reordered-weight oneDNN call here: {error}")
                 for name, step in depthwise_variants:

@@ -15,7 +15,7 @@ from drnet_core.model import ConvNormRelu, Reduction
 from drnet_core.ops import OPS, build_branch
 from drnet_core.router import recalibrate
 
-from helpers import tiny_model
+from helpers import randomize_batch_norms, tiny_model
 
 torch.set_num_threads(1)
 
@@ -62,9 +62,7 @@ LAYER_CHAINS = {  # every Sequential whose forward applies its layers' operators
 def test_layers_applied_directly_compute_what_running_them_in_order_computes(name, mode):
     torch.manual_seed(0)
     chain = LAYER_CHAINS[name]()
-    for norm in (m for m in chain.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # not the identity map
-        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
-        norm.weight.data.uniform_(0.5, 2), norm.bias.data.uniform_(-1, 1)
+    randomize_batch_norms(chain)
     chain.to(memory_format=torch.channels_last).train(mode == "train")
     if mode == "folded":
         fold_batch_norms(chain)

@@ -9,19 +9,15 @@ from drnet_core.cell import Cell, PendingSum
 from drnet_core.config import ModelConfig, PRESETS
 from drnet_core.model import DRNet
 
+from helpers import randomize_batch_norms
+
 THRESHOLDS = (0.0, 0.1, 0.17, 0.25, 0.4, 0.7, 1.0)
 
 
 def _model(config: ModelConfig, seed: int = 0) -> DRNet:
     torch.manual_seed(seed)
     model = DRNet(config)
-    # Random running statistics, so that batch norm is not the identity and differences would show.
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.normal_(0, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.normal_(0, 0.2)
+    randomize_batch_norms(model)
     # Larger router logits spread the softmax weights, so thresholds select different subsets.
     for cell in model.cells:
         cell.router.mlp[-1].weight.data.mul_(20)
