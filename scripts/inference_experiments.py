@@ -11,6 +11,7 @@
     python scripts/inference_experiments.py compile      # torch.compile of every module the executor calls
     python scripts/inference_experiments.py audit-time   # the audit's per-image time estimate against MFLOPs
     python scripts/inference_experiments.py batch1-ops   # one image: what each operator of a branch costs
+    python scripts/inference_experiments.py batch1-always-on  # one image: what a forward that executes nothing costs
     python scripts/inference_experiments.py batch1-op-count --rev REV  # one image: operators per forward, here and at REV
     python scripts/inference_experiments.py merged-reductions  # one image: reductions as one full convolution each
     python scripts/inference_experiments.py against-commit --rev REV  # this tree's routed speed against REV's
@@ -58,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from drnet_core.bench import inputs_seen, latency, routed_with_cell_inputs  # noqa: E402
 from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
-from drnet_core.cost import module_macs  # noqa: E402
+from drnet_core.cost import measure_branch_ms, module_macs  # noqa: E402
 from drnet_core.data import FASHION_CLASSES, load_test_set, to_model_input  # noqa: E402
 from drnet_core.evaluate import run_routed  # noqa: E402
 from drnet_core.folding import fold_batch_norms  # noqa: E402
@@ -842,6 +843,128 @@ def batch1_ops(args) -> None:
                   + ", ".join(f"{name} {us:.1f}" for name, us in row.items()), flush=True)
 
 
+def batch1_always_on(args) -> None:
+    """At batch 1, the part of a forward that routing cannot shorten, in microseconds per image.
+
+    Timed two ways on the first 100 test images: as a whole forward at threshold 1, which executes no
+    branch (stem, reductions, every cell's routing and bookkeeping, head), and as its parts alone, each
+    on the inputs it really receives: the stem, each reduction, each cell's routing (its RouterNet, the
+    recalibration, the threshold, the host read of the selection and the per-branch weight views, as
+    `Cell.forward_single` does them) and the head. The executed branches are timed alone too
+    (`cost.measure_branch_ms` at batch 1, each with its weighted add), so the dense and routed
+    forwards split into the forward that executes nothing, the branches, and the rest. The last line
+    says by how much the forward that executes nothing would have to shrink, in dense and routed alike,
+    for efficiency 0.70 (negative: by how much it could grow).
+    """
+    import torch.nn.functional as F
+
+    from drnet_core.router import recalibrate
+
+    configure_cpu_memory()
+    model, meta, inputs, _ = setup(args.checkpoint)
+    tau, threshold = meta["default_tau"], meta["default_threshold"]
+    images = [inputs[i:i + 1].contiguous(memory_format=torch.channels_last) for i in range(100)]
+    parts = [model.stem, *model.reductions, *model.cells, model.head]
+    seen: dict[nn.Module, list[torch.Tensor]] = collections.defaultdict(list)
+    routed_mflops, executed = [], []
+    with torch.inference_mode():
+        for image in images:
+            (_, trace), calls = inputs_seen(parts, lambda: model(image, tau=tau, threshold=threshold), copy=True)
+            routed_mflops.append(float(model.mflops_per_instance(trace)))
+            executed.append([mask[0].double() for mask in trace.executed])
+            for module, x in calls:
+                seen[module].append(x)
+    flops_ratio = model.dense_mflops() / statistics.mean(routed_mflops)
+    # Per cell, how many times each (connection, branch) ran per image, routed; dense runs each once.
+    runs_per_image = [sum(masks[index] for masks in executed) / len(images) for index in range(len(model.cells))]
+
+    def routing(cell) -> None:
+        for x in seen[cell]:
+            weights = recalibrate(cell.router(x), tau, training=False)
+            (weights >= threshold).tolist()
+            weights.reshape(-1).unbind()
+
+    def each(module, **kwargs):
+        return lambda: [module(x, **kwargs) for x in seen[module]]
+
+    with torch.inference_mode():
+        nothing_ran = sum(int(mask.sum()) for x in images for mask in model(x, tau=tau, threshold=1.0)[1].executed)
+    forwards = {"routed forward": lambda: [model(x, tau=tau, threshold=threshold) for x in images],
+                "dense forward": lambda: [model(x, tau=tau, threshold=0.0) for x in images],
+                "forward at threshold 1": lambda: [model(x, tau=tau, threshold=1.0) for x in images]}
+    # Without overwrite_input: the recorded inputs are reused from call to call.
+    parts_alone = {"stem": each(model.stem)}
+    parts_alone.update({f"reduction {index}": each(reduce) for index, reduce in enumerate(model.reductions)})
+    parts_alone.update({f"routing, cell {index}": (lambda cell=cell: routing(cell))
+                        for index, cell in enumerate(model.cells)})
+    parts_alone["head"] = each(model.head)
+    print(f"batch 1, microseconds per image (mean of 100 test images, median of {args.rounds} rounds); "
+          f"FLOPs ratio {flops_ratio:.2f}; branches executed at threshold 1: {nothing_ran}", flush=True)
+    always_on_mmacs = model.always_on_macs / 1e6
+    branch_mmacs = {"routed": statistics.mean(routed_mflops) - always_on_mmacs,
+                    "dense": model.dense_mflops() - always_on_mmacs}
+    wanted = 0.70 * flops_ratio  # the speedup efficiency 0.70 needs
+    # The machine's speed drifts between rounds, so every figure is derived within a round, then medians.
+    derived: dict[str, list[float]] = collections.defaultdict(list)
+    with torch.inference_mode():
+        for index in range(args.rounds):
+            us = {name: 1000 * mean_ms(step, 3) / len(images) for name, step in {**forwards, **parts_alone}.items()}
+            branch_us = [1000 * measure_branch_ms(cell, batch_size=1, repeats=100) for cell in model.cells]
+            us["routed branches"] = sum(float((times * runs).sum()) for times, runs in zip(branch_us, runs_per_image))
+            us["dense branches"] = sum(float(times.sum()) for times in branch_us)
+            dense, routed, always_on = us["dense forward"], us["routed forward"], us["forward at threshold 1"]
+            derived["efficiency"].append(dense / routed / flops_ratio)
+            derived["saving"].append((wanted * routed - dense) / (wanted - 1))  # (dense - s) / (routed - s) = wanted
+            derived["always_on"].append(always_on)
+            derived["parts"].append(sum(us[name] for name in parts_alone))
+            derived["routing"].append(sum(us[name] for name in parts_alone if name.startswith("routing")))
+            for mode in ("routed", "dense"):
+                forward, branches = us[f"{mode} forward"], us[f"{mode} branches"]
+                derived[f"{mode} forward"].append(forward)
+                derived[f"{mode} always-on"].append(100 * always_on / forward)
+                derived[f"{mode} branches"].append(100 * branches / forward)
+                derived[f"{mode} rest"].append(100 * (forward - always_on - branches) / forward)
+                derived[f"{mode} us per million"].append(branches / branch_mmacs[mode])
+            print(f"round {index + 1}: " + ", ".join(f"{name} {time:.1f}" for name, time in us.items())
+                  + f"; efficiency {derived['efficiency'][-1]:.3f}, saving for 0.70 {derived['saving'][-1]:.1f}",
+                  flush=True)
+    median = {name: statistics.median(values) for name, values in derived.items()}
+    print(f"medians of the rounds: efficiency {median['efficiency']:.3f}; the forward that executes nothing "
+          f"{median['always_on']:.1f} us for {always_on_mmacs:.3f} million multiply-adds; "
+          f"its parts alone {median['parts']:.1f} us, of which routing {median['routing']:.1f}")
+    for mode in ("routed", "dense"):
+        print(f"  {mode}: forward {median[f'{mode} forward']:.1f} us = executing nothing "
+              f"{median[f'{mode} always-on']:.0f}% + executed branches alone {median[f'{mode} branches']:.0f}% "
+              f"+ the rest {median[f'{mode} rest']:.0f}%; branches {branch_mmacs[mode]:.2f} million multiply-adds, "
+              f"{median[f'{mode} us per million']:.0f} us per million")
+    # Routing's operators one by one, each alone on cell 0's first input (the median of five means).
+    cell, x = model.cells[0], seen[model.cells[0]][0]
+    hidden, output = cell.router.mlp[2], cell.router.mlp[4]
+    with torch.inference_mode():
+        pooled = x.mean(dim=(2, 3))
+        features = torch.relu(F.linear(pooled, hidden.weight, hidden.bias))
+        logits = F.linear(features, output.weight, output.bias).view(1, len(cell.connections), -1)
+        weights = recalibrate(logits, tau, training=False)
+        selected = weights >= threshold
+        operators = {"mean": lambda: x.mean(dim=(2, 3)),
+                     "linear 1": lambda: F.linear(pooled, hidden.weight, hidden.bias),
+                     "ReLU": lambda: torch.relu(features),
+                     "linear 2": lambda: F.linear(features, output.weight, output.bias),
+                     "view": lambda: logits.view(1, -1),
+                     "softmax": lambda: recalibrate(logits, tau, training=False),
+                     "threshold": lambda: weights >= threshold,
+                     "host read": lambda: selected.tolist(),
+                     "weight views": lambda: weights.reshape(-1).unbind(),
+                     "the router module": lambda: cell.router(x)}
+        print("  routing's operators alone, cell 0, us: " + ", ".join(
+            f"{name} {statistics.median(1000 * mean_ms(step, 1000) for _ in range(5)):.1f}"
+            for name, step in operators.items()))
+    saving = median["saving"]
+    print(f"  efficiency 0.70 needs the forward that executes nothing {saving:.1f} us shorter, in both modes"
+          if saving > 0 else
+          f"  efficiency stays at least 0.70 with the forward that executes nothing up to {-saving:.1f} us longer")
+
+
 def package_at(revision: str) -> str:
     """Import drnet_core as it was at a git revision, beside this tree's, and return its module name."""
     archive = subprocess.run(["git", "archive", revision, "drnet_core"], cwd=ROOT, capture_output=True)
@@ -967,8 +1090,9 @@ EXPERIMENTS = {
     "eval-batch": eval_batch, "modules": modules, "allocator": allocator, "fold-bn": fold_bn,
     "gather-scatter": gather_scatter, "pooling": pooling, "eval-workers": eval_workers,
     "eval-workers-once": eval_workers_once, "without-pooling": without_pooling, "compile": compile_experiment,
-    "audit-time": audit_time, "batch1-ops": batch1_ops, "against-commit": against_commit,
-    "cuda-shapes": cuda_shapes, "cuda-shapes-once": cuda_shapes_once, "cell-overhead": cell_overhead,
+    "audit-time": audit_time, "batch1-ops": batch1_ops, "batch1-always-on": batch1_always_on,
+    "against-commit": against_commit, "cuda-shapes": cuda_shapes, "cuda-shapes-once": cuda_shapes_once,
+    "cell-overhead": cell_overhead,
     "latency-processes": latency_processes, "latency-once": latency_once, "batch1-op-count": batch1_op_count,
     "merged-reductions": merged_reductions, "modules-over-time": modules_over_time, "split-batch": split_batch,
     "stem": stem_variants, "forward-profile": forward_profile,
