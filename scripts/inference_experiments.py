@@ -884,8 +884,8 @@ def batch1_always_on(args) -> None:
             (weights >= threshold).tolist()
             weights.reshape(-1).unbind()
 
-    def each(module, **kwargs):
-        return lambda: [module(x, **kwargs) for x in seen[module]]
+    def each(module):
+        return lambda: [module(x) for x in seen[module]]
 
     with torch.inference_mode():
         nothing_ran = sum(int(mask.sum()) for x in images for mask in model(x, tau=tau, threshold=1.0)[1].executed)
@@ -1092,10 +1092,10 @@ EXPERIMENTS = {
     "eval-workers-once": eval_workers_once, "without-pooling": without_pooling, "compile": compile_experiment,
     "audit-time": audit_time, "batch1-ops": batch1_ops, "batch1-always-on": batch1_always_on,
     "against-commit": against_commit, "cuda-shapes": cuda_shapes, "cuda-shapes-once": cuda_shapes_once,
-    "cell-overhead": cell_overhead,
-    "latency-processes": latency_processes, "latency-once": latency_once, "batch1-op-count": batch1_op_count,
-    "merged-reductions": merged_reductions, "modules-over-time": modules_over_time, "split-batch": split_batch,
-    "stem": stem_variants, "forward-profile": forward_profile,
+    "cell-overhead": cell_overhead, "latency-processes": latency_processes, "latency-once": latency_once,
+    "batch1-op-count": batch1_op_count, "merged-reductions": merged_reductions,
+    "modules-over-time": modules_over_time, "split-batch": split_batch, "stem": stem_variants,
+    "forward-profile": forward_profile,
 }
 
 
