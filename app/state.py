@@ -24,7 +24,7 @@ from drnet_core.checkpoint import (BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, Chec
                                    load_checkpoint, sha256_of)
 from drnet_core.cost import TimeTable, measure_time_table
 from drnet_core.data import FASHION_CLASSES, ImageSet, load_test_set, to_model_input
-from drnet_core.evaluate import RoutedRun, run_routed, summarize
+from drnet_core.evaluate import RoutedRun, default_setting, run_routed, summarize
 from drnet_core.images import ImageRejected, PreparedImage, image_from_bytes, prepare_dataset_image, prepare_image
 
 EVAL_LIMIT_ENV = "DRNET_EVAL_LIMIT"
@@ -151,7 +151,7 @@ def routed_run(settings: Settings, tau: float | None = None, threshold: float | 
 def time_table(path: str, sha256: str, dataset_name: str) -> TimeTable:
     model, meta = model_and_meta(path, sha256)
     inputs = evaluation_inputs(dataset_name)[:TIME_TABLE_BATCH]
-    return measure_time_table(model, inputs, tau=float(meta.get("default_tau", 1.0)))
+    return measure_time_table(model, inputs, tau=default_setting(meta)[0])
 
 
 def run_summary(settings: Settings, run: RoutedRun) -> dict:
@@ -276,8 +276,7 @@ def sidebar() -> Settings:
     images = evaluation_set()
     default_limit = int(os.environ.get(EVAL_LIMIT_ENV, DEFAULT_EVAL_LIMIT) or DEFAULT_EVAL_LIMIT)
     default_limit = max(1, min(default_limit, len(images)))
-    default_tau = float(meta.get("default_tau", 1.0))
-    default_threshold = float(meta.get("default_threshold", 0.2))
+    default_tau, default_threshold = default_setting(meta)
 
     st.sidebar.subheader("Routing")
     st.sidebar.slider("Gumbel temperature tau", 0.1, 4.0, step=0.05, key=bound("tau", default_tau, low=0.1, high=4.0),

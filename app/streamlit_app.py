@@ -16,21 +16,15 @@ for entry in (str(ROOT), str(ROOT / "app")):
         sys.path.insert(0, entry)
 
 import state  # noqa: E402  (needs the paths above)
+from navigation import VIEWS  # noqa: E402
 from drnet_core.runtime import configure_cpu_memory  # noqa: E402
 
 configure_cpu_memory()
 
 st.set_page_config(page_title="DRNet Explorer", page_icon=":material/alt_route:", layout="wide")
 
-VIEWS = Path(__file__).resolve().parent / "views"
-PAGES = [
-    st.Page(VIEWS / "inspect.py", title="Inspect an image", icon=":material/image_search:", url_path="inspect",
-            default=True),
-    st.Page(VIEWS / "tradeoff.py", title="Temperature & threshold", icon=":material/tune:", url_path="tradeoff"),
-    st.Page(VIEWS / "clusters.py", title="Routing clusters", icon=":material/bubble_chart:", url_path="clusters"),
-    st.Page(VIEWS / "audit.py", title="Cost audit", icon=":material/receipt_long:", url_path="audit"),
-    st.Page(VIEWS / "teach.py", title="How it works", icon=":material/school:", url_path="how-it-works"),
-]
+PAGES = [st.Page(view.path, title=view.title, icon=view.icon, url_path=view.url_path, default=index == 0)
+         for index, view in enumerate(VIEWS)]
 
 page = st.navigation(PAGES)
 try:

@@ -4,7 +4,7 @@ Answers the auditor's questions: which inputs take the costliest paths, what eac
 average, and whether wrong answers cost more than right ones. Costs are executed multiply-adds in
 millions ("FLOPs" as in the paper) and active parameters, both from `evaluate.run_routed`, and,
 given a `cost.TimeTable` measured on the machine at hand, estimated milliseconds per input: pooling
-costs time but no multiply-adds, so the two rankings differ (docs/PERFORMANCE.md).
+costs time but no multiply-adds, so the two rankings differ.
 """
 from __future__ import annotations
 

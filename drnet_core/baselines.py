@@ -193,9 +193,8 @@ class StaticCellNet(StaticBaseline):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        overwrite = not torch.is_grad_enabled()  # as in DRNet.forward: only the next module reads an activation
         for reduce, stage_cells in zip(self.reductions, self.cells):
-            x = reduce(x, overwrite_input=overwrite)
+            x = reduce(x)
             for cell in stage_cells:
                 x = cell(x)
         return self.head(x)

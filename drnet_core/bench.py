@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from .config import TrainConfig
 from .cost import TimeTable, forced_off, measure_branch_ms, median_seconds, synchronize
 from .data import augment, load_split, load_test_set, to_model_input
-from .evaluate import EVAL_BATCH_SIZE, run_routed
+from .evaluate import EVAL_BATCH_SIZE, default_setting, run_routed
 from .model import DRNet, RoutingTrace
 from .router import recalibrate
 from .runtime import huge_pages_asked, system_huge_pages
@@ -109,34 +109,19 @@ def latency(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: float,
             "flops_ratio": flops_ratio, "speedup": speedup, "efficiency": speedup / flops_ratio}
 
 
-def inputs_seen(modules, run: Callable[[], object], *,
-                copy: bool = False) -> tuple[object, list[tuple[torch.nn.Module, torch.Tensor]]]:
-    """What `run()` returns, and each call of any of `modules` during it: (module, its first input), in order.
-
-    copy: keep a clone of each input, for callers that reuse inputs the run may later have written into.
-    """
-    seen: list[tuple[torch.nn.Module, torch.Tensor]] = []
-
-    def record(module: torch.nn.Module, args: tuple) -> None:
-        seen.append((module, args[0].clone() if copy else args[0]))
-
-    hooks = [module.register_forward_pre_hook(record) for module in modules]
-    try:
-        result = run()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return result, seen
-
-
 @torch.inference_mode()
 def routed_with_cell_inputs(model: DRNet, batch: torch.Tensor, *, tau: float,
                             threshold: float) -> tuple[RoutingTrace, list[torch.Tensor]]:
     """A routed forward of `batch` (on the model's device): its trace, and the input each cell received,
-    so that a cell or its router can be timed alone on what it really sees."""
-    # Copies: the forward gives each cell's input to the cell, which may form its output in it.
-    (_, trace), seen = inputs_seen(model.cells, lambda: model(batch, tau=tau, threshold=threshold), copy=True)
-    return trace, [x for _, x in seen]
+    so that a router can be timed alone on what it really sees."""
+    cell_inputs: list[torch.Tensor] = []
+    hooks = [cell.register_forward_pre_hook(lambda _cell, args: cell_inputs.append(args[0])) for cell in model.cells]
+    try:
+        _, trace = model(batch, tau=tau, threshold=threshold)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return trace, cell_inputs
 
 
 @torch.inference_mode()
@@ -281,8 +266,9 @@ def run_bench(model: DRNet, meta: dict, *, data_dir: str | None = None, eval_ima
     Routed means the checkpoint's default setting unless `tau` / `threshold` name another.
     """
     device = model.device
-    tau = float(meta.get("default_tau", 1.0) if tau is None else tau)
-    threshold = float(meta.get("default_threshold", 0.0) if threshold is None else threshold)
+    default_tau, default_threshold = default_setting(meta)
+    tau = float(default_tau if tau is None else tau)
+    threshold = float(default_threshold if threshold is None else threshold)
     dataset = meta.get("dataset", "fashion-mnist")
     test = load_test_set(data_dir) if dataset == "fashion-mnist" else load_split(dataset, "test", data_dir)
     test = test.subset(eval_images)

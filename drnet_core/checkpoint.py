@@ -33,7 +33,7 @@ import torch
 from . import folding
 from .config import ModelConfig
 from .data import ASSETS
-from .model import DRNet
+from .model import DRNet, checkpoint_filter_fn
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +242,7 @@ def build_from_payload(payload: dict, name: str) -> DRNet:
     state = payload.get("state_dict")
     if not isinstance(state, dict):
         raise CheckpointError(f"{name}: has no state_dict.")
+    state = checkpoint_filter_fn(state)  # an earlier layout's keys, renamed
     _check_weights(state, expected, name)
     model = DRNet(config)
     model.load_state_dict(state)

@@ -22,7 +22,7 @@ import torch
 from .checkpoint import CheckpointError, default_device, load_checkpoint
 from .config import COST_MEASURES, PRESETS, preset
 from .data import DatasetError
-from .evaluate import EVAL_BATCH_SIZE
+from .evaluate import EVAL_BATCH_SIZE, SWEEP_TAUS, SWEEP_THRESHOLDS, default_setting
 from .runtime import configure_cpu_memory
 
 log = logging.getLogger("drnet_core")
@@ -131,8 +131,9 @@ def cmd_evaluate(args) -> int:
     ctx.quiet_other_ranks()
     model, meta = load_checkpoint(args.checkpoint, device=ctx.device if ctx.distributed else default_device(),
                                   fold_batch_norms=True)
-    tau = args.tau if args.tau is not None else meta.get("default_tau", 1.0)
-    threshold = args.threshold if args.threshold is not None else meta.get("default_threshold", 0.0)
+    default_tau, default_threshold = default_setting(meta)
+    tau = args.tau if args.tau is not None else default_tau
+    threshold = args.threshold if args.threshold is not None else default_threshold
     test, inputs = _eval_set(args, meta)
     run = run_routed_sharded(model, inputs, test.labels, tau=tau, threshold=threshold, noise_seed=args.noise_seed,
                              batch_size=args.batch_size, progress=not args.json, ctx=ctx)
@@ -307,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="accuracy/FLOPs over a grid of tau and threshold")
     sweep.add_argument("--checkpoint", default=None)
-    sweep.add_argument("--taus", type=_floats, default=[0.25, 0.5, 1.0, 2.0])
-    sweep.add_argument("--thresholds", type=_floats, default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0])
+    sweep.add_argument("--taus", type=_floats, default=list(SWEEP_TAUS))
+    sweep.add_argument("--thresholds", type=_floats, default=list(SWEEP_THRESHOLDS))
     sweep.add_argument("--limit", type=int, default=None)
     sweep.add_argument("--split", choices=["test", "held-out"], default="test",
                        help="test split, or the training images the checkpoint's run held out (where its default "

@@ -7,16 +7,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from .ops import OPS
+
 COST_MEASURES = ("macs", "time")
 
-DEFAULT_BRANCHES = (
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "avg_pool_3x3",
-    "max_pool_3x3",
-    "identity",
-)
+# Every registered branch type, in the registry's order (which is the router's logit order).
+DEFAULT_BRANCHES = tuple(OPS)
 
 
 def known_keys_only(config_class, raw: dict, what: str) -> dict:

@@ -81,10 +81,10 @@ def median_seconds(fn: Callable[[], object], *, warmup: int, repeats: int, devic
 def measure_branch_ms(cell: nn.Module, batch_size: int = 256, repeats: int = 15, warmup: int = 3) -> torch.Tensor:
     """(connections, branches) milliseconds one executed branch costs the eval executor at `batch_size`.
 
-    Each branch is timed as the executor runs it: the branch on a channels_last batch of the cell's
-    shape, then its weighted output added into a node (`addcmul_`). An identity run by the whole
-    batch only scales its source's per-instance weights (`cell.PendingSum`), so that product is what
-    it costs. Every connection of a cell holds the same branch types at the same shape, so
+    Each branch is timed as the sparse executor runs it: the branch on a channels_last batch of the
+    cell's shape, then its weighted output added into a node (`addcmul_`). An identity run by the
+    whole batch only scales its source's per-instance weights (`sparse_inference.WeightedSum`), so
+    that product is what it costs. Every connection of a cell holds the same branch types at the same shape, so
     each type is timed once (on the first connection) and the row repeated: identical operations get
     identical costs. Median of `repeats`, after every branch has run `warmup` times: the first calls of
     a process pay for thread start-up, allocation and kernel selection, several times a branch's cost.
@@ -102,12 +102,12 @@ def measure_branch_ms(cell: nn.Module, batch_size: int = 256, repeats: int = 15,
     was_training = cell.training
     cell.eval()
     for _ in range(warmup):
-        for branch in cell.edges[0]:
+        for branch in cell.branches[0]:
             executed(branch)()
     row = [1000 * median_seconds(executed(branch), warmup=0, repeats=repeats, device=device)
-           for branch in cell.edges[0]]
+           for branch in cell.branches[0]]
     cell.train(was_training)
-    return torch.tensor([row] * len(cell.edges), dtype=torch.float64, device=device)
+    return torch.tensor([row] * len(cell.branches), dtype=torch.float64, device=device)
 
 
 def forced_off(model: nn.Module) -> list[torch.Tensor]:
@@ -134,8 +134,7 @@ class TimeTable:
         """(N,) estimated milliseconds per image: the always-on share plus every branch it executed.
 
         Summed over a batch this is the predicted routed time of `bench`'s time model; like it, it
-        leaves out the executor's gathers and scatters (about a quarter of a routed batch's time on the
-        2-core machine, docs/PERFORMANCE.md), which cannot be pinned on single images.
+        leaves out the executor's gathers and scatters, which cannot be pinned on single images.
         """
         return self.always_on_ms + path_masks.to(torch.float64).cpu() @ self.branch_ms
 

@@ -14,10 +14,23 @@ from tqdm.auto import tqdm
 
 from .model import DRNet
 
-# Images per forward pass when evaluating. Large batches allocate large buffers (a 14x14x32 float
-# map of 1,000 images is 25 MB): with glibc's default allocator the 10k test split took 2.65-2.79 s
-# at 1,000 and 1.37-1.64 s at 256 on the 2-core machine (docs/PERFORMANCE.md, `eval-batch`).
+# Images per forward pass when evaluating: large enough to keep a CPU busy, small enough that the
+# executor's buffers (a 32x14x14 float map of 256 images is 6.4 MB) are reused rather than refetched.
 EVAL_BATCH_SIZE = 256
+
+# The grid of settings a sweep evaluates by default: the training run's held-out sweep, which chooses
+# the default setting, the CLI's `sweep` and the app's trade-off curve.
+SWEEP_TAUS = (0.25, 0.5, 1.0, 2.0)
+SWEEP_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+
+# A checkpoint records the setting its training chose on held-out images; one that records none (a
+# run stopped early, a file from elsewhere) runs dense, the one setting that needs no choosing.
+FALLBACK_TAU, FALLBACK_THRESHOLD = 1.0, 0.0
+
+
+def default_setting(meta: dict) -> tuple[float, float]:
+    """(tau, threshold) a checkpoint is evaluated, benchmarked and shown at unless told otherwise."""
+    return float(meta.get("default_tau", FALLBACK_TAU)), float(meta.get("default_threshold", FALLBACK_THRESHOLD))
 
 
 @dataclass
@@ -50,9 +63,7 @@ def batch_workers(device: torch.device, batches: int) -> int:
     """How many batches to evaluate at once: two on a CPU with at least two torch threads, else one.
 
     A routed batch is a chain of small operators, each too small to split well over two cores, so on
-    a CPU two batches at a time, one thread each, keep both cores busier. On the 2-core machine the
-    10k test split at the shipped default took 3% (cold) to 12% (warm) less time on average, and
-    40% less beside other work (`inference_experiments.py eval-workers`, docs/PERFORMANCE.md).
+    a CPU two batches at a time, one thread each, keep both cores busier.
     """
     if device.type != "cpu" or batches < 2 or torch.get_num_threads() < 2:
         return 1

@@ -82,17 +82,10 @@ def branch_overrides(model: DRNet, force_on: list[int] = (), force_off: list[int
         raise ValueError("a branch cannot be forced on and off at once: " + ", ".join(labels[i] for i in sorted(both)))
     if not force_on and not force_off:
         return None
-    total = sum(c * b for c, b in model.routing_shape())
-    flat = torch.zeros(total, dtype=torch.int64)
-    for index in force_on:
-        flat[index] = 1
-    for index in force_off:
-        flat[index] = -1
-    overrides, start = [], 0
-    for connections, branches in model.routing_shape():
-        overrides.append(flat[start:start + connections * branches].view(connections, branches))
-        start += connections * branches
-    return overrides
+    flat = torch.zeros(sum(c * b for c, b in model.routing_shape()), dtype=torch.int64)
+    flat[list(force_on)] = 1
+    flat[list(force_off)] = -1
+    return model.split_per_cell(flat)
 
 
 def path_key(mask: np.ndarray) -> str:
@@ -156,15 +149,12 @@ def gumbel_softmax_demo(logits: np.ndarray, taus: np.ndarray, *, threshold: floa
 
 def connection_logits(model: DRNet, inspection: Inspection, cell: int, connection: int) -> np.ndarray:
     """The router logits of one connection of one inspected input: (branches,)."""
-    start = 0
-    for c, (connections, branches) in enumerate(model.routing_shape()):
-        if c == cell:
-            if not 0 <= connection < connections:
-                raise ValueError(f"cell {cell + 1} has {connections} connections, got connection {connection}")
-            offset = start + connection * branches
-            return inspection.router_logits[offset:offset + branches]
-        start += connections * branches
-    raise ValueError(f"the model has {len(model.cells)} cells, got cell {cell}")
+    if not 0 <= cell < len(model.cells):
+        raise ValueError(f"the model has {len(model.cells)} cells, got cell {cell}")
+    per_connection = model.split_per_cell(inspection.router_logits)[cell]
+    if not 0 <= connection < len(per_connection):
+        raise ValueError(f"cell {cell + 1} has {len(per_connection)} connections, got connection {connection}")
+    return per_connection[connection]
 
 
 def gallery_positions(labels: torch.Tensor, per_class: int = 2) -> list[int]:

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .model import DRNet
-from .routing_graph import split_by_cell
+from .ops import branch_color
 
 ACCENT = "#3a86ff"
 MUTED = "#8d99ae"
@@ -46,8 +46,8 @@ def probabilities_figure(probabilities: np.ndarray, class_names: tuple[str, ...]
 def weight_heatmap(model: DRNet, weights: np.ndarray, executed: np.ndarray,
                    title: str = "Branch weights per cell") -> go.Figure:
     """One heatmap per cell: connections x branches, colour = weight, ● = branch ran."""
-    per_cell_w = split_by_cell(model, np.nan_to_num(np.asarray(weights, dtype=float)))
-    per_cell_x = split_by_cell(model, np.asarray(executed, dtype=bool))
+    per_cell_w = model.split_per_cell(np.nan_to_num(np.asarray(weights, dtype=float)))
+    per_cell_x = model.split_per_cell(np.asarray(executed, dtype=bool))
     cells = len(model.cells)
     figure = make_subplots(rows=1, cols=cells, subplot_titles=[f"Cell {c + 1}" for c in range(cells)],
                            horizontal_spacing=0.06)
@@ -235,12 +235,11 @@ def path_frequency_figure(table: pd.DataFrame, title: str = "Same image, differe
 
 def gumbel_demo_figure(table: pd.DataFrame, branch_names: tuple[str, ...], threshold: float, tau: float,
                        title: str = "Branch weights of one connection as tau changes") -> go.Figure:
-    from .routing_graph import OP_COLORS
     figure = go.Figure()
     for branch, name in enumerate(branch_names):
         part = table[table["branch"] == branch]
         figure.add_trace(go.Scatter(x=part["tau"], y=part["weight"], mode="lines", name=name,
-                                    line=dict(color=OP_COLORS.get(name), width=2.5),
+                                    line=dict(color=branch_color(name), width=2.5),
                                     hovertemplate="tau %{x:.2f}: weight %{y:.3f}<extra>" + name + "</extra>"))
     figure.add_hline(y=threshold, line=dict(color=WARN, dash="dash"),
                      annotation_text=f"threshold {threshold:g}: branches above it run")
@@ -252,9 +251,8 @@ def gumbel_demo_figure(table: pd.DataFrame, branch_names: tuple[str, ...], thres
 
 def connection_weights_figure(weights: np.ndarray, branch_names: tuple[str, ...], threshold: float,
                               title: str) -> go.Figure:
-    from .routing_graph import OP_COLORS
     weights = np.nan_to_num(np.asarray(weights, dtype=float))
-    colors = [OP_COLORS.get(name, ACCENT) if w >= threshold else "#d6dbe3" for name, w in zip(branch_names, weights)]
+    colors = [branch_color(name) if w >= threshold else "#d6dbe3" for name, w in zip(branch_names, weights)]
     figure = go.Figure(go.Bar(x=list(branch_names), y=weights, marker_color=colors,
                               text=[f"{w:.2f}" for w in weights], textposition="outside",
                               hovertemplate="%{x}: %{y:.3f}<extra></extra>"))

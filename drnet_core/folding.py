@@ -3,8 +3,8 @@
 In eval mode a batch norm is a fixed per-channel affine map, so conv -> BN equals a single conv with
 rescaled weights and a bias (`torch.nn.utils.fusion.fuse_conv_bn_eval`): the same outputs up to
 float rounding, one pass over the activations fewer per pair. Every branch but identity ends in such
-a pair, and so do the stem and the reductions that run for every image. What it is worth on the 2-core
-machine is in docs/PERFORMANCE.md (`python scripts/inference_experiments.py fold-bn`).
+a pair, and so do the stem and the reductions that run for every image. The modules stay where they
+were (a `FoldedBatchNorm` stands in each batch norm's place), so hooks and `print(model)` still see them.
 
 Folding is in place and one way: the batch norms' statistics are gone, so a folded network refuses
 to train (`FoldableNetwork.train`) and to be saved as a checkpoint (`is_folded`); load the checkpoint

@@ -7,17 +7,16 @@ counted per instance (`mflops_per_instance`, `active_params_per_instance`).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .cell import Cell
+from .cell import EXECUTORS, Cell
 from .config import ModelConfig
 from .cost import module_macs, module_params
-from .folding import FoldableNetwork, FoldedBatchNorm
-from .ops import SeparableChain
+from .folding import FoldableNetwork
 from .router import sample_gumbel
 
 
@@ -38,11 +37,7 @@ class RoutingTrace:
 
 
 class ConvNormRelu(nn.Sequential):
-    """3x3 convolution, batch norm, ReLU: the stem (and each layer of the plain-CNN baseline).
-
-    A Sequential, so the parameter names stay those of every checkpoint; `forward` applies the
-    operators directly, as `ops.SeparableChain` does, and skips a batch norm folded into the convolution.
-    """
+    """3x3 convolution, batch norm, ReLU: the stem (and each layer of the plain-CNN baseline)."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
         super().__init__(
@@ -51,19 +46,11 @@ class ConvNormRelu(nn.Sequential):
             nn.ReLU(inplace=True),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv, norm, _ = self
-        x = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)
-        return torch.relu_(x if isinstance(norm, FoldedBatchNorm) else norm(x))
 
-
-class Reduction(SeparableChain):
+class Reduction(nn.Sequential):
     """ReLU, stride-2 depthwise 3x3, pointwise 1x1, batch norm: the always-on step into each stage.
 
-    After the stem's ReLU a second one is a no-op that would still cost a full-resolution pass; an
-    Identity stands in its place there. `overwrite_input`: the ReLU may rectify the input in place, for a
-    caller that never reads it again, instead of filling a fresh buffer the size of a stage's activations
-    (docs/PERFORMANCE.md, "Activations overwritten in place").
+    After the stem's ReLU a second one would change nothing; an Identity stands in its place there.
     """
 
     def __init__(self, in_channels: int, out_channels: int, input_rectified: bool = False):
@@ -76,19 +63,19 @@ class Reduction(SeparableChain):
 
 
 class ClassifierHead(nn.Sequential):
-    """ReLU, global average pool, linear classifier.
-
-    A Sequential, so the parameter names (`head.3.weight`) stay those of every checkpoint; its forward
-    applies the operators directly, as `RouterNet.forward` does: at batch 1 each of four module calls
-    costs about as much as the small operator inside it.
-    """
+    """ReLU, global average pool, linear classifier."""
 
     def __init__(self, channels: int, num_classes: int):
         super().__init__(nn.ReLU(inplace=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        classifier = self[3]
-        return F.linear(torch.relu(x).mean(dim=(2, 3)), classifier.weight, classifier.bias)
+
+def checkpoint_filter_fn(state: dict) -> dict:
+    """A state dict in the current layout, from one saved by any version (as timm's filter functions do).
+
+    A cell's branch modules were `cells.<cell>.edges.<connection>.<branch>` before they became
+    `cells.<cell>.branches.<connection>.<branch>`.
+    """
+    return {re.sub(r"^(cells\.\d+)\.edges\.", r"\1.branches.", key): value for key, value in state.items()}
 
 
 class DRNet(FoldableNetwork):
@@ -127,50 +114,63 @@ class DRNet(FoldableNetwork):
 
     def forward(self, x: torch.Tensor, *, tau: float, threshold: float,
                 gumbel_noise: list[torch.Tensor] | None = None,
-                branch_overrides: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, RoutingTrace]:
+                branch_overrides: list[torch.Tensor] | None = None,
+                executor: str = "sparse") -> tuple[torch.Tensor, RoutingTrace]:
         """x: (B, in_channels, H, W) normalised images. Returns logits (B, classes) and the trace.
 
         gumbel_noise: per cell (B, connections, branches), see `sample_noise`; inference only.
-        branch_overrides: per cell (connections, branches) ints: +1 force on, -1 force off, 0 router.
+        branch_overrides: per cell (connections, branches) or (B, connections, branches) ints:
+        +1 force on, -1 force off, 0 router. executor: in eval mode, "sparse" (`drnet_core.sparse_inference`)
+        or "reference" (the executor training uses; the two give the same result).
         """
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
         x = self.stem(x.contiguous(memory_format=torch.channels_last))
-        # From here on every activation is this forward's own and read only by the next module; without
-        # autograd (which may have saved one for its backward pass) that module may write into it.
-        overwrite = not torch.is_grad_enabled()
         trace = RoutingTrace([], [], [])
-        cell_index = 0
-        for stage, reduce in enumerate(self.reductions):
-            x = reduce(x, overwrite_input=overwrite)
+        cells = iter(enumerate(self.cells))
+        for reduce in self.reductions:
+            x = reduce(x)
             for _ in range(self.config.cells_per_stage):
-                x, logits, weights, executed = self.cells[cell_index](
+                index, cell = next(cells)
+                x, logits, weights, executed = cell(
                     x, tau, threshold,
-                    gumbel_noise=None if gumbel_noise is None else gumbel_noise[cell_index],
-                    branch_overrides=None if branch_overrides is None else branch_overrides[cell_index],
-                    overwrite_input=overwrite,
+                    gumbel_noise=None if gumbel_noise is None else gumbel_noise[index],
+                    branch_overrides=None if branch_overrides is None else branch_overrides[index],
+                    executor=executor,
                 )
                 trace.logits.append(logits)
                 trace.weights.append(weights)
                 trace.executed.append(executed)
-                cell_index += 1
         return self.head(x), trace
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict`, also for state dicts saved in an earlier layout (`checkpoint_filter_fn`)."""
+        return super().load_state_dict(checkpoint_filter_fn(state_dict), strict=strict, assign=assign)
 
     # ---- routing-space helpers --------------------------------------------------------------
 
     def routing_shape(self) -> list[tuple[int, int]]:
         return [(len(cell.connections), len(cell.branch_names)) for cell in self.cells]
 
-    def sample_noise(self, batch: int, seed: int) -> list[torch.Tensor]:
-        """Seeded Gumbel noise for `batch` instances, identical on every device."""
-        total = sum(c * b for c, b in self.routing_shape())
-        flat = sample_gumbel((batch, total), seed)
+    def split_per_cell(self, flat):
+        """Undo the flattening of `RoutingTrace.path_masks` / `branch_weights` along the last axis:
+        per cell, (..., connections, branches). Tensors and numpy arrays alike."""
+        total = sum(connections * branches for connections, branches in self.routing_shape())
+        if flat.shape[-1] != total:
+            raise ValueError(f"routing vector has {flat.shape[-1]} entries, the model has {total} branches")
         chunks, start = [], 0
         for connections, branches in self.routing_shape():
             size = connections * branches
-            chunks.append(flat[:, start:start + size].reshape(batch, connections, branches).to(self.device))
+            chunks.append(flat[..., start:start + size].reshape(*flat.shape[:-1], connections, branches))
             start += size
         return chunks
+
+    def sample_noise(self, batch: int, seed: int) -> list[torch.Tensor]:
+        """Seeded Gumbel noise for `batch` instances, identical on every device."""
+        total = sum(c * b for c, b in self.routing_shape())
+        return [chunk.to(self.device) for chunk in self.split_per_cell(sample_gumbel((batch, total), seed))]
 
     # ---- cost ------------------------------------------------------------------------------
 

@@ -25,14 +25,7 @@ class RouterNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # self.mlp(x), with the two linear layers applied directly. `mlp` keeps the layers (its indices
-        # name the parameters in every checkpoint), but at batch 1 each of its five module calls costs
-        # about as much as the small operator inside it, and every cell runs a router
-        # (docs/PERFORMANCE.md, "What was changed in the executor").
-        hidden, output = self.mlp[2], self.mlp[4]
-        features = torch.relu(F.linear(x.mean(dim=(2, 3)), hidden.weight, hidden.bias))
-        logits = F.linear(features, output.weight, output.bias)
-        return logits.view(-1, self.num_connections, self.num_branches)  # (B, connections, branches)
+        return self.mlp(x).view(-1, self.num_connections, self.num_branches)  # (B, connections, branches)
 
 
 def sample_gumbel(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -60,5 +53,4 @@ def recalibrate(
         return F.gumbel_softmax(logits, tau=tau, hard=False, dim=-1)
     if gumbel_noise is not None:
         logits = logits + gumbel_noise.to(logits.device, logits.dtype)
-    # Dividing by 1 changes nothing, yet costs an operator per cell, which counts for one image.
-    return torch.softmax(logits if tau == 1.0 else logits / tau, dim=-1)
+    return torch.softmax(logits / tau, dim=-1)

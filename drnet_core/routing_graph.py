@@ -16,16 +16,9 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .model import DRNet
+from .ops import branch_color
 
-# One colour per branch op, shared by every routing figure so a legend read once holds everywhere.
-OP_COLORS = {
-    "sep_conv_3x3": "#1f77b4",
-    "sep_conv_5x5": "#9467bd",
-    "dil_conv_3x3": "#17becf",
-    "avg_pool_3x3": "#2ca02c",
-    "max_pool_3x3": "#bcbd22",
-    "identity": "#ff7f0e",
-}
+# Each branch op's colour comes from the branch registry (`ops.OPS`), shared by every routing figure.
 DIFF_COLORS = {"both": "#4c78a8", "only A": "#e45756", "only B": "#54a24b"}
 SKIPPED_COLOR = "#c9ced6"
 NODE_COLOR = "#33415c"
@@ -42,20 +35,7 @@ def branch_labels(model: DRNet) -> list[str]:
     return labels
 
 
-def split_by_cell(model: DRNet, flat: np.ndarray | Sequence) -> list[np.ndarray]:
-    """Undo `path_masks()` / `branch_weights()` flattening for one instance: per cell (connections, branches)."""
-    flat = np.asarray(flat)
-    chunks, start = [], 0
-    for connections, branches in model.routing_shape():
-        size = connections * branches
-        chunks.append(flat[start:start + size].reshape(connections, branches))
-        start += size
-    if start != flat.shape[0]:
-        raise ValueError(f"routing vector has {flat.shape[0]} entries, the model has {start} branches")
-    return chunks
-
-
-def _flatten(values) -> np.ndarray:
+def flat_routing(values) -> np.ndarray:
     """A flat routing vector from either a flat vector or a per-cell list of (connections, branches)."""
     if isinstance(values, (list, tuple)):
         return np.concatenate([np.asarray(v, dtype=float).ravel() for v in values])
@@ -75,8 +55,8 @@ def routing_graph(model: DRNet, weights: np.ndarray | Sequence, executed: np.nda
     weights, executed: flattened over all branches (one row of `RoutedRun.branch_weights` /
     `path_masks`) or per-cell (connections, branches) arrays.
     """
-    per_cell_w = split_by_cell(model, _flatten(weights))
-    per_cell_x = split_by_cell(model, _flatten(executed).astype(bool))
+    per_cell_w = model.split_per_cell(flat_routing(weights))
+    per_cell_x = model.split_per_cell(flat_routing(executed).astype(bool))
     graph = nx.DiGraph()
     graph.add_node("input", kind="io", label="image", x=-1.5, y=0.0)
     previous = "input"
@@ -219,13 +199,11 @@ def routing_figure(graph: nx.DiGraph, title: str = "Routing path", height: int =
     for key, data in sorted((kd for kd in branches if kd[1]["executed"]), key=lambda kd: kd[1]["weight"]):
         xs, ys = _segments(graph, [key])
         weight = float(np.clip(data["weight"], 0.0, 1.0))
-        figure.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=OP_COLORS.get(data["op"], "#555"),
+        figure.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=branch_color(data["op"]),
                                                                          width=1.5 + 6 * weight),
                                     opacity=0.35 + 0.65 * weight, hoverinfo="skip", showlegend=False))
-    for op, color in OP_COLORS.items():
-        keys = [k for k, d in branches if d["op"] == op]
-        if not keys:
-            continue
+    for op in dict.fromkeys(d["op"] for _, d in branches):  # the model's branch types, in its order
+        keys, color = [k for k, d in branches if d["op"] == op], branch_color(op)
         on = [graph.nodes[k]["executed"] for k in keys]
         hover = [f"<b>{d['op']}</b><br>cell {d['cell'] + 1}, n{d['source']}→n{d['target']}<br>"
                  f"weight {d['weight']:.3f}<br>{d['mflops']:.3f} MFLOPs<br>"

@@ -3,20 +3,14 @@
 Keep freed memory in the process. Routed inference allocates tensors of a different size for every
 sub-batch (each branch runs on the instances that selected it). With glibc's defaults, freed blocks
 above its mmap/trim thresholds go back to the operating system, so the next large buffer comes back
-through page faults and is zero-filled again. On the 2-core reference machine, routing the 10k test
-split in batches of 1,000 took 2.65 and 2.79 s with the defaults and 1.49 to 1.64 s with this setting;
-in batches of 256 (the default, `evaluate.EVAL_BATCH_SIZE`) the two are within the machine's noise
-(`python scripts/inference_experiments.py eval-batch [--keep-freed-memory off]`). The cost is that
-the process keeps its peak heap instead of shrinking after it.
+through page faults and is zero-filled again, which makes large evaluation batches markedly slower.
+The cost is that the process keeps its peak heap instead of shrinking after it.
 
-Back large tensors with transparent huge pages. The reference machine is a virtual machine that
-switches, for seconds to minutes at a time, into a state where a routed batch of 256 takes 32-36 ms
-instead of 28-30, most likely paying for address translation on the executor's many passes over large
-activations (gathers, scatters, node sums). With huge pages it took 27.7-30.2 ms in both states, and
-batch-256 efficiency measured 0.68-0.80 over 12 processes against 0.61-0.86 with 4 KB pages
-(`python scripts/inference_experiments.py latency-processes`, docs/PERFORMANCE.md). torch's CPU
-allocator reads THP_MEM_ALLOC_ENABLE once, at the process's first tensor, so the setting only takes
-effect when made before any tensor exists.
+Back large tensors with transparent huge pages, so that the executor's many passes over large
+activations (gathers, scatters, node sums) pay less for address translation; on a virtual machine
+whose speed drifts, this keeps routed batches steadier. torch's CPU allocator reads
+THP_MEM_ALLOC_ENABLE once, at the process's first tensor, so the setting only takes effect when made
+before any tensor exists.
 """
 from __future__ import annotations
 

@@ -44,13 +44,10 @@ from .config import ModelConfig, TrainConfig
 from .cost import measure_branch_ms
 from .data import FASHION_CLASSES, CIFAR10_CLASSES, DatasetError, ImageSet, augment, load_split, to_model_input
 from .distributed import DistributedContext, run_routed_sharded, state_fingerprint, sweep_sharded
-from .evaluate import DEFAULT_SELECTION_RULE, choose_default_setting, summarize
+from .evaluate import DEFAULT_SELECTION_RULE, SWEEP_TAUS, SWEEP_THRESHOLDS, choose_default_setting, summarize
 from .model import DRNet
 
 log = logging.getLogger(__name__)
-
-SWEEP_TAUS = (0.25, 0.5, 1.0, 2.0)
-SWEEP_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 
 
 def tau_at(config: TrainConfig, progress: float) -> float:
@@ -242,7 +239,7 @@ def branch_subset_state(parent: DRNet, branches: tuple[str, ...]) -> dict[str, t
     state = {}
     for key, value in parent.state_dict().items():
         parts = key.split(".")
-        if parts[0] == "cells" and parts[2] == "edges":  # cells.<cell>.edges.<connection>.<branch>.<...>
+        if parts[0] == "cells" and parts[2] == "branches":  # cells.<cell>.branches.<connection>.<branch>.<...>
             if int(parts[4]) not in kept:
                 continue
             parts[4] = str(kept.index(int(parts[4])))

@@ -32,7 +32,7 @@ from drnet_core import attribution, explorer, routing_graph  # noqa: E402
 from drnet_core.runtime import configure_cpu_memory  # noqa: E402
 from drnet_core.checkpoint import default_device, load_checkpoint  # noqa: E402
 from drnet_core.data import FASHION_CLASSES, load_test_set, to_model_input  # noqa: E402
-from drnet_core.evaluate import run_routed, summarize  # noqa: E402
+from drnet_core.evaluate import default_setting, run_routed, summarize  # noqa: E402
 from drnet_core.images import image_from_bytes  # noqa: E402
 
 log = logging.getLogger("bench_app")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     model, meta = load_checkpoint(device=default_device(), fold_batch_norms=True)  # as the app does
-    tau, threshold = float(meta.get("default_tau", 1.0)), float(meta.get("default_threshold", 0.2))
+    tau, threshold = default_setting(meta)
     images = load_test_set().subset(args.limit)
     inputs = to_model_input(images.images)
     picture = Image.fromarray(255 - images.images[0].numpy()).resize((280, 280))

@@ -88,9 +88,9 @@ def test_path_diff_counts_match_the_masks(model, runs):
     routing_graph.path_diff_figure(graph)
 
 
-def test_split_by_cell_rejects_a_wrong_length(model):
+def test_split_per_cell_rejects_a_wrong_length(model):
     with pytest.raises(ValueError, match="branches"):
-        routing_graph.split_by_cell(model, np.zeros(total_branches(model) + 1))
+        model.split_per_cell(np.zeros(total_branches(model) + 1))
 
 
 # ---- single-image inspection ---------------------------------------------------------------------

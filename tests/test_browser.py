@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 from chromium import AVAILABLE, MISSING_REASON, new_chromium, wait_until_stable
 
+from app.navigation import VIEWS
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 # The default page is served at the root: Streamlit ignores its url_path.
-PAGES = {"": "Inspect an image", "tradeoff": "Temperature & threshold", "clusters": "Routing clusters",
-         "audit": "Cost audit", "how-it-works": "How it works"}
+PAGES = {("" if index == 0 else view.url_path): view.title for index, view in enumerate(VIEWS)}
 
 pytestmark = pytest.mark.skipif(not AVAILABLE,
                                 reason=MISSING_REASON)

@@ -137,7 +137,7 @@ def test_init_from_with_fewer_branch_types_keeps_each_kept_branch_and_its_router
                        data_dir=str(data), progress=False, select_defaults=False, evaluate_test=False)
     assert grandchild["total_epochs"] == 3  # the whole lineage, not only the last run
     old = [model_config.branches.index(name) for name in kept]
-    assert torch.equal(after.cells[1].edges[2][1][1].weight, before.cells[1].edges[2][old[1]][1].weight)
+    assert torch.equal(after.cells[1].branches[2][1][1].weight, before.cells[1].branches[2][old[1]][1].weight)
     # Before any training step (which moves batch-norm statistics even at lr 0) the first router, whose
     # input the dropped branches cannot change, gives the parent's logits of the kept branches.
     started = DRNet(ablated).eval()

@@ -1,11 +1,11 @@
-"""The fast eval-mode executor computes what the reference executor computes, and nothing more."""
+"""The sparse inference executor computes what the reference executor computes, and nothing more."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from drnet_core.cell import Cell, PendingSum
+from drnet_core.sparse_inference import WeightedSum, gather_rows, nhwc
 from drnet_core.config import ModelConfig, PRESETS
 from drnet_core.model import DRNet
 
@@ -24,38 +24,29 @@ def _model(config: ModelConfig, seed: int = 0) -> DRNet:
     return model.eval()
 
 
-def _set_reference(model: DRNet, reference: bool) -> None:
-    for cell in model.cells:
-        cell.reference_executor = reference
-
-
 def _both(model: DRNet, x: torch.Tensor, **kwargs):
-    _set_reference(model, True)
-    reference = model(x, **kwargs)
-    _set_reference(model, False)
-    fast = model(x, **kwargs)
-    return reference, fast
+    return model(x, executor="reference", **kwargs), model(x, executor="sparse", **kwargs)
 
 
-def _assert_same(reference, fast) -> None:
-    (ref_logits, ref_trace), (fast_logits, fast_trace) = reference, fast
-    torch.testing.assert_close(fast_logits, ref_logits, atol=1e-5, rtol=1e-5)
-    for ref_executed, fast_executed in zip(ref_trace.executed, fast_trace.executed):
-        assert torch.equal(ref_executed, fast_executed)
+def _assert_same(reference, sparse) -> None:
+    (ref_logits, ref_trace), (sparse_logits, sparse_trace) = reference, sparse
+    torch.testing.assert_close(sparse_logits, ref_logits, atol=1e-5, rtol=1e-5)
+    for ref_executed, sparse_executed in zip(ref_trace.executed, sparse_trace.executed):
+        assert torch.equal(ref_executed, sparse_executed)
     # Later cells see inputs that differ in the last float bits (another summation order).
-    for ref_weights, fast_weights in zip(ref_trace.weights, fast_trace.weights):
-        torch.testing.assert_close(fast_weights, ref_weights, atol=1e-6, rtol=1e-5)
-    assert torch.equal(ref_trace.weights[0], fast_trace.weights[0])
+    for ref_weights, sparse_weights in zip(ref_trace.weights, sparse_trace.weights):
+        torch.testing.assert_close(sparse_weights, ref_weights, atol=1e-6, rtol=1e-5)
+    assert torch.equal(ref_trace.weights[0], sparse_trace.weights[0])
 
 
 @pytest.mark.parametrize("preset_name", ["tiny", "fashion"])
 @pytest.mark.parametrize("threshold", THRESHOLDS)
-def test_fast_executor_matches_reference(preset_name: str, threshold: float) -> None:
+def test_sparse_executor_matches_reference(preset_name: str, threshold: float) -> None:
     model = _model(PRESETS[preset_name].model)
     x = torch.randn(12, 1, 28, 28)
     with torch.inference_mode():
-        reference, fast = _both(model, x, tau=0.7, threshold=threshold)
-    _assert_same(reference, fast)
+        reference, sparse = _both(model, x, tau=0.7, threshold=threshold)
+    _assert_same(reference, sparse)
 
 
 def test_thresholds_exercise_partial_batches() -> None:
@@ -72,7 +63,7 @@ def test_thresholds_exercise_partial_batches() -> None:
     assert partial > 0
 
 
-def test_fast_executor_matches_reference_at_batch_one() -> None:
+def test_sparse_executor_matches_reference_at_batch_one() -> None:
     model = _model(PRESETS["fashion"].model, seed=1)
     with torch.inference_mode():
         for index in range(6):
@@ -81,7 +72,7 @@ def test_fast_executor_matches_reference_at_batch_one() -> None:
                 _assert_same(*_both(model, x, tau=1.0, threshold=threshold))
 
 
-def test_fast_executor_with_noise_and_overrides() -> None:
+def test_sparse_executor_with_noise_and_overrides() -> None:
     model = _model(PRESETS["fashion"].model, seed=2)
     x = torch.randn(16, 1, 28, 28)
     overrides = [torch.zeros(c, b, dtype=torch.long) for c, b in model.routing_shape()]
@@ -90,21 +81,20 @@ def test_fast_executor_with_noise_and_overrides() -> None:
     overrides[2][:, :] = -1   # a cell with every branch off degrades to the identity
     with torch.inference_mode():
         noise = model.sample_noise(16, seed=5)
-        reference, fast = _both(model, x, tau=0.5, threshold=0.2, gumbel_noise=noise, branch_overrides=overrides)
-    _assert_same(reference, fast)
-    assert bool(fast[1].executed[0][:, 0, 0].all())
-    assert not bool(fast[1].executed[2].any())
+        reference, sparse = _both(model, x, tau=0.5, threshold=0.2, gumbel_noise=noise, branch_overrides=overrides)
+    _assert_same(reference, sparse)
+    assert bool(sparse[1].executed[0][:, 0, 0].all())
+    assert not bool(sparse[1].executed[2].any())
 
 
-def test_fast_executor_gradients_match_reference() -> None:
+def test_sparse_executor_gradients_match_reference() -> None:
     """Attribution methods differentiate an eval-mode model: the in-place accumulation must be exact there too."""
     model = _model(PRESETS["tiny"].model, seed=3)
     x = torch.randn(8, 1, 28, 28)
     grads = []
-    for reference in (True, False):
-        _set_reference(model, reference)
+    for executor in ("reference", "sparse"):
         xi = x.clone().requires_grad_(True)
-        logits, _ = model(xi, tau=0.7, threshold=0.2)
+        logits, _ = model(xi, tau=0.7, threshold=0.2, executor=executor)
         logits[:, 3].sum().backward()
         grads.append(xi.grad)
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-5)
@@ -121,22 +111,20 @@ def test_flop_counter_matches_mflops_per_instance(threshold: float) -> None:
         assert counter.get_total_flops() / 2 / 1e6 == pytest.approx(float(model.mflops_per_instance(trace)[0]), rel=1e-9)
 
 
-def test_training_mode_ignores_the_fast_executor() -> None:
+def test_training_always_runs_the_reference_executor() -> None:
     """Training keeps the reference executor (the shipped checkpoint was trained with it)."""
     model = _model(PRESETS["tiny"].model, seed=6).train()
     x = torch.randn(8, 1, 28, 28)
     outputs = []
-    for reference in (True, False):
-        _set_reference(model, reference)
+    for executor in ("reference", "sparse"):
         torch.manual_seed(0)  # the same Gumbel noise for both runs
-        outputs.append(model(x, tau=1.0, threshold=0.2)[0])
+        outputs.append(model(x, tau=1.0, threshold=0.2, executor=executor)[0])
     assert torch.equal(outputs[0], outputs[1])
-    assert Cell.reference_executor is False
+    with pytest.raises(ValueError, match="executor"):
+        model(x, tau=1.0, threshold=0.2, executor="padded")
 
 
 def test_row_gather_and_scatter_keep_values_and_channels_last() -> None:
-    from drnet_core.cell import gather_rows, nhwc
-
     x = torch.randn(9, 5, 4, 3).contiguous(memory_format=torch.channels_last)
     rows = torch.tensor([0, 4, 5, 8])
     gathered = gather_rows(x, rows)
@@ -190,7 +178,7 @@ def test_two_batches_at_a_time_give_the_serial_results_and_leave_the_thread_coun
 
 
 @pytest.mark.parametrize("grad", [False, True])
-def test_a_pending_sum_adds_up_to_its_terms_and_never_writes_to_them(grad: bool) -> None:
+def test_a_weighted_sum_adds_up_to_its_terms_and_never_writes_to_them(grad: bool) -> None:
     generator = torch.Generator().manual_seed(0)
 
     def tensor(batch: int = 6) -> torch.Tensor:
@@ -206,92 +194,28 @@ def test_a_pending_sum_adds_up_to_its_terms_and_never_writes_to_them(grad: bool)
     expected = x * each(1 + w[1]) + y * each(w[0]) + first * each(w[2]) + second * each(w[3])
     expected[rows] += part * each(w[0][rows])
     with torch.set_grad_enabled(grad):
-        node = PendingSum(x, [(x, None)])
+        node = WeightedSum(x, [(x, None)])
         node.add_term(y, w[0])
         node.add_term(x, w[1])  # the same tensor twice: one term
         node.add_output(first.clone(), w[2], x)
         node.add_output(second.clone(), w[3], x)
         node.add_rows(rows, part.clone(), w[0][rows])
         assert len(node.terms) == 2
-        scaled = PendingSum(x)
+        scaled = WeightedSum(x)
         scaled.add_scaled(node, w[3])  # an identity from this node
         torch.testing.assert_close(node.rows(rows), expected[rows])
         torch.testing.assert_close(node.total(), expected)
         torch.testing.assert_close(scaled.total(), expected * each(w[3]))
         torch.testing.assert_close(node.rows(rows), expected[rows])  # from the kept sum
-        output = PendingSum(x, [(x, None)])
+        output = WeightedSum(x, [(x, None)])
         output.absorb(scaled)
         torch.testing.assert_close(output.total(), x + expected * each(w[3]))
     assert torch.equal(x, shared[0]) and torch.equal(y, shared[1])
 
 
-@pytest.mark.parametrize("grad", [False, True])
-def test_a_pending_sum_forms_itself_in_the_writable_term_only_without_autograd(grad: bool) -> None:
-    x, y = (torch.randn(5, 4, 3, 3).contiguous(memory_format=torch.channels_last) for _ in range(2))
-    w = torch.rand(5)
-    rows, part = torch.tensor([0, 3]), torch.randn(2, 4, 3, 3)
-    expected = x * w.view(-1, 1, 1, 1) + y
-    expected[rows] += part
-    kept_y = y.clone()
-    with torch.set_grad_enabled(grad):
-        node = PendingSum(x, [(x, w), (y, None)])
-        node.add_rows(rows, part.clone(), torch.ones(2))
-        out = node.total(writable=x)
-    torch.testing.assert_close(out, expected)
-    assert (out.data_ptr() == x.data_ptr()) == (not grad)
-    assert torch.equal(y, kept_y)
-
-
-def test_a_pending_sum_leaves_the_writable_term_alone_when_another_term_views_it() -> None:
-    """A branch may return a view of its input: writing the input would change that term too."""
-    x = torch.randn(5, 4, 3, 3)
-    view = x.view(5, 4, 3, 3)
-    kept = x.clone()
-    w = torch.rand(5)
-    with torch.inference_mode():
-        out = PendingSum(x, [(x, w), (view, None)]).total(writable=x)
-    torch.testing.assert_close(out, kept * w.view(-1, 1, 1, 1) + kept)
-    assert torch.equal(x, kept)
-
-
-@pytest.mark.parametrize("threshold", [0.0, 0.17, 0.4, 1.0])
-def test_a_cell_given_its_input_computes_the_same_output(threshold: float) -> None:
-    model = _model(PRESETS["fashion"].model, seed=5)
-    with torch.inference_mode():
-        cell_input = _first_cell_input(model, 16)
-        kept = cell_input.clone()
-        expected, *_ = model.cells[0](cell_input, 0.7, threshold)
-        assert torch.equal(cell_input, kept)
-        out, *_ = model.cells[0](cell_input, 0.7, threshold, overwrite_input=True)
-    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
-
-
-def test_identity_everywhere_forms_the_cell_output_in_the_given_input() -> None:
-    model = _model(PRESETS["tiny"].model, seed=4)
-    overrides = _identity_alone(model)
-    with torch.inference_mode():
-        cell_input = _first_cell_input(model, 6)
-        expected, *_ = model.cells[0](cell_input, 1.0, 0.5, branch_overrides=overrides)
-        out, *_ = model.cells[0](cell_input, 1.0, 0.5, branch_overrides=overrides, overwrite_input=True)
-    assert out.data_ptr() == cell_input.data_ptr()
-    torch.testing.assert_close(out, expected)
-
-
-@pytest.mark.parametrize("overwrite", [False, True])
-def test_a_reduction_rectifies_in_place_only_when_given_its_input(overwrite: bool) -> None:
-    reduce = _model(PRESETS["tiny"].model).reductions[1]
-    x = torch.randn(3, 4, 14, 14).contiguous(memory_format=torch.channels_last)
-    kept = x.clone()
-    with torch.inference_mode():
-        expected = reduce(kept.clone())
-        out = reduce(x, overwrite_input=overwrite)
-    torch.testing.assert_close(out, expected)
-    assert torch.equal(x, kept.clamp_min(0) if overwrite else kept)
-
-
 @pytest.mark.parametrize("threshold", [0.0, 0.17, 1.0])
 def test_a_forward_without_autograd_matches_one_with_it_and_keeps_the_callers_images(threshold: float) -> None:
-    """Without autograd the forward overwrites its own activations; with it, it never does."""
+    """Without autograd the executor sums in place; it never writes to a tensor it did not create."""
     model = _model(PRESETS["fashion"].model, seed=6)
     images = torch.randn(10, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     kept = images.clone()
@@ -302,45 +226,3 @@ def test_a_forward_without_autograd_matches_one_with_it_and_keeps_the_callers_im
     torch.testing.assert_close(logits, expected.detach(), atol=1e-5, rtol=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(trace.executed, expected_trace.executed))
     assert torch.equal(images, kept)
-
-
-def test_padded_sizes_are_few_and_at_most_double() -> None:
-    from drnet_core.cell import pad_rows, padded_size
-
-    sizes = {padded_size(count) for count in range(1, 257)}
-    assert len(sizes) == 13 and max(sizes) == 256
-    assert all(count <= padded_size(count) <= 2 * count for count in range(1, 257))
-    rows = torch.tensor([2, 5, 7])
-    assert pad_rows(rows, batch=8).tolist() == [2, 5, 7, 7]
-    assert pad_rows(torch.tensor([1, 3]), batch=8).tolist() == [1, 3]
-    assert pad_rows(torch.arange(33), batch=40).tolist() == list(range(33)) + [32] * 7  # never past the batch
-
-
-@pytest.mark.parametrize("threshold", (0.1, 0.25, 0.4))
-def test_padded_sub_batches_give_the_reference_result_at_padded_sizes_only(threshold: float) -> None:
-    """CUDA's executor pads each sub-batch with copies of its own rows; forced here on the CPU."""
-    from drnet_core.cell import padded_size
-
-    model = _model(PRESETS["fashion"].model, seed=7)
-    x = torch.randn(40, 1, 28, 28)
-    seen: dict[str, list[int]] = {"plain": [], "padded": [], "reference": []}
-    phase = "plain"
-    hooks = [branch.register_forward_pre_hook(lambda _module, args: seen[phase].append(len(args[0])))
-             for cell in model.cells for edge in cell.edges for branch in edge]
-    try:
-        with torch.inference_mode():
-            plain = model(x, tau=0.7, threshold=threshold)
-            phase = "padded"
-            for cell in model.cells:
-                cell.pad_sub_batches = True
-            padded = model(x, tau=0.7, threshold=threshold)
-            phase = "reference"
-            _set_reference(model, True)
-            reference = model(x, tau=0.7, threshold=threshold)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    _assert_same(reference, padded)
-    _assert_same(plain, padded)
-    assert any(padded_size(size) != size for size in seen["plain"])  # some sub-batch needed padding
-    assert all(padded_size(size) == size or size == len(x) for size in seen["padded"])

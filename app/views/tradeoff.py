@@ -6,6 +6,7 @@ import streamlit as st
 
 import state
 from drnet_core import figures, tradeoff
+from drnet_core.evaluate import SWEEP_THRESHOLDS
 
 settings = state.current_settings()
 model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
@@ -45,7 +46,7 @@ metric_row("Setting B", summary_b, summary_a)
 left, right = st.columns(2)
 with left:
     sweep_limit = min(settings.eval_limit, 1000)
-    thresholds = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5]
+    thresholds = SWEEP_THRESHOLDS
     rows = []
     progress = st.progress(0.0, text=f"Sweeping thresholds at tau {settings.tau:g}…")
     for step, threshold in enumerate(thresholds):
@@ -57,7 +58,7 @@ with left:
     st.plotly_chart(figures.tradeoff_figure(rows, summary_a, summary_b,
                                             f"Accuracy vs. cost at tau {settings.tau:g} (threshold sweep)"),
                     key="tradeoff_curve")
-    st.caption(f"Curve: thresholds 0–0.5 at setting A's tau on the first {sweep_limit:,} images; stars: settings A "
+    st.caption(f"Curve: thresholds {SWEEP_THRESHOLDS[0]:g}–{SWEEP_THRESHOLDS[-1]:g} at setting A's tau on the first {sweep_limit:,} images; stars: settings A "
                f"and B on {evaluated.name}.")
 with right:
     st.plotly_chart(figures.mflops_histograms({"setting A": run_a.mflops.numpy(), "setting B": run_b.mflops.numpy()},
