@@ -10,8 +10,10 @@ from pathlib import Path
 
 import streamlit as st
 
-ROOT = Path(__file__).resolve().parent.parent
-for entry in (str(ROOT), str(ROOT / "app")):
+APP = Path(__file__).resolve().parent
+ROOT = APP.parent
+# From a checkout, drnet_core sits beside app/; an installed package (drnet_core/app) imports it as it is.
+for entry in ([str(ROOT)] if (ROOT / "drnet_core").is_dir() else []) + [str(APP)]:
     if entry not in sys.path:
         sys.path.insert(0, entry)
 

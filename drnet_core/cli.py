@@ -6,6 +6,10 @@
   subset    rebuild the shipped class-balanced test subset from the installed dataset
   bench     wall-clock cost of dense vs routed inference, router overhead, training speed
   baseline  train a static baseline (fixed-branch cells or a plain CNN) the way the DRNet trains
+  trace     one row per image (prediction, cost, path, every branch's weight) as Parquet or CSV
+  app       serve the Streamlit app
+
+Installed with pip, `drnet <command>` is the same command.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +28,7 @@ from .checkpoint import CheckpointError, default_device, load_checkpoint
 from .config import COST_MEASURES, PRESETS, preset
 from .data import DatasetError
 from .evaluate import EVAL_BATCH_SIZE, SWEEP_TAUS, SWEEP_THRESHOLDS, default_setting
+from .monitor import DEFAULT_ROUTING_EVERY
 from .runtime import configure_cpu_memory
 
 log = logging.getLogger("drnet_core")
@@ -71,6 +77,19 @@ def _branch_names(text: str) -> tuple[str, ...]:
     return names
 
 
+PROGRESS_SETTINGS = ("auto", "on", "off")
+
+
+def _show_progress(args, *, auto: bool = True) -> bool:
+    """Progress bars: --progress on or off; auto draws them only where a person watches, when stderr is a
+    terminal and, under torchrun, in rank 0, so that logs under CI or torchrun stay one line per event.
+    `auto=False`: a command whose output is for programs (--json) stays quiet unless asked."""
+    setting = "off" if getattr(args, "no_progress", False) else getattr(args, "progress", "auto")
+    if setting == "auto":
+        return auto and sys.stderr.isatty() and int(os.environ.get("RANK", "0")) == 0
+    return setting == "on"
+
+
 def _eval_set(args, meta: dict):
     from .data import load_split, load_test_set, to_model_input
 
@@ -101,7 +120,8 @@ def cmd_train(args) -> int:
     train_config = chosen.train.__class__(**{**chosen.train.to_dict(), **overrides})
     try:
         meta = train(model_config, train_config, args.output, dataset=args.dataset, data_dir=args.data_dir,
-                     progress=not args.no_progress, evaluate_test=not args.skip_test)
+                     progress=_show_progress(args), evaluate_test=not args.skip_test, log_dir=args.log_dir,
+                     log_every=args.log_every)
     except ValueError as error:  # a resume file of another config, an --init-from of another architecture
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -115,7 +135,7 @@ def cmd_select_default(args) -> int:
     from .train import reselect_default
 
     meta = reselect_default(args.checkpoint, args.output or args.checkpoint, data_dir=args.data_dir,
-                            progress=not args.no_progress)
+                            progress=_show_progress(args))
     print(json.dumps({"default_tau": meta["default_tau"], "default_threshold": meta["default_threshold"],
                       "default_selection": meta["default_selection"], "test_default": meta.get("test_default"),
                       "test_dense": meta.get("test_dense")}, indent=2))
@@ -136,7 +156,7 @@ def cmd_evaluate(args) -> int:
     threshold = args.threshold if args.threshold is not None else default_threshold
     test, inputs = _eval_set(args, meta)
     run = run_routed_sharded(model, inputs, test.labels, tau=tau, threshold=threshold, noise_seed=args.noise_seed,
-                             batch_size=args.batch_size, progress=not args.json, ctx=ctx)
+                             batch_size=args.batch_size, progress=_show_progress(args, auto=not args.json), ctx=ctx)
     ctx.close()
     if not ctx.is_main:
         return 0
@@ -165,7 +185,7 @@ def cmd_sweep(args) -> int:
     model, meta = load_checkpoint(args.checkpoint, device=ctx.device if ctx.distributed else default_device(),
                                   fold_batch_norms=True)
     test, inputs = _eval_set(args, meta)
-    rows = sweep_sharded(model, inputs, test.labels, args.taus, args.thresholds, progress=True,
+    rows = sweep_sharded(model, inputs, test.labels, args.taus, args.thresholds, progress=_show_progress(args),
                          batch_size=args.batch_size, ctx=ctx)
     ctx.close()
     if not ctx.is_main:
@@ -239,7 +259,7 @@ def cmd_baseline(args) -> int:
              model.dense_params(), config.to_dict())
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     try:
-        meta = train(config, train_config, args.output, data_dir=args.data_dir, progress=not args.no_progress,
+        meta = train(config, train_config, args.output, data_dir=args.data_dir, progress=_show_progress(args),
                      select_defaults=False, model=model)
     except ValueError as error:  # e.g. a resume file left by a run with another config
         print(f"error: {error}", file=sys.stderr)
@@ -257,10 +277,78 @@ def cmd_subset(args) -> int:
     return 0
 
 
+def cmd_trace(args) -> int:
+    """One row per image of the evaluated set, with its routing, as Parquet or CSV (drnet_core.trace)."""
+    from .checkpoint import SHIPPED_CHECKPOINT, sha256_of
+    from .distributed import DistributedContext, run_routed_sharded
+    from .evaluate import summarize
+    from .trace import TraceOutputError, check_output, trace_metadata, trace_table, write_trace
+
+    try:
+        output = check_output(args.output)  # before any work: a wrong suffix is known at once
+    except TraceOutputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    ctx = DistributedContext()  # under torchrun the set is sharded across the processes, as in evaluate
+    ctx.quiet_other_ranks()
+    model, meta = load_checkpoint(args.checkpoint, device=ctx.device if ctx.distributed else default_device(),
+                                  fold_batch_norms=True)
+    tau = args.tau if args.tau is not None else meta.get("default_tau", 1.0)
+    threshold = args.threshold if args.threshold is not None else meta.get("default_threshold", 0.0)
+    test, inputs = _eval_set(args, meta)
+    run = run_routed_sharded(model, inputs, test.labels, tau=tau, threshold=threshold, noise_seed=args.noise_seed,
+                             batch_size=args.batch_size, progress=_show_progress(args), ctx=ctx)
+    ctx.close()
+    if not ctx.is_main:
+        return 0
+    class_names = tuple(meta.get("class_names", [str(i) for i in range(10)]))
+    summary = summarize(run, model, test.name, class_names)
+    metadata = trace_metadata(run, summary, checkpoint=str(args.checkpoint or "shipped"),
+                              checkpoint_sha256=sha256_of(args.checkpoint or SHIPPED_CHECKPOINT), split=args.split,
+                              batch_size=args.batch_size)
+    sidecar = write_trace(trace_table(run, model, class_names, test.indices), metadata, output)
+    print(f"wrote {summary['n']:,} rows to {output} and its metadata to {sidecar}: {summary['dataset']}, "
+          f"accuracy {summary['accuracy']:.4f}, mean {summary['mean_mflops']:.3f} MFLOPs "
+          f"at tau={tau:g}, threshold={threshold:g}")
+    return 0
+
+
+def streamlit_command(port: int, address: str | None, extra: list[str]) -> list[str]:
+    """`streamlit run` of the app with the project's Streamlit settings, from any working folder.
+
+    Streamlit reads `.streamlit/config.toml` only from the working folder, so its settings are passed
+    as options: the upload limit there is the one `drnet_core.images` enforces.
+    """
+    import tomllib
+
+    from .resources import APP, STREAMLIT_CONFIG
+
+    def option(value) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    settings = tomllib.loads(STREAMLIT_CONFIG.read_text())
+    command = [sys.executable, "-m", "streamlit", "run", str(APP / "streamlit_app.py")]
+    command += [f"--{section}.{key}={option(value)}" for section, values in settings.items()
+                for key, value in values.items()]
+    command += [f"--server.port={port}"] + ([f"--server.address={address}"] if address else [])
+    return command + [part for part in extra if part != "--"]
+
+
+def cmd_app(args) -> int:
+    command = streamlit_command(args.port, args.address, args.streamlit_options)
+    sys.stdout.flush()
+    os.execv(command[0], command)  # streamlit takes over this process, and with it Ctrl-C and signals
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m drnet_core", description="DRNet Explorer: dynamic routing networks.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    def progress_options(sub):
+        sub.add_argument("--progress", choices=PROGRESS_SETTINGS, default="auto",
+                         help="progress bars: on, off, or auto (only when stderr is a terminal, and in rank 0 "
+                         "under torchrun)")
 
     def data_options(sub):
         sub.add_argument("--data-dir", help="dataset folder (default: $DRNET_DATA, then /usr/share/datasets/fashion-mnist; "
@@ -280,7 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated branch types every connection holds (default: the preset's); with "
                        "--init-from, a subset of the parent's: a branch-type ablation of a trained network")
     train.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (--progress off)")
+    progress_options(train)
+    train.add_argument("--log-dir", default=None, help="write TensorBoard scalars into this folder: loss, accuracy, "
+                       "cost, tau and lr every epoch, per-cell routing every --log-every steps")
+    train.add_argument("--log-every", type=_positive_int, default=DEFAULT_ROUTING_EVERY,
+                       help="steps between routing scalars in --log-dir (default: %(default)s)")
     train.add_argument("--skip-test", action="store_true", help="do not evaluate the test split at the end")
     data_options(train)
     train.set_defaults(func=cmd_train)
@@ -289,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "on its held-out training images (current rule) and rewrite its test figures")
     select.add_argument("--checkpoint", required=True, help="trained checkpoint")
     select.add_argument("--output", default=None, help="where to write it (default: in place)")
-    select.add_argument("--no-progress", action="store_true", help="no progress bar")
+    select.add_argument("--no-progress", action="store_true", help="no progress bar (--progress off)")
+    progress_options(select)
     data_options(select)
     select.set_defaults(func=cmd_select_default)
 
@@ -303,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH_SIZE,
                           help="images per forward pass (under torchrun, "
                           "each process takes whole batches)")
+    progress_options(evaluate)
     data_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -319,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH_SIZE,
                           help="images per forward pass (under torchrun, "
                        "each process takes whole batches)")
+    progress_options(sweep)
     data_options(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
@@ -351,13 +447,36 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("epochs", "limit", "val-size"):
         baseline.add_argument(f"--{name}", type=int, default=None, help="override the preset's value")
     baseline.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads")
-    baseline.add_argument("--no-progress", action="store_true", help="no progress bar")
+    baseline.add_argument("--no-progress", action="store_true", help="no progress bar (--progress off)")
+    progress_options(baseline)
     data_options(baseline)
     baseline.set_defaults(func=cmd_baseline)
 
     subset = commands.add_parser("subset", help="rebuild assets/fashion_mnist_test_subset.npz")
     data_options(subset)
     subset.set_defaults(func=cmd_subset)
+
+    trace = commands.add_parser("trace", help="one row per image: prediction, confidence, cost, path and every "
+                                "branch's weight, as Parquet or CSV with a JSON metadata sidecar")
+    trace.add_argument("--checkpoint", default=None, help="checkpoint file (default: the shipped one)")
+    trace.add_argument("--tau", type=_tau, default=None, help="Gumbel-Softmax temperature (default: checkpoint's)")
+    trace.add_argument("--threshold", type=_threshold, default=None, help="selection threshold in [0, 1]")
+    trace.add_argument("--noise-seed", type=int, default=None, help="turn Gumbel noise on with this seed")
+    trace.add_argument("--split", choices=["test", "held-out"], default="test",
+                       help="test split, or the training images the checkpoint's run held out")
+    trace.add_argument("--limit", type=int, default=None, help="only the first N images")
+    trace.add_argument("--output", required=True, help="file to write: F.parquet or F.csv (metadata: F.parquet.json)")
+    trace.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH_SIZE, help="images per forward pass")
+    progress_options(trace)
+    data_options(trace)
+    trace.set_defaults(func=cmd_trace)
+
+    app = commands.add_parser("app", help="serve the Streamlit app (as `make run` does)")
+    app.add_argument("--port", type=_positive_int, default=8501, help="port (default: %(default)s)")
+    app.add_argument("--address", default=None, help="address to listen on (default: Streamlit's, every interface)")
+    app.add_argument("streamlit_options", nargs=argparse.REMAINDER,
+                     help="after --, further `streamlit run` options, e.g. -- --server.baseUrlPath=drnet")
+    app.set_defaults(func=cmd_app)
     return parser
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from .resources import ASSETS
+
 SHIPPED_SUBSET = ASSETS / "fashion_mnist_test_subset.npz"
 DEFAULT_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 

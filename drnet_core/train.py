@@ -46,6 +46,7 @@ from .data import FASHION_CLASSES, CIFAR10_CLASSES, DatasetError, ImageSet, augm
 from .distributed import DistributedContext, run_routed_sharded, state_fingerprint, sweep_sharded
 from .evaluate import DEFAULT_SELECTION_RULE, SWEEP_TAUS, SWEEP_THRESHOLDS, choose_default_setting, summarize
 from .model import DRNet
+from .monitor import DEFAULT_ROUTING_EVERY, TrainingMonitor
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,13 @@ def split_train_val(images: ImageSet, val_size: int, seed: int) -> tuple[torch.T
 def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os.PathLike, *,
           dataset: str = "fashion-mnist", data_dir: str | None = None, device: torch.device | None = None,
           progress: bool = True, select_defaults: bool = True, evaluate_test: bool = True,
-          model: torch.nn.Module | None = None) -> dict:
+          model: torch.nn.Module | None = None, log_dir: str | os.PathLike | None = None,
+          log_every: int = DEFAULT_ROUTING_EVERY) -> dict:
     """Train (or resume) and write the final checkpoint to `output`. Returns its metadata.
 
     `model`: train this network instead of `DRNet(model_config)` (the static baselines of
     `drnet_core.baselines`, which share DRNet's forward signature); `model_config` then is its config.
+    `log_dir`: write TensorBoard scalars there (`drnet_core.monitor`), the routing ones every `log_every` steps.
     """
     ctx = DistributedContext(device)
     ctx.quiet_other_ranks()
@@ -119,6 +122,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
     wrapped = (DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
                                        find_unused_parameters=True) if ctx.world_size > 1 else model)
     augment_rng = torch.Generator().manual_seed(train_config.seed * 1000 + ctx.rank)
+    monitor = TrainingMonitor(log_dir if ctx.is_main else None, model, log_every)  # TensorBoard scalars
     for epoch in range(start_epoch, train_config.epochs):
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
@@ -149,6 +153,9 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
             sums[1] += float((logits.argmax(1) == labels).sum())
             sums[2] += n
             sums[3] += float(cost.detach()) * n
+            monitor.record_step(epoch * steps_per_epoch + step, trace, loss=loss.item(),
+                                expected_cost=float(cost.detach()), tau=tau, threshold=threshold,
+                                lr=optimizer.param_groups[0]["lr"])
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}",
                                 cost=f"{sums[3] / sums[2]:.3f}", tau=f"{tau:.2f}", thr=f"{threshold:.2f}")
@@ -165,6 +172,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
                                  threshold=train_config.train_threshold, ctx=ctx)
         record.update(val_accuracy=float(val.correct.float().mean()), val_mean_mflops=float(val.mflops.mean()))
         history.append(record)
+        monitor.record_epoch(epoch + 1, record, tau=tau_at(train_config, (epoch + 1) / max(train_config.epochs, 1)),
+                             lr=optimizer.param_groups[0]["lr"])
         rng_states = rng_states_per_rank(ctx)
         if ctx.is_main:
             log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
@@ -175,6 +184,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
             os.replace(resume_path.with_name(resume_path.name + ".tmp"), resume_path)
         ctx.barrier()
 
+    monitor.close()
     replicas = replica_report(model, ctx)
     meta = finalize(model, model_config, train_config, output, history, full_train, inputs, val_idx,
                     dataset=dataset, data_dir=data_dir, select_defaults=select_defaults,
