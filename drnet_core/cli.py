@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tau", type=_tau, default=None, help="Gumbel-Softmax temperature (default: checkpoint's)")
     evaluate.add_argument("--threshold", type=_threshold, default=None, help="selection threshold in [0, 1]")
     evaluate.add_argument("--noise-seed", type=int, default=None, help="turn Gumbel noise on with this seed")
-    evaluate.add_argument("--limit", type=int, default=None, help="only the first N images")
+    evaluate.add_argument("--limit", type=_positive_int, default=None, help="only the first N images")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH_SIZE,
                           help="images per forward pass (under torchrun, "
@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--checkpoint", default=None)
     sweep.add_argument("--taus", type=_floats, default=list(SWEEP_TAUS))
     sweep.add_argument("--thresholds", type=_floats, default=list(SWEEP_THRESHOLDS))
-    sweep.add_argument("--limit", type=int, default=None)
+    sweep.add_argument("--limit", type=_positive_int, default=None)
     sweep.add_argument("--split", choices=["test", "held-out"], default="test",
                        help="test split, or the training images the checkpoint's run held out (where its default "
                        "setting was chosen)")
@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--noise-seed", type=int, default=None, help="turn Gumbel noise on with this seed")
     trace.add_argument("--split", choices=["test", "held-out"], default="test",
                        help="test split, or the training images the checkpoint's run held out")
-    trace.add_argument("--limit", type=int, default=None, help="only the first N images")
+    trace.add_argument("--limit", type=_positive_int, default=None, help="only the first N images")
     trace.add_argument("--output", required=True, help="file to write: F.parquet or F.csv (metadata: F.parquet.json)")
     trace.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH_SIZE, help="images per forward pass")
     progress_options(trace)

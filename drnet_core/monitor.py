@@ -26,7 +26,7 @@ import torch
 
 from .model import DRNet, RoutingTrace
 
-DEFAULT_ROUTING_EVERY = 50  # steps between routing scalars: a few hundred instances per window at batch 128
+DEFAULT_ROUTING_EVERY = 50  # steps between routing scalars: at batch 128, 6,400 instances to count patterns over
 
 EPOCH_TAGS = {"train_loss": "epoch/train_loss", "train_accuracy": "epoch/train_accuracy",
               "expected_cost_fraction": "epoch/expected_cost_fraction", "val_accuracy": "epoch/val_accuracy",

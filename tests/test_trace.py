@@ -116,3 +116,8 @@ def test_notebook_example_runs_and_reproduces_the_cost_audit_per_class(tmp_path,
     assert namespace["per_class"].index.tolist() == expected.index.tolist()
     assert namespace["per_class"].to_numpy() == pytest.approx(expected.to_numpy())
     assert (tmp_path / "per_class_mflops.png").stat().st_size > 0
+
+
+def test_trace_refuses_an_empty_selection_in_one_line(tmp_path):
+    result = run_cli("trace", "--limit", "0", "--output", str(tmp_path / "trace.csv"))
+    assert result.returncode == 2 and "--limit: must be at least 1" in result.stderr and "Traceback" not in result.stderr
