@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, default_device, load_checkpoint
-from .config import COST_MEASURES, PRESETS, preset
+from .config import COST_MEASURES, PRESETS, TRAIN_PHASES, preset
 from .data import DatasetError
 from .evaluate import EVAL_BATCH_SIZE, SWEEP_TAUS, SWEEP_THRESHOLDS, default_setting
 from .monitor import DEFAULT_ROUTING_EVERY
@@ -106,7 +106,10 @@ def _eval_set(args, meta: dict):
 
 TRAIN_OVERRIDES = {"epochs": int, "seed": int, "batch_size": int, "lr": float, "cost_weight": float,
                    "balance_weight": float, "train_threshold": float, "threshold_warmup_epochs": float,
-                   "tau_start": _tau, "tau_end": _tau, "limit": int, "val_size": int, "cost_measure": str}
+                   "tau_start": _tau, "tau_end": _tau, "limit": int, "val_size": int, "cost_measure": str,
+                   "phase": str, "random_paths": int, "random_path_keep": float, "target_mflops": float,
+                   "budget_weight": float, "gate_weight": float}
+CHOICES = {"cost_measure": COST_MEASURES, "phase": TRAIN_PHASES}
 
 
 def cmd_train(args) -> int:
@@ -117,12 +120,12 @@ def cmd_train(args) -> int:
     overrides = {key: getattr(args, key) for key in TRAIN_OVERRIDES if getattr(args, key) is not None}
     if args.init_from:
         overrides["init_from"] = args.init_from
-    train_config = chosen.train.__class__(**{**chosen.train.to_dict(), **overrides})
     try:
+        train_config = chosen.train.__class__(**{**chosen.train.to_dict(), **overrides})
         meta = train(model_config, train_config, args.output, dataset=args.dataset, data_dir=args.data_dir,
                      progress=_show_progress(args), evaluate_test=not args.skip_test, log_dir=args.log_dir,
                      log_every=args.log_every)
-    except ValueError as error:  # a resume file of another config, an --init-from of another architecture
+    except ValueError as error:  # an invalid setting, a resume file of another config, an --init-from of another architecture
         print(f"error: {error}", file=sys.stderr)
         return 2
     if meta:
@@ -359,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10"])
     train.add_argument("--output", required=True, help="checkpoint path (its resume file sits beside it)")
     for name, kind in TRAIN_OVERRIDES.items():
-        choices = COST_MEASURES if name == "cost_measure" else None
+        choices = CHOICES.get(name)
         train.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, choices=choices,
                            help="override the preset's value")
     train.add_argument("--init-from", default=None, help="start from this checkpoint's weights (same preset) with a "

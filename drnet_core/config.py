@@ -10,6 +10,14 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from .ops import OPS
 
 COST_MEASURES = ("macs", "time")
+# What a training run optimises (drnet_core.train, docs/MODEL.md):
+#   joint     every weight, against cross-entropy plus the cost and balance terms;
+#   supernet  every weight, by the sandwich rule: the dense path learns from the labels and, in the same
+#             step, the cheapest path and random paths learn from the dense path (in-place distillation),
+#             so that any path a router may pick is a good network;
+#   routers   only the RouterNets, with every branch and batch norm frozen, against cross-entropy, a
+#             target-budget term and gate supervision that ties each instance's cost to its difficulty.
+TRAIN_PHASES = ("joint", "supernet", "routers")
 
 # Every registered branch type, in the registry's order (which is the router's logit order).
 DEFAULT_BRANCHES = tuple(OPS)
@@ -78,6 +86,19 @@ class TrainConfig:
     # branches, 1 when every instance leans on the same one). Off for the shipped model: at 0.05
     # (with cost weight 0.02) it multiplied the distinct paths but cost accuracy; see docs/MODEL.md.
     balance_weight: float = 0.0
+    phase: str = "joint"
+    # supernet: random paths per step besides the dense and the cheapest; each branch of each connection
+    # is kept with probability `random_path_keep`, independently per instance.
+    random_paths: int = 1
+    random_path_keep: float = 0.5
+    # routers: (mean executed MFLOPs / target_mflops - 1)^2 weighted by budget_weight. A two-sided target,
+    # not a linear price, which would drive every instance to the cheapest path.
+    target_mflops: float | None = None
+    budget_weight: float = 1.0
+    # routers: binary cross-entropy between each instance's expected cost fraction and whether the
+    # cheapest path misclassifies it (DS-Net's gate supervision): easy inputs are pulled to cheap paths,
+    # hard ones to costly paths.
+    gate_weight: float = 0.0
     # Held out from the training split to choose tau/threshold; the test split is never used.
     val_size: int = 5000
     augment: bool = True
@@ -90,6 +111,12 @@ class TrainConfig:
     def __post_init__(self):
         if self.cost_measure not in COST_MEASURES:
             raise ValueError(f"cost_measure must be one of {COST_MEASURES}, got {self.cost_measure!r}")
+        if self.phase not in TRAIN_PHASES:
+            raise ValueError(f"phase must be one of {TRAIN_PHASES}, got {self.phase!r}")
+        if self.phase == "routers" and not (self.target_mflops or 0) > 0:
+            raise ValueError("the routers phase needs a target_mflops > 0 for its budget term")
+        if not 0.0 < self.random_path_keep < 1.0:
+            raise ValueError(f"random_path_keep must be in (0, 1), got {self.random_path_keep}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -77,7 +77,8 @@ def run_routed(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, tau:
     """inputs: normalised (N, C, H, W) on any device; batches are moved to the model's device.
 
     With `noise_seed`, Gumbel noise for all N instances is drawn up front from that seed, so the
-    result does not depend on the batch size or the device.
+    result does not depend on the batch size or the device. `branch_overrides`: per cell,
+    (connections, branches) for every instance or (N, connections, branches) for each one.
     """
     if model.training:
         raise ValueError("run_routed needs a model in eval mode")
@@ -88,8 +89,10 @@ def run_routed(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, tau:
     def run_batch(start: int) -> tuple[torch.Tensor, ...]:
         batch = inputs[start:start + batch_size].to(device)
         batch_noise = None if noise is None else [n[start:start + batch_size] for n in noise]
+        batch_overrides = None if branch_overrides is None else [
+            o[start:start + batch_size].to(device) if o.dim() == 3 else o for o in branch_overrides]
         logits, trace = model(batch, tau=tau, threshold=threshold, gumbel_noise=batch_noise,
-                              branch_overrides=branch_overrides)
+                              branch_overrides=batch_overrides)
         return (torch.softmax(logits.float(), dim=1).cpu(), model.mflops_per_instance(trace).cpu(),
                 model.active_params_per_instance(trace).cpu(), trace.path_masks().cpu(),
                 trace.branch_weights().float().cpu())
@@ -174,15 +177,26 @@ DEFAULT_SELECTION_RULE = (f"most accurate setting within 35% of dense FLOPs with
                           f"(without such a setting: the most accurate within 35%)")
 
 
-def choose_default_setting(rows: list[dict], budget_fraction: float = 0.35) -> dict:
-    """The most accurate sweep row within `budget_fraction` of dense cost whose routing is instance-aware.
+def selection_rule(max_mflops: float | None = None) -> str:
+    """`choose_default_setting`'s rule in words, for the checkpoint that records its choice."""
+    if max_mflops is None:
+        return DEFAULT_SELECTION_RULE
+    return (f"most accurate setting of at most {max_mflops:g} mean MFLOPs with at least {MIN_DISTINCT_PATHS} "
+            f"distinct paths and FLOPs CV >= {MIN_MFLOPS_CV} on the held-out validation images "
+            f"(without such a setting: the most accurate of at most {max_mflops:g} MFLOPs)")
 
-    Run on held-out training images only; ties go to the cheaper setting. When no affordable row
-    routes instance-aware, the most accurate affordable row; when none is affordable, the cheapest.
+
+def choose_default_setting(rows: list[dict], budget_fraction: float = 0.35, max_mflops: float | None = None) -> dict:
+    """The most accurate sweep row within budget whose routing is instance-aware.
+
+    The budget is `max_mflops` mean MFLOPs when given, else `budget_fraction` of dense cost. Run on
+    held-out training images only; ties go to the cheaper setting. When no affordable row routes
+    instance-aware, the most accurate affordable row; when none is affordable, the cheapest.
     """
-    affordable = [row for row in rows if row["mflops_fraction_of_dense"] <= budget_fraction]
+    affordable = [row for row in rows if (row["mean_mflops"] <= max_mflops if max_mflops is not None
+                                          else row["mflops_fraction_of_dense"] <= budget_fraction)]
     if not affordable:
-        return min(rows, key=lambda row: row["mflops_fraction_of_dense"])
+        return min(rows, key=lambda row: row["mean_mflops"])
     aware = [row for row in affordable
              if row["distinct_paths"] >= MIN_DISTINCT_PATHS and row["mflops_cv"] >= MIN_MFLOPS_CV]
     return max(aware or affordable, key=lambda row: (round(row["accuracy"], 4), -row["mean_mflops"]))

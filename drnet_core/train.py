@@ -34,7 +34,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, TensorDataset
 from tqdm.auto import tqdm
@@ -44,9 +43,10 @@ from .config import ModelConfig, TrainConfig
 from .cost import measure_branch_ms
 from .data import FASHION_CLASSES, CIFAR10_CLASSES, DatasetError, ImageSet, augment, load_split, to_model_input
 from .distributed import DistributedContext, run_routed_sharded, state_fingerprint, sweep_sharded
-from .evaluate import DEFAULT_SELECTION_RULE, SWEEP_TAUS, SWEEP_THRESHOLDS, choose_default_setting, summarize
+from .evaluate import SWEEP_TAUS, SWEEP_THRESHOLDS, choose_default_setting, selection_rule, summarize
 from .model import DRNet
 from .monitor import DEFAULT_ROUTING_EVERY, TrainingMonitor
+from .objectives import STEPS, enter_training_mode, trainable_parameters
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
 
     model = (DRNet(model_config) if model is None else model).to(ctx.device)
     parent = warm_start(model, model_config, train_config.init_from) if train_config.init_from else None
-    optimizer = torch.optim.SGD(model.parameters(), lr=train_config.lr, momentum=train_config.momentum,
-                                nesterov=True, weight_decay=train_config.weight_decay)
+    optimizer = torch.optim.SGD(trainable_parameters(model, train_config.phase), lr=train_config.lr,
+                                momentum=train_config.momentum, nesterov=True, weight_decay=train_config.weight_decay)
     steps_per_epoch = len(loader)
     total_steps = max(1, train_config.epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -122,12 +122,15 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
     wrapped = (DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
                                        find_unused_parameters=True) if ctx.world_size > 1 else model)
     augment_rng = torch.Generator().manual_seed(train_config.seed * 1000 + ctx.rank)
+    path_rng = torch.Generator()
     monitor = TrainingMonitor(log_dir if ctx.is_main else None, model, log_every)  # TensorBoard scalars
+    training_step = STEPS[train_config.phase]
     for epoch in range(start_epoch, train_config.epochs):
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
         augment_rng.manual_seed(train_config.seed * 1000 + ctx.rank * 100003 + epoch)
-        model.train()
+        path_rng.manual_seed(train_config.seed * 1000 + ctx.rank * 100003 + epoch + 1)
+        enter_training_mode(model, train_config.phase)
         sums = [0.0, 0.0, 0.0, 0.0]  # loss, correct, count, cost fraction
         started = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{train_config.epochs}", disable=not (progress and ctx.is_main))
@@ -139,22 +142,18 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
             labels = labels.to(ctx.device, non_blocking=True)
             if train_config.augment:
                 batch = augment(batch.cpu(), augment_rng).to(ctx.device) if ctx.device.type != "cpu" else augment(batch, augment_rng)
-            logits, trace = wrapped(batch, tau=tau, threshold=threshold)
-            cost = model.expected_cost_fraction(trace, branch_costs).mean()
-            balance = model.branch_usage_imbalance(trace)
-            loss = (F.cross_entropy(logits, labels, label_smoothing=train_config.label_smoothing)
-                    + train_config.cost_weight * cost + train_config.balance_weight * balance)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            result = training_step(wrapped, model, batch, labels, tau=tau, threshold=threshold, config=train_config,
+                                   branch_costs=branch_costs, generator=path_rng)
             optimizer.step()
             scheduler.step()
             n = len(labels)
-            sums[0] += loss.item() * n
-            sums[1] += float((logits.argmax(1) == labels).sum())
+            sums[0] += result.loss * n
+            sums[1] += float((result.logits.argmax(1) == labels).sum())
             sums[2] += n
-            sums[3] += float(cost.detach()) * n
-            monitor.record_step(epoch * steps_per_epoch + step, trace, loss=loss.item(),
-                                expected_cost=float(cost.detach()), tau=tau, threshold=threshold,
+            sums[3] += result.cost_fraction * n
+            monitor.record_step(epoch * steps_per_epoch + step, result.trace, loss=result.loss,
+                                expected_cost=result.cost_fraction, tau=tau, threshold=threshold,
                                 lr=optimizer.param_groups[0]["lr"])
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}",
@@ -397,7 +396,7 @@ def finalize(model: DRNet, model_config: ModelConfig, train_config: TrainConfig,
     if select_defaults and len(val_idx):
         val_rows = sweep_sharded(model, val_inputs, val_labels, SWEEP_TAUS, SWEEP_THRESHOLDS, progress=progress,
                                  ctx=ctx)
-        chosen = choose_default_setting(val_rows)
+        chosen = choose_default_setting(val_rows, max_mflops=train_config.target_mflops)
         default = {"tau": chosen["tau"], "threshold": chosen["threshold"]}
     meta = {
         "dataset": dataset,
@@ -411,7 +410,7 @@ def finalize(model: DRNet, model_config: ModelConfig, train_config: TrainConfig,
         "validation_images": len(val_idx),
         "default_tau": default["tau"],
         "default_threshold": default["threshold"],
-        "default_selection": DEFAULT_SELECTION_RULE,
+        "default_selection": selection_rule(train_config.target_mflops),
         "history": history,
         "validation_sweep": val_rows,
     }

@@ -28,6 +28,7 @@ from drnet_core.cost import median_seconds  # noqa: E402
 from drnet_core.checkpoint import BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, default_device, load_checkpoint  # noqa: E402
 from drnet_core.data import load_test_set, to_model_input  # noqa: E402
 from drnet_core.evaluate import run_routed  # noqa: E402
+from drnet_core.payoff import acceptance, cost_against_difficulty, random_routing_run, routing_health  # noqa: E402
 
 log = logging.getLogger("performance_report")
 THRESHOLDS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
@@ -45,16 +46,20 @@ def measured_latency(model, inputs: torch.Tensor, *, tau: float, threshold: floa
     return {"latency_batch_1_ms": 1e3 * one, "latency_batch_256_ms": 1e3 * many}
 
 
-def evaluate_row(model, inputs, labels, *, name: str, kind: str, tau: float, threshold: float,
-                 single_images: int, repeats: int) -> dict:
+def run_row(run, model, *, name: str, kind: str, epochs) -> dict:
+    return {"name": name, "kind": kind, "tau": run.tau, "threshold": run.threshold, "epochs": epochs,
+            "accuracy": float(run.correct.float().mean()), "mean_mflops": float(run.mflops.mean()),
+            "mean_active_params": float(run.active_params.mean()), "params": int(model.dense_params())}
+
+
+def evaluate_row(model, inputs, labels, *, name: str, kind: str, tau: float, threshold: float, epochs,
+                 single_images: int, repeats: int) -> tuple[dict, object]:
     run = run_routed(model, inputs, labels, tau=tau, threshold=threshold)
-    row = {"name": name, "kind": kind, "tau": tau, "threshold": threshold,
-           "accuracy": float(run.correct.float().mean()), "mean_mflops": float(run.mflops.mean()),
-           "mean_active_params": float(run.active_params.mean()), "params": int(model.dense_params())}
+    row = run_row(run, model, name=name, kind=kind, epochs=epochs)
     row.update(measured_latency(model, inputs, tau=tau, threshold=threshold, single_images=single_images,
                                 repeats=repeats))
     log.info("%s", row)
-    return row
+    return row, run
 
 
 def plot(rows: list[dict], path: Path, title: str, defaults: dict[str, float]) -> None:
@@ -83,7 +88,7 @@ def plot(rows: list[dict], path: Path, title: str, defaults: dict[str, float]) -
                               textcoords="offset points", xytext=(-10, -14 if r["threshold"] in below else 8),
                               fontsize=7, color=color)
     # Marker by kind, colour by network: the baselines of each DRNet sit near that DRNet's curve.
-    markers = {"static-cells": "s", "plain-cnn": "^"}
+    markers = {"static": "s", "plain": "^", "random": "x"}
     baselines = [r for r in rows if r["kind"] in markers]
     for r, color in zip(baselines, ("tab:orange", "tab:green", "tab:olive", "tab:cyan", "tab:pink", "tab:gray")):
         axes.scatter([r["mean_mflops"]], [100 * r["accuracy"]], marker=markers[r["kind"]], s=60, color=color,
@@ -130,27 +135,40 @@ def main(argv: list[str] | None = None) -> int:
         model, meta = load_checkpoint(checkpoint, device=device, fold_batch_norms=True)
         model_name = "DRNet " + (Path(checkpoint).stem if checkpoint else "(shipped)")
         tau, defaults[model_name] = float(meta.get("default_tau", 1.0)), meta.get("default_threshold")
-        thresholds = sorted(set(args.thresholds) | {defaults[model_name]} - {None})
-        rows += [dict(model=model_name, **evaluate_row(
-                     model, inputs, test.labels, name=f"{model_name} threshold {threshold:g}", kind="drnet",
-                     tau=tau, threshold=threshold, single_images=args.single_images, repeats=args.repeats))
-                 for threshold in thresholds]
+        epochs = meta.get("total_epochs", meta.get("epochs"))
+        checks = {}
+        for threshold in sorted(set(args.thresholds) | {defaults[model_name]} - {None}):
+            row, run = evaluate_row(model, inputs, test.labels, name=f"{model_name} threshold {threshold:g}",
+                                    kind="drnet", tau=tau, threshold=threshold, epochs=epochs,
+                                    single_images=args.single_images, repeats=args.repeats)
+            # The router's paths dealt out at random: the same cost distribution, blind to the input.
+            control = run_row(random_routing_run(model, inputs, run), model, kind="random", epochs=epochs,
+                              name=f"{model_name} threshold {threshold:g}, paths permuted at random")
+            rows += [dict(model=model_name, **row), dict(model=model_name, **control)]
+            if threshold == defaults[model_name]:
+                checks = {"routing_health": routing_health(model, run), "cost_against_difficulty":
+                          cost_against_difficulty(run), "random_routing_accuracy": control["accuracy"]}
         where = Path(checkpoint).resolve() if checkpoint else None
         shown = "shipped" if where is None else str(where.relative_to(ROOT) if where.is_relative_to(ROOT) else where)
         drnets.append({"model": model_name, "checkpoint": shown, "config": model.config.to_dict(),
-                       "default": {"tau": tau, "threshold": defaults[model_name]},
-                       "epochs": meta.get("total_epochs", meta.get("epochs"))})
+                       "default": {"tau": tau, "threshold": defaults[model_name]}, "epochs": epochs,
+                       "default_checks": checks})
     baseline_paths = args.baselines if args.baselines is not None else sorted(
         str(p) for p in (ROOT / "assets" / "baselines").glob("*.pt"))
     for path in baseline_paths:
         baseline, baseline_meta = load_baseline(path, device=device, fold_batch_norms=True)
-        kind = baseline.config.kind
-        name = {"static-cells": "static cells", "plain-cnn": "plain CNN"}[kind] + f" ({Path(path).stem})"
-        row = evaluate_row(baseline, inputs, test.labels, name=name, kind=kind, tau=1.0, threshold=0.0,
-                           single_images=args.single_images, repeats=args.repeats)
+        kind = {"static-cells": "static", "plain-cnn": "plain"}[baseline.config.kind]
+        name = {"static": "static cells", "plain": "plain CNN"}[kind] + f" ({Path(path).stem})"
+        row, _ = evaluate_row(baseline, inputs, test.labels, name=name, kind=kind, tau=1.0, threshold=0.0,
+                              epochs=baseline_meta.get("total_epochs", baseline_meta.get("epochs")),
+                              single_images=args.single_images, repeats=args.repeats)
         row.update(checkpoint=str(Path(path).relative_to(ROOT) if Path(path).is_absolute() else path),
-                   epochs=baseline_meta.get("epochs"), config=baseline.config.to_dict())
+                   config=baseline.config.to_dict())
         rows.append(row)
+    first = drnets[0]
+    default_row = next(r for r in rows if r["model"] == first["model"] and r["kind"] == "drnet"
+                       and r["threshold"] == first["default"]["threshold"])
+    first["acceptance"] = acceptance(default_row, rows, first["default_checks"])
     report = {"dataset": test.name, "drnets": drnets, "machine": machine_info(device), "rows": rows}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=1) + "\n")

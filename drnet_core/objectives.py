@@ -1,0 +1,145 @@
+"""What one training step minimises, per phase (`TrainConfig.phase`; docs/MODEL.md has the recipe).
+
+  joint     CE + cost_weight * expected cost fraction + balance_weight * branch-usage imbalance, on the
+            sparse routing the network is evaluated with (the original DRNet objective).
+  supernet  the sandwich rule with in-place distillation (Yu & Huang, "Universally Slimmable Networks",
+            2019; BigNAS; DS-Net, Li et al. 2021): the dense path learns from the labels, then the
+            cheapest path and `random_paths` random paths learn to match the dense path's prediction.
+            Every path a router may later pick is then a good network in its own right.
+  routers   only the RouterNets learn, with branches and batch norms frozen: CE on the routed network,
+            a two-sided budget term (mean executed MFLOPs / target - 1)^2 (DS-Net, ConvNet-AIG), gate
+            supervision (DS-Net: an instance the cheapest path gets wrong should take a costly path, one
+            it gets right a cheap one) and the balance term against a connection that sends everything
+            one way.
+
+Each step function runs its forwards and backwards (several paths means several backward passes,
+which frees each path's graph before the next is built) and returns a `StepResult`; the caller owns
+the optimizer.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+from .model import DRNet, RoutingTrace
+
+
+@dataclass
+class StepResult:
+    loss: float
+    logits: torch.Tensor  # (B, classes) of the path the step reports: routed (joint, routers) or dense
+    trace: RoutingTrace
+    cost_fraction: float  # batch mean of the expected cost fraction
+
+
+def trainable_parameters(model: nn.Module, phase: str) -> list[nn.Parameter]:
+    """The parameters `phase` trains; the others stop requiring gradients."""
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(phase != "routers" or ".router." in name)
+    return [parameter for parameter in model.parameters() if parameter.requires_grad]
+
+
+def enter_training_mode(model: nn.Module, phase: str) -> None:
+    """model.train(), except that the routers phase keeps batch norms on their running statistics:
+    the branches they normalise are frozen, and routing changes which instances reach them."""
+    model.train()
+    if phase == "routers":
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def cheapest_path(model: DRNet) -> list[torch.Tensor]:
+    """Per cell, (connections, branches) overrides that run only each connection's cheapest branch.
+
+    Cheapest in multiply-adds; among branches of none (pooling, identity) identity, which does no work at all.
+    """
+    paths = []
+    for cell in model.cells:
+        overrides = torch.full(cell.branch_macs.shape, -1, dtype=torch.int8, device=model.device)
+        for connection, macs in enumerate(cell.branch_macs.tolist()):
+            cheapest = min(range(len(macs)), key=lambda b: (macs[b], cell.branch_names[b] != "identity"))
+            overrides[connection, cheapest] = 1
+        paths.append(overrides)
+    return paths
+
+
+def random_path(model: DRNet, batch: int, keep: float, generator: torch.Generator) -> list[torch.Tensor]:
+    """Per cell, (B, connections, branches) overrides: every branch of every connection runs with
+    probability `keep`, independently per instance."""
+    paths = []
+    for connections, branches in model.routing_shape():
+        kept = torch.rand((batch, connections, branches), generator=generator) < keep
+        paths.append((kept.to(torch.int8) * 2 - 1).to(model.device))
+    return paths
+
+
+def executed_mflops_straight_through(model: DRNet, trace: RoutingTrace) -> torch.Tensor:
+    """(B,) MFLOPs actually executed, with the gradient of their expectation under the branch weights.
+
+    Thresholding has no gradient; the straight-through estimator lets the budget term see the real
+    executed cost and still move the weights that decide it.
+    """
+    expected = sum((weights * cell.branch_macs.to(weights.dtype)).sum(dim=(1, 2))
+                   for weights, cell in zip(trace.weights, model.cells)) / 1e6
+    executed = model.mflops_per_instance(trace).to(expected.dtype)
+    return executed + expected - expected.detach()
+
+
+def joint_step(wrapped, model, batch, labels, *, tau, threshold, config: TrainConfig, branch_costs=None,
+               generator=None) -> StepResult:
+    logits, trace = wrapped(batch, tau=tau, threshold=threshold)
+    cost = model.expected_cost_fraction(trace, branch_costs).mean()
+    loss = (F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            + config.cost_weight * cost + config.balance_weight * model.branch_usage_imbalance(trace))
+    loss.backward()
+    return StepResult(loss.item(), logits.detach(), trace, float(cost.detach()))
+
+
+def supernet_step(wrapped, model, batch, labels, *, tau, threshold, config: TrainConfig, branch_costs=None,
+                  generator=None) -> StepResult:
+    # Gradients of all paths add up, but a DistributedDataParallel model must average them only once.
+    later_sync = wrapped.no_sync if hasattr(wrapped, "no_sync") else contextlib.nullcontext
+    sub_paths = [cheapest_path(model)] + [random_path(model, len(batch), config.random_path_keep, generator)
+                                          for _ in range(config.random_paths)]
+    with later_sync():
+        logits, trace = wrapped(batch, tau=tau, threshold=0.0)
+        full_loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+        full_loss.backward()
+    teacher = F.softmax(logits.detach(), dim=1)
+    total = full_loss.item()
+    for index, overrides in enumerate(sub_paths):
+        last = index == len(sub_paths) - 1
+        with contextlib.nullcontext() if last else later_sync():
+            sub_logits, _ = wrapped(batch, tau=tau, threshold=0.0, branch_overrides=overrides)
+            distill = F.kl_div(F.log_softmax(sub_logits, dim=1), teacher, reduction="batchmean")
+            distill.backward()
+        total += distill.item()
+    cost = float(model.expected_cost_fraction(trace, branch_costs).mean().detach())
+    return StepResult(total, logits.detach(), trace, cost)
+
+
+def router_step(wrapped, model, batch, labels, *, tau, threshold, config: TrainConfig, branch_costs=None,
+                generator=None) -> StepResult:
+    logits, trace = wrapped(batch, tau=tau, threshold=threshold)
+    mflops = executed_mflops_straight_through(model, trace)
+    budget = (mflops.mean() / config.target_mflops - 1).square()
+    cost_fraction = model.expected_cost_fraction(trace, branch_costs)
+    loss = (F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            + config.budget_weight * budget + config.balance_weight * model.branch_usage_imbalance(trace))
+    if config.gate_weight:
+        with torch.no_grad():
+            cheap_logits, _ = model(batch, tau=tau, threshold=0.0, branch_overrides=cheapest_path(model))
+            hard = (cheap_logits.argmax(dim=1) != labels).to(cost_fraction.dtype)
+        gate = F.binary_cross_entropy(cost_fraction.clamp(1e-4, 1 - 1e-4), hard)
+        loss = loss + config.gate_weight * gate
+    loss.backward()
+    return StepResult(loss.item(), logits.detach(), trace, float(cost_fraction.mean().detach()))
+
+
+STEPS = {"joint": joint_step, "supernet": supernet_step, "routers": router_step}
