@@ -13,7 +13,7 @@ VIEW_DIR = Path(__file__).resolve().parent / "views"
 @dataclass(frozen=True)
 class View:
     file: str  # under views/
-    title: str  # the menu entry and the view's st.title
+    title: str  # the menu entry
     icon: str
     url_path: str  # the first view is served at the root, whatever its url_path says
 

@@ -30,13 +30,13 @@ import time
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .config import TrainConfig
 from .cost import TimeTable, forced_off, measure_branch_ms, median_seconds, synchronize
 from .data import augment, load_split, load_test_set, to_model_input
 from .evaluate import EVAL_BATCH_SIZE, default_setting, run_routed
 from .model import DRNet, RoutingTrace
+from .objectives import STEPS, enter_training_mode, trainable_parameters
 from .router import recalibrate
 from .runtime import huge_pages_asked, system_huge_pages
 
@@ -224,15 +224,18 @@ def evaluation_speed(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *
 
 def training_speed(model_config, train_config: TrainConfig, images: torch.Tensor, labels: torch.Tensor, *,
                    device: torch.device, steps: int, warmup: int = 2) -> dict:
-    """Images/s of training steps (augment, forward, loss with its cost terms, backward, SGD) of a fresh model.
+    """Images/s of training steps (augment, the training phase's step, SGD) of a fresh model.
 
-    The step mirrors `drnet_core.train.train` after the threshold warm-up, the slow part of an epoch.
+    The step is `drnet_core.train`'s own (`objectives.STEPS`), at the post-warm-up training threshold,
+    the slow part of an epoch.
     """
     torch.manual_seed(train_config.seed)
-    model = DRNet(model_config).to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=train_config.lr, momentum=train_config.momentum,
-                                nesterov=True, weight_decay=train_config.weight_decay)
+    model = DRNet(model_config).to(device)
+    enter_training_mode(model, train_config.phase)
+    optimizer = torch.optim.SGD(trainable_parameters(model, train_config.phase), lr=train_config.lr,
+                                momentum=train_config.momentum, nesterov=True, weight_decay=train_config.weight_decay)
     generator = torch.Generator().manual_seed(train_config.seed)
+    training_step = STEPS[train_config.phase]
     batch_size = train_config.batch_size
     tau = (train_config.tau_start * train_config.tau_end) ** 0.5
 
@@ -240,14 +243,9 @@ def training_speed(model_config, train_config: TrainConfig, images: torch.Tensor
         start = (index * batch_size) % max(1, len(images) - batch_size + 1)
         batch = augment(images[start:start + batch_size], generator).to(device)
         target = labels[start:start + batch_size].to(device)
-        logits, trace = model(batch, tau=tau, threshold=train_config.train_threshold)
-        loss = (F.cross_entropy(logits, target, label_smoothing=train_config.label_smoothing)
-                + train_config.cost_weight * model.expected_cost_fraction(trace).mean())
-        balance_weight = getattr(train_config, "balance_weight", 0.0)
-        if balance_weight:
-            loss = loss + balance_weight * model.branch_usage_imbalance(trace)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        training_step(model, model, batch, target, tau=tau, threshold=train_config.train_threshold,
+                      config=train_config, generator=generator)
         optimizer.step()
 
     counter = iter(range(10 ** 9))

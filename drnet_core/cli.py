@@ -353,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="progress bars: on, off, or auto (only when stderr is a terminal, and in rank 0 "
                          "under torchrun)")
 
+    def batch_options(sub):
+        sub.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH_SIZE,
+                         help="images per forward pass (under torchrun, each process takes whole batches)")
+
     def data_options(sub):
         sub.add_argument("--data-dir", help="dataset folder (default: $DRNET_DATA, then /usr/share/datasets/fashion-mnist; "
                                             "CIFAR-10: the extracted cifar-10-batches-py folder)")
@@ -397,9 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--noise-seed", type=int, default=None, help="turn Gumbel noise on with this seed")
     evaluate.add_argument("--limit", type=_positive_int, default=None, help="only the first N images")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH_SIZE,
-                          help="images per forward pass (under torchrun, "
-                          "each process takes whole batches)")
+    batch_options(evaluate)
     progress_options(evaluate)
     data_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
@@ -414,9 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "setting was chosen)")
     sweep.add_argument("--format", choices=["csv", "json"], default="csv")
     sweep.add_argument("--output", help="file to write (default: stdout)")
-    sweep.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH_SIZE,
-                          help="images per forward pass (under torchrun, "
-                       "each process takes whole batches)")
+    batch_options(sweep)
     progress_options(sweep)
     data_options(sweep)
     sweep.set_defaults(func=cmd_sweep)
