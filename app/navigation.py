@@ -25,6 +25,7 @@ class View:
 VIEWS = (
     View("inspect.py", "Inspect an image", ":material/image_search:", "inspect"),
     View("tradeoff.py", "Temperature & threshold", ":material/tune:", "tradeoff"),
+    View("payoff.py", "Does routing pay off?", ":material/balance:", "payoff"),
     View("clusters.py", "Routing clusters", ":material/bubble_chart:", "clusters"),
     View("audit.py", "Cost audit", ":material/receipt_long:", "audit"),
     View("teach.py", "How it works", ":material/school:", "how-it-works"),

@@ -11,11 +11,13 @@
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 
-from .evaluate import RoutedRun, run_routed
+from .evaluate import RoutedRun, choose_default_setting, run_routed
 from .model import DRNet
 
 
@@ -123,3 +125,115 @@ def acceptance(default_row: dict, rows: list[dict], checks: dict, targets: dict 
                       [cell["distinct_patterns"], round(cell["largest_pattern_share"], 4)], ">= 8, <= 0.6",
                       not cell["collapsed"]) for cell in checks["routing_health"]]
     return {"checks": results, "passed": all(item["passed"] for item in results)}
+
+
+# ---- the app's pay-off view: comparison rows, the comparison table, alarms, a budget ---------------
+
+# Where `scripts/performance_report.py` writes the comparison table (a checkout only: an installed
+# package ships no docs/, and the view then computes every row live).
+COMPARISON_TABLE = Path(__file__).resolve().parent.parent / "docs" / "results" / "accuracy_vs_flops.json"
+# Older tables name the baseline kinds as `BaselineConfig.kind` does.
+_KIND_ALIASES = {"static-cells": "static", "plain-cnn": "plain"}
+
+
+def comparison_row(run: RoutedRun, network, *, name: str, kind: str, model: str | None = None, epochs=None) -> dict:
+    """One accuracy-vs-cost row with the comparison table's fields; `network` a DRNet or a static baseline."""
+    row = {"name": name, "kind": kind, "tau": run.tau, "threshold": run.threshold, "epochs": epochs,
+           "accuracy": float(run.correct.float().mean()), "mean_mflops": float(run.mflops.mean()),
+           "mean_active_params": float(run.active_params.mean()), "params": int(network.dense_params())}
+    if model is not None:
+        row["model"] = model
+    return row
+
+
+def drnet_curve_rows(model: DRNet, runs: list[RoutedRun], *, model_name: str, epochs=None) -> list[dict]:
+    """A DRNet's accuracy-vs-cost curve: one `drnet` row per run (one tau, thresholds varied), cheapest first."""
+    rows = [comparison_row(run, model, name=f"{model_name} tau {run.tau:g} threshold {run.threshold:g}",
+                           kind="drnet", model=model_name, epochs=epochs) for run in runs]
+    return sorted(rows, key=lambda row: (row["tau"], row["mean_mflops"]))
+
+
+def random_control_row(model: DRNet, inputs: torch.Tensor, run: RoutedRun, *, model_name: str, epochs=None,
+                       seed: int = 0) -> dict:
+    """The `random` row of `run`: its paths permuted across instances (`random_routing_run`)."""
+    control = random_routing_run(model, inputs, run, seed=seed)
+    # The control runs at threshold 0 with forced paths; report it at the setting whose paths it deals out.
+    control.threshold = run.threshold
+    return comparison_row(control, model, kind="random", model=model_name, epochs=epochs,
+                          name=f"{model_name} tau {run.tau:g} threshold {run.threshold:g}, paths permuted at random")
+
+
+def baseline_kind(kind: str) -> str:
+    """`static` or `plain` for a baseline's config kind (or a table row's kind, old or new spelling)."""
+    return _KIND_ALIASES.get(kind, kind)
+
+
+def read_comparison_table(path: str | Path = COMPARISON_TABLE) -> dict | None:
+    """The comparison table `performance_report.py` wrote, or None when there is none or it is unreadable."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or not isinstance(report.get("rows"), list) or not isinstance(
+            report.get("drnets"), list):
+        return None
+    return report
+
+
+def table_rows_for(report: dict, checkpoint: str | Path, config: dict, default: tuple[float, float], *,
+                   shipped: str | Path, root: str | Path = COMPARISON_TABLE.parents[2]) -> list[dict] | None:
+    """The table's rows for one checkpoint: its DRNet curve, its random-routing rows, every baseline.
+
+    None when the table was not made for this checkpoint: no entry names this file, or the entry's
+    architecture or default setting differs from the checkpoint's (the file changed after the table
+    was written). `shipped`: the file the table calls "shipped"; `root`: what its relative paths
+    are relative to. Kinds come back as `drnet`, `static`, `plain` or `random`.
+    """
+    target = Path(checkpoint).resolve()
+    config = json.loads(json.dumps(config))  # tuples as the table's JSON lists
+    for entry in report["drnets"]:
+        named = entry.get("checkpoint")
+        if not isinstance(named, str):
+            continue
+        path = Path(shipped) if named == "shipped" else Path(named) if Path(named).is_absolute() else Path(root) / named
+        recorded = entry.get("default") or {}
+        if (path.resolve() == target and entry.get("config") == config
+                and (recorded.get("tau"), recorded.get("threshold")) == tuple(default)):
+            rows = []
+            for row in report["rows"]:
+                kind = baseline_kind(str(row.get("kind")))
+                if (kind in ("drnet", "random") and row.get("model") == entry["model"]) or kind in ("static", "plain"):
+                    rows.append({**row, "kind": kind})
+            return rows
+    return None
+
+
+def collapse_alarms(health: list[dict], *, nearly_all: float = 0.95) -> list[dict]:
+    """Per `routing_health` row that needs one: level `error` when the cell sends at least `nearly_all`
+    of the instances down one pattern (routing there no longer depends on the input), `warning` when
+    `routing_health` calls it collapsed (few patterns, or one pattern for most instances)."""
+    alarms = []
+    for cell in health:
+        share, patterns = cell["largest_pattern_share"], cell["distinct_patterns"]
+        if share >= nearly_all:
+            alarms.append({"cell": cell["cell"], "level": "error",
+                           "message": f"Cell {cell['cell']} sends {share:.1%} of the inputs down one selection "
+                                      f"pattern ({patterns} distinct in all): its routing hardly depends on the "
+                                      "input."})
+        elif cell["collapsed"]:
+            alarms.append({"cell": cell["cell"], "level": "warning",
+                           "message": f"Cell {cell['cell']} uses only {patterns} distinct selection patterns, the "
+                                      f"most common for {share:.1%} of the inputs: little instance-aware routing "
+                                      "there."})
+    return alarms
+
+
+def setting_for_budget(rows: list[dict], max_mflops: float) -> dict:
+    """The setting `evaluate.choose_default_setting` picks for a mean-MFLOPs budget, from sweep rows
+    (held-out images), with `meets_budget`: False when no setting is that cheap (then the cheapest)."""
+    if not rows:
+        raise ValueError("no sweep rows to choose from")
+    if not math.isfinite(max_mflops) or max_mflops <= 0:
+        raise ValueError(f"the budget must be a positive number of MFLOPs, got {max_mflops}")
+    chosen = choose_default_setting(rows, max_mflops=max_mflops)
+    return {**chosen, "max_mflops": max_mflops, "meets_budget": chosen["mean_mflops"] <= max_mflops}

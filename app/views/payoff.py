@@ -1,0 +1,192 @@
+"""Does routing pay off? The DRNet's accuracy-vs-cost curve against static baselines and random routing,
+cost against difficulty, a collapse alarm per cell, and a setting chosen for a budget on held-out images."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import streamlit as st
+
+import state
+from drnet_core import payoff, payoff_figures
+from drnet_core.data import DatasetError
+from drnet_core.evaluate import SWEEP_TAUS, SWEEP_THRESHOLDS, summarize
+
+settings = state.current_settings()
+model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
+model_name = f"DRNet {settings.checkpoint_name}"
+epochs = meta.get("total_epochs", meta.get("epochs"))
+
+st.title("Does routing pay off?")
+st.caption("A routed network earns its routers if it is more accurate than static networks of its cost and than "
+           "the same network with its paths dealt out at random, if it spends more on harder inputs, and if no "
+           "cell sends every input the same way.")
+
+# One set of images for the whole page: the comparison table's (the full test split) when the table was
+# made for this checkpoint at this tau, else the sidebar's first N evaluation images.
+from_table = state.comparison_table_rows(settings)
+full_set = state.evaluation_set()
+limit = len(full_set) if from_table else settings.eval_limit
+shown_set = full_set.subset(limit).name
+
+
+def routed(tau: float, threshold: float):
+    return state.routed(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name, limit, tau, threshold,
+                        settings.noise_seed)
+
+
+with st.spinner(f"Routing {limit:,} images and their random-routing control…", show_time=True):
+    run = routed(settings.tau, settings.threshold)
+    control = state.random_control(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name, limit,
+                                   settings.tau, settings.threshold, settings.noise_seed, model_name)
+current = payoff.comparison_row(run, model, name=f"{model_name}, current setting", kind="drnet", model=model_name,
+                                epochs=epochs)
+summary = summarize(run, model, shown_set, settings.class_names)
+
+no_branch = int((run.path_masks.sum(dim=1) == 0).sum())
+if no_branch:
+    st.warning(f"At threshold {settings.threshold:g}, **{no_branch:,} of {len(run.labels):,}** inputs run no branch "
+               "at all: every cell passes its input through unchanged, and the prediction comes from the stem, "
+               "reductions and head alone.")
+
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Accuracy, current setting", f"{current['accuracy']:.2%}", f"tau {settings.tau:g}, threshold "
+          f"{settings.threshold:g}", delta_color="off")
+m2.metric("Mean MFLOPs", f"{current['mean_mflops']:.3f}", f"{summary['mflops_fraction_of_dense']:.0%} of dense",
+          delta_color="off")
+m3.metric("Random routing, same costs", f"{control['accuracy']:.2%}",
+          f"{current['accuracy'] - control['accuracy']:+.2%} for the router", delta_color="off")
+m4.metric("Distinct paths", f"{summary['distinct_paths']:,}", f"FLOPs CV {summary['mflops_cv']:.2f}",
+          delta_color="off")
+
+# ---- the curve, its controls, and a setting for a budget ---------------------------------------------
+
+st.subheader("Accuracy against cost")
+left, right = st.columns([3, 1], gap="medium")
+with right:
+    others = right.multiselect("Also draw tau", [tau for tau in SWEEP_TAUS if tau != settings.tau],
+                               key="payoff_taus", placeholder="no other tau",
+                               help="More curves over the same thresholds, computed now on the images shown.")
+
+    def apply_budget(tau: float, threshold: float) -> None:
+        # A callback runs before the next rerun draws the sidebar, so its sliders can still be set.
+        st.session_state["tau"], st.session_state["threshold"] = tau, threshold
+
+    if "budget" not in st.session_state:
+        raw = st.query_params.get("budget")
+        try:
+            parsed = float(raw) if raw is not None else None
+        except ValueError:
+            parsed = None
+        st.session_state["budget"] = parsed if parsed is not None and math.isfinite(parsed) and parsed > 0 else None
+    budget_mflops = st.number_input("Budget: mean MFLOPs per image", min_value=0.01, max_value=10_000.0, step=0.5,
+                                    format="%.2f", key="budget", placeholder="e.g. 5",
+                                    help="The most accurate setting within this budget on held-out images, as "
+                                         "training chooses its default.")
+    if budget_mflops is None:
+        st.query_params.pop("budget", None)
+    else:
+        state.publish("budget")
+
+budget_row, budget_choice = None, None
+if budget_mflops is not None:
+    held_out_limit = settings.eval_limit
+    try:
+        with st.spinner("Sweeping the held-out images…", show_time=True):
+            held_out_rows, held_out_name = state.held_out_sweep(settings.checkpoint_path, settings.checkpoint_sha,
+                                                                held_out_limit)
+    except DatasetError as error:
+        right.warning(f"No held-out images to choose on: {error}")
+    else:
+        budget_choice = payoff.setting_for_budget(held_out_rows, budget_mflops)
+        budget_run = routed(budget_choice["tau"], budget_choice["threshold"])
+        budget_row = {**payoff.comparison_row(budget_run, model, kind="drnet", model=model_name,
+                                              name=f"{model_name}, chosen for {budget_mflops:g} MFLOPs"),
+                      "max_mflops": budget_mflops}
+        with right:
+            if budget_choice["meets_budget"]:
+                st.success(f"**tau {budget_choice['tau']:g}, threshold {budget_choice['threshold']:g}**: "
+                           f"{budget_choice['accuracy']:.2%} at {budget_choice['mean_mflops']:.2f} MFLOPs on "
+                           f"{held_out_name}; {budget_row['accuracy']:.2%} at {budget_row['mean_mflops']:.2f} "
+                           "MFLOPs on the images shown.")
+            else:
+                st.warning(f"No setting of the sweep costs {budget_mflops:g} MFLOPs or less on {held_out_name}; the "
+                           f"cheapest is tau {budget_choice['tau']:g}, threshold {budget_choice['threshold']:g} at "
+                           f"{budget_choice['mean_mflops']:.2f} MFLOPs.")
+            st.button("Apply to the sidebar", key="apply_budget", icon=":material/tune:", on_click=apply_budget,
+                      args=(budget_choice["tau"], budget_choice["threshold"]),
+                      disabled=(budget_choice["tau"], budget_choice["threshold"]) == (settings.tau, settings.threshold))
+            st.caption(f"Chosen over tau {', '.join(f'{t:g}' for t in SWEEP_TAUS)} and thresholds "
+                       f"{SWEEP_THRESHOLDS[0]:g}–{SWEEP_THRESHOLDS[-1]:g}.")
+
+if from_table:
+    table_rows, table_set = from_table
+    curves = {f"tau {settings.tau:g}": [row for row in table_rows if row["kind"] == "drnet" and row["tau"] == settings.tau]}
+    controls = [row for row in table_rows if row["kind"] != "drnet"] + [control]
+    source = (f"Curve and baselines: the comparison table (`docs/results/accuracy_vs_flops.json`, written by "
+              f"`scripts/performance_report.py`) on {table_set}; the current setting and its random-routing control "
+              "computed now on the same images.")
+else:
+    curve_runs = []
+    with st.spinner(f"Sweeping thresholds at tau {settings.tau:g}…", show_time=True):
+        for threshold in sorted(set(SWEEP_THRESHOLDS) | {settings.threshold}):
+            curve_runs.append(routed(settings.tau, threshold))
+    curves = {f"tau {settings.tau:g}": payoff.drnet_curve_rows(model, curve_runs, model_name=model_name,
+                                                               epochs=epochs)}
+    with st.spinner("Evaluating the static baselines…", show_time=True):
+        controls = state.baseline_rows(settings.dataset_name, limit) + [control]
+    source = (f"Everything computed now on {shown_set}" + (" with the sidebar's Gumbel noise" if settings.noise else "")
+              + ". The comparison table (full test split) applies only to a shipped checkpoint at its default tau "
+                "without noise.")
+for tau in others:
+    with st.spinner(f"Sweeping thresholds at tau {tau:g}…", show_time=True):
+        curves[f"tau {tau:g}"] = payoff.drnet_curve_rows(model, [routed(tau, threshold) for threshold in SWEEP_THRESHOLDS],
+                                                         model_name=model_name, epochs=epochs)
+
+left.plotly_chart(payoff_figures.payoff_curve_figure(curves, controls, current, budget_row,
+                                                     f"{model_name}: thresholds varied, controls as points"),
+                  key="payoff_curve")
+left.caption(source + " Random routing: the same network with the router's paths permuted across the inputs, so "
+             "every cost is the same but no path depends on its input.")
+similar = [row for row in controls if row["kind"] in ("static", "plain")
+           and row["mean_mflops"] <= current["mean_mflops"] * (1 + payoff.TARGETS["control_cost_window"])]
+best = max(similar, key=lambda row: row["accuracy"], default=None)
+if best is not None:
+    verdict = "beats" if current["accuracy"] > best["accuracy"] else "does not beat"
+    left.markdown(f"The current setting **{verdict}** the most accurate static network of similar or lower cost, "
+                  f"{best['name']}: {best['accuracy']:.2%} at {best['mean_mflops']:.2f} MFLOPs.")
+
+# ---- cost against difficulty ---------------------------------------------------------------------------
+
+st.subheader("Does compute follow difficulty?")
+difficulty = payoff.cost_against_difficulty(run)
+d1, d2 = st.columns(2)
+d1.metric("Misclassified / correct mean MFLOPs", f"{difficulty['misclassified_cost_ratio']:.2f}",
+          f"{difficulty['misclassified_mflops']:.3f} vs {difficulty['correct_mflops']:.3f} MFLOPs", delta_color="off")
+d2.metric("Error rate, costliest tenth / cheapest tenth", f"{difficulty['costliest_to_cheapest_error_ratio']:.2f}",
+          f"{difficulty['deciles'][-1]['error_rate']:.1%} vs {difficulty['deciles'][0]['error_rate']:.1%}",
+          delta_color="off")
+c1, c2 = st.columns(2)
+c1.plotly_chart(payoff_figures.cost_deciles_figure(difficulty), key="cost_deciles")
+c2.plotly_chart(payoff_figures.class_cost_error_figure(summary["per_class"]), key="class_cost_error")
+st.caption("If routing spends compute where it is needed, the costlier deciles and classes are the harder ones "
+           "(ratios above 1). Deciles are cut by rank, so each holds a tenth of the inputs even when many share a "
+           "cost.")
+
+# ---- collapse alarm -----------------------------------------------------------------------------------
+
+st.subheader("Collapse alarm")
+health = payoff.routing_health(model, run)
+alarms = payoff.collapse_alarms(health)
+for alarm in alarms:
+    (st.error if alarm["level"] == "error" else st.warning)(alarm["message"])
+if not alarms:
+    st.success("Every cell routes its inputs along several patterns.")
+h1, h2 = st.columns(2)
+h1.dataframe(pd.DataFrame(health), hide_index=True, key="routing_health",
+             column_config={"distinct_patterns": st.column_config.NumberColumn("distinct patterns"),
+                            "largest_pattern_share": st.column_config.NumberColumn("largest share", format="percent"),
+                            "entropy_bits": st.column_config.NumberColumn("entropy (bits)", format="%.2f")})
+h2.plotly_chart(payoff_figures.routing_health_figure(health), key="routing_health_figure")
+st.caption("A cell's selection pattern is which branches run on each of its connections. Collapsed: fewer than 8 "
+           "patterns, or one pattern for more than 60% of the inputs; an error when one pattern takes 95% or more.")
