@@ -16,6 +16,9 @@ from .evaluate import RoutedRun
 
 CSV_COLUMNS = ("index", "true", "predicted", "confidence", "correct", "mflops", "active_params", "path_id")
 TIME_COLUMN = "est_ms"  # present when the table was built with a TimeTable
+# Where every row came from, repeated on each row so that a CSV read on its own (or rows pasted into
+# another sheet) still says which checkpoint, setting and data produced it.
+PROVENANCE_COLUMNS = ("checkpoint_sha256", "tau", "threshold", "noise_seed", "dataset")
 COST_COLUMNS = ("mflops", TIME_COLUMN)
 
 
@@ -91,11 +94,12 @@ def cost_by_correctness(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for outcome, correct in (("correct", True), ("incorrect", False)):
         part = table[table["correct"] == correct]
-        row = {"outcome": outcome, "n": len(part),
-               "mean MFLOPs": float(part["mflops"].mean()) if len(part) else 0.0,
-               "median MFLOPs": float(part["mflops"].median()) if len(part) else 0.0}
+        if not len(part):  # a filter on answers leaves one group; an empty row would read as a measurement
+            continue
+        row = {"outcome": outcome, "n": len(part), "mean MFLOPs": float(part["mflops"].mean()),
+               "median MFLOPs": float(part["mflops"].median())}
         if TIME_COLUMN in table:
-            row["mean est. ms"] = float(part[TIME_COLUMN].mean()) if len(part) else 0.0
+            row["mean est. ms"] = float(part[TIME_COLUMN].mean())
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -106,9 +110,22 @@ def ms_per_mflop(table: pd.DataFrame) -> pd.Series:
     return table[TIME_COLUMN] / table["mflops"]
 
 
-def to_csv(table: pd.DataFrame) -> bytes:
-    """The per-instance CSV an auditor downloads: `CSV_COLUMNS`, plus `est_ms` after `mflops` when present."""
+def provenance(checkpoint_sha256: str, run: RoutedRun, dataset: str) -> dict:
+    """The `PROVENANCE_COLUMNS` of a run: checkpoint, setting, noise seed (empty without noise), data set."""
+    return {"checkpoint_sha256": checkpoint_sha256, "tau": run.tau, "threshold": run.threshold,
+            "noise_seed": "" if run.noise_seed is None else run.noise_seed, "dataset": dataset}
+
+
+def to_csv(table: pd.DataFrame, origin: dict | None = None) -> bytes:
+    """The per-instance CSV an auditor downloads: `CSV_COLUMNS`, plus `est_ms` after `mflops` when present,
+    then, given `origin` (see `provenance`), the `PROVENANCE_COLUMNS` on every row."""
     columns = list(CSV_COLUMNS)
     if TIME_COLUMN in table:
         columns.insert(columns.index("mflops") + 1, TIME_COLUMN)
-    return table.loc[:, columns].to_csv(index=False, float_format="%.6g").encode("utf-8")
+    out = table.loc[:, columns]
+    if origin is not None:
+        missing = [column for column in PROVENANCE_COLUMNS if column not in origin]
+        if missing:
+            raise ValueError(f"provenance lacks {missing}")
+        out = out.assign(**{column: origin[column] for column in PROVENANCE_COLUMNS})
+    return out.to_csv(index=False, float_format="%.6g").encode("utf-8")

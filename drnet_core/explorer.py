@@ -128,6 +128,21 @@ def noise_path_frequencies(model: DRNet, model_input: torch.Tensor, *, tau: floa
     return table
 
 
+def noise_selection_frequency(table: pd.DataFrame) -> np.ndarray:
+    """How often each branch ran across the samples of a `noise_path_frequencies` table: (total branches,)
+    in [0, 1], in `path_masks` order (split it per cell with `DRNet.split_per_cell`)."""
+    masks = np.stack(table["mask"].to_list()).astype(float)  # (paths, total branches)
+    return table["share"].to_numpy(dtype=float) @ masks
+
+
+def path_entropy_bits(table: pd.DataFrame) -> float:
+    """Entropy in bits of the path distribution of a `noise_path_frequencies` table: 0 when the noise never
+    changes the path, log2(samples) when every sample takes its own."""
+    shares = table["share"].to_numpy(dtype=float)
+    shares = shares[shares > 0]
+    return float(-(shares * np.log2(shares)).sum()) + 0.0  # + 0.0: a single path gives 0.0, not -0.0
+
+
 def gumbel_softmax_demo(logits: np.ndarray, taus: np.ndarray, *, threshold: float,
                         noise: np.ndarray | None = None) -> pd.DataFrame:
     """Weights softmax((logits + noise) / tau) of one connection over a range of temperatures.

@@ -203,6 +203,8 @@ def cost_vs_error_figure(table: pd.DataFrame, title: str = "Do wrong answers cos
     figure = go.Figure()
     for outcome, correct, color in (("correct", True, GOOD), ("incorrect", False, WARN)):
         part = table[table["correct"] == correct]
+        if not len(part):  # no empty box for a group the filters left out
+            continue
         figure.add_trace(go.Box(y=part["mflops"], name=f"{outcome} ({len(part):,})", marker_color=color,
                                 boxmean=True, hoverinfo="y"))
     figure.update_yaxes(title="executed MFLOPs")
@@ -231,6 +233,30 @@ def path_frequency_figure(table: pd.DataFrame, title: str = "Same image, differe
     figure.update_yaxes(title="share of noise samples", tickformat=".0%")
     figure.update_xaxes(title="distinct path (most frequent first)")
     return _style(figure, title, height=320)
+
+
+def selection_frequency_heatmap(model: DRNet, frequency: np.ndarray,
+                                title: str = "How often each branch ran under noise") -> go.Figure:
+    """One heatmap per cell: connections x branches, colour = share of noise samples in which the branch ran
+    (`explorer.noise_selection_frequency`)."""
+    per_cell = model.split_per_cell(np.nan_to_num(np.asarray(frequency, dtype=float)))
+    cells = len(model.cells)
+    figure = make_subplots(rows=1, cols=cells, subplot_titles=[f"Cell {c + 1}" for c in range(cells)],
+                           horizontal_spacing=0.06)
+    for c, cell in enumerate(model.cells):
+        rows = [f"n{s}→n{t}" for s, t in cell.connections]
+        hover = [[f"cell {c + 1}, {rows[e]}<br>{name}<br>ran in {per_cell[c][e, b]:.0%} of the samples"
+                  for b, name in enumerate(cell.branch_names)] for e in range(len(rows))]
+        figure.add_trace(go.Heatmap(z=per_cell[c], x=list(cell.branch_names), y=rows, zmin=0, zmax=1,
+                                    colorscale="Blues", text=[[f"{v:.0%}" for v in row] for row in per_cell[c]],
+                                    texttemplate="%{text}", hovertext=hover, hoverinfo="text",
+                                    showscale=c == cells - 1,
+                                    colorbar=dict(title="ran in", tickformat=".0%", len=0.9)), row=1, col=c + 1)
+        figure.update_yaxes(autorange="reversed", row=1, col=c + 1)
+        figure.update_xaxes(tickangle=-40, row=1, col=c + 1)
+    # Title and cell titles below the toolbar plotly shows at the top right.
+    return _style(figure, title, height=360).update_layout(
+        title=dict(yref="container", y=1, yanchor="top", pad=dict(t=30)), margin=dict(t=86))
 
 
 def gumbel_demo_figure(table: pd.DataFrame, branch_names: tuple[str, ...], threshold: float, tau: float,

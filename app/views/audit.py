@@ -83,5 +83,6 @@ if len(filtered):
 else:
     st.info("No input matches these filters.")
 
-st.download_button("Download per-instance results (CSV)", audit.to_csv(filtered), file_name="drnet_audit.csv",
+origin = audit.provenance(settings.checkpoint_sha, run, evaluated.name)
+st.download_button("Download per-instance results (CSV)", audit.to_csv(filtered, origin), file_name="drnet_audit.csv",
                    mime="text/csv", key="download_csv", icon=":material/download:")

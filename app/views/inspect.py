@@ -2,6 +2,8 @@
 counterfactuals, noise resampling and path comparison for one input."""
 from __future__ import annotations
 
+import math
+
 import streamlit as st
 
 import state
@@ -67,6 +69,10 @@ with right:
     m2.metric("Executed MFLOPs", f"{result.mflops:.3f}", f"{result.fraction_of_dense:.0%} of dense ({result.dense_mflops:.2f})",
               delta_color="off")
     m3.metric("Active parameters", f"{result.active_params:,.0f}", f"of {model.dense_params():,}", delta_color="off")
+    if not result.executed.any():
+        st.warning(f"At tau {settings.tau:g} and threshold {settings.threshold:g} no branch runs for this image: every "
+                   "cell passes its input through unchanged, and the prediction comes from the stem, reductions and "
+                   "head alone.")
     st.plotly_chart(figures.probabilities_figure(result.probabilities, classes, true_class), key="probabilities")
 
 graph = routing_graph.routing_graph(model, result.weights, result.executed)
@@ -141,12 +147,16 @@ with tabs[5]:
         with st.spinner(f"Routing {samples} noisy copies…"):
             table = state.noise_paths(settings.checkpoint_path, settings.checkpoint_sha, key, prepared.model_input,
                                       settings.tau, settings.threshold, samples, settings.seed, classes)
-        s1, s2 = st.columns(2)
+        s1, s2, s3 = st.columns(3)
         s1.metric("Distinct paths", f"{len(table)}", f"in {samples} samples", delta_color="off")
         s2.metric("Most frequent path", f"{table['share'].iloc[0]:.0%}", f"predicts {table['prediction'].iloc[0]}",
                   delta_color="off")
-        st.plotly_chart(figures.path_frequency_figure(table, f"Same image, different paths (seed {settings.seed})"),
-                        key="noise_paths")
+        s3.metric("Path entropy", f"{explorer.path_entropy_bits(table):.2f} bits",
+                  f"of at most {math.log2(samples):.1f}", delta_color="off")
+        st.plotly_chart(figures.selection_frequency_heatmap(
+            model, explorer.noise_selection_frequency(table),
+            f"How often each branch ran in {samples} noisy copies (seed {settings.seed})"), key="noise_frequency")
+        st.caption("0% or 100%: the noise never changes that branch's choice; in between, it does.")
         st.dataframe(table.drop(columns=["mask"]).head(20), hide_index=True, key="noise_table",
                      column_config={"share": st.column_config.ProgressColumn("share", format="percent", min_value=0,
                                                                             max_value=1),

@@ -40,6 +40,13 @@ def metric_row(label: str, summary: dict, other: dict) -> None:
     c5.metric("Distinct paths", f"{summary['distinct_paths']:,}")
 
 
+for label, run in (("A", run_a), ("B", run_b)):
+    no_branch = int((run.path_masks.sum(dim=1) == 0).sum())
+    if no_branch:
+        st.warning(f"Setting {label} (tau {run.tau:g}, threshold {run.threshold:g}): **{no_branch:,} of "
+                   f"{len(run.labels):,}** inputs run no branch at all; every cell passes their input through "
+                   "unchanged, and their predictions come from the stem, reductions and head alone.")
+
 metric_row("Setting A (sidebar)", summary_a, summary_b)
 metric_row("Setting B", summary_b, summary_a)
 
