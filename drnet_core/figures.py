@@ -223,18 +223,6 @@ def time_vs_flops_figure(table: pd.DataFrame, title: str = "Multiply-adds agains
     return _style(figure, title, height=340)
 
 
-def path_frequency_figure(table: pd.DataFrame, title: str = "Same image, different paths") -> go.Figure:
-    shown = table.head(15)
-    figure = go.Figure(go.Bar(
-        x=[f"path {p}" for p in shown["path"]], y=shown["share"], marker_color=ACCENT,
-        customdata=np.stack([shown["count"], shown["mflops"], shown["branches"], shown["prediction"]], axis=1),
-        hovertemplate="%{x}: %{y:.1%} of samples (%{customdata[0]})<br>%{customdata[1]:.3f} MFLOPs, "
-                      "%{customdata[2]} branches<br>predicts %{customdata[3]}<extra></extra>"))
-    figure.update_yaxes(title="share of noise samples", tickformat=".0%")
-    figure.update_xaxes(title="distinct path (most frequent first)")
-    return _style(figure, title, height=320)
-
-
 def selection_frequency_heatmap(model: DRNet, frequency: np.ndarray,
                                 title: str = "How often each branch ran under noise") -> go.Figure:
     """One heatmap per cell: connections x branches, colour = share of noise samples in which the branch ran
@@ -252,7 +240,10 @@ def selection_frequency_heatmap(model: DRNet, frequency: np.ndarray,
                                     texttemplate="%{text}", hovertext=hover, hoverinfo="text",
                                     showscale=c == cells - 1,
                                     colorbar=dict(title="ran in", tickformat=".0%", len=0.9)), row=1, col=c + 1)
-        figure.update_yaxes(autorange="reversed", row=1, col=c + 1)
+        # Cells of one network share their connections: label them once, at the left, so that no
+        # label sits on the cell before it.
+        same_rows = c > 0 and cell.connections == model.cells[0].connections
+        figure.update_yaxes(autorange="reversed", showticklabels=not same_rows, row=1, col=c + 1)
         figure.update_xaxes(tickangle=-40, row=1, col=c + 1)
     # Title and cell titles below the toolbar plotly shows at the top right.
     return _style(figure, title, height=360).update_layout(

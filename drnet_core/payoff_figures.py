@@ -75,6 +75,10 @@ def payoff_curve_figure(curves: dict[str, list[dict]], controls: list[dict], cur
         figure.add_vline(x=budget["max_mflops"], line=dict(color=GOOD, dash="dash"),
                          annotation_text=f"budget {budget['max_mflops']:g} MFLOPs", annotation_position="bottom right")
     figure.update_xaxes(title="mean executed MFLOPs per image (log scale)", type="log")
+    costs = [row["mean_mflops"] for row in shown] + ([budget["max_mflops"]] if budget and budget.get("max_mflops") else [])
+    if costs:
+        # Autorange would stretch to fit the budget line's label; the range of a log axis is in log10 units.
+        figure.update_xaxes(range=[math.log10(min(costs)) - 0.08, math.log10(max(costs)) + 0.08])
     if shown:
         accuracies = [row["accuracy"] for row in shown]
         margin = max(0.005, (max(accuracies) - min(accuracies)) * 0.1)
