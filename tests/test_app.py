@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,75 @@ def test_bad_checkpoint_upload_shows_an_error_and_keeps_working():
     assert not at.exception
     assert at.error and "shipped checkpoint instead" in at.error[0].value
     assert "Prediction" in metrics(at)
+
+
+def test_payoff_view_shows_the_curve_controls_and_routing_health():
+    at = start("views/payoff.py")
+    assert at.title[0].value == "Does routing pay off?"
+    shown = metrics(at)
+    for label in ("Accuracy, current setting", "Random routing, same costs", "Misclassified / correct mean MFLOPs",
+                  "Error rate, costliest tenth / cheapest tenth"):
+        assert label in shown and "nan" not in shown[label].lower()
+    assert len(at.get("plotly_chart")) >= 4
+    assert at.dataframe[0].value["cell"].tolist() == [1, 2, 3]
+    assert any("Random routing" in caption.value for caption in at.caption)
+
+
+def test_payoff_alarm_shows_for_a_collapsed_cell():
+    at = start("views/payoff.py")
+    at.slider(key="threshold").set_value(1.0).run()
+    assert not at.exception, [e.value for e in at.exception]
+    # Threshold 1 runs no branch: every cell sends every input down the one empty pattern.
+    alarms = [error.value for error in at.error]
+    assert len(alarms) == 3 and all("100.0% of the inputs down one selection pattern" in a for a in alarms)
+    assert any("run no branch at all" in warning.value for warning in at.warning)
+
+
+def test_payoff_budget_chooses_a_setting_within_it_and_applies_it():
+    at = start("views/payoff.py")
+    at.number_input(key="budget").set_value(4.0).run()
+    assert_clean(at)
+    chosen = at.success[0].value
+    found = re.search(r"\*\*tau ([\d.]+), threshold ([\d.]+)\*\*: [\d.]+% at ([\d.]+) MFLOPs on 5,000 training images "
+                      r"held out", chosen)
+    assert found, chosen
+    tau, threshold, held_out_mflops = (float(value) for value in found.groups())
+    assert held_out_mflops <= 4.0
+    assert at.query_params["budget"] in ("4.0", ["4.0"])
+    at.button(key="apply_budget").click().run()
+    assert not at.exception, [e.value for e in at.exception]  # the collapse alarm may speak at the new setting
+    assert at.slider(key="tau").value == pytest.approx(tau)
+    assert at.slider(key="threshold").value == pytest.approx(threshold)
+
+
+def test_choosing_a_checkpoint_moves_the_sliders_to_its_defaults():
+    at = start()
+    at.slider(key="threshold").set_value(0.3).run()
+    at.radio(key="checkpoint_source").set_value("Shipped's parent, with pooling").run()
+    assert_clean(at)
+    assert (at.slider(key="tau").value, at.slider(key="threshold").value) == (pytest.approx(2.0), pytest.approx(0.05))
+    at.radio(key="checkpoint_source").set_value("Shipped").run()
+    assert_clean(at)
+    assert (at.slider(key="tau").value, at.slider(key="threshold").value) == (pytest.approx(1.0), pytest.approx(0.05))
+    assert at.query_params["tau"] in ("1.0", ["1.0"])
+
+
+def test_audit_draws_no_empty_group_and_inspect_warns_when_nothing_runs():
+    at = start("views/audit.py")
+    at.radio(key="answers").set_value("incorrect").run()
+    assert_clean(at)
+    outcomes = next(frame.value for frame in at.dataframe if "outcome" in frame.value)
+    assert outcomes["outcome"].tolist() == ["incorrect"]
+    at.switch_page("views/inspect.py").run()
+    at.slider(key="threshold").set_value(1.0).run()
+    assert not at.exception
+    assert any("no branch runs for this image" in warning.value for warning in at.warning)
+
+
+def test_noise_view_shows_branch_frequencies_and_path_entropy():
+    at = start()
+    at.toggle(key="noise").set_value(True).run()
+    assert_clean(at)
+    assert metrics(at)["Path entropy"].endswith(" bits")
+    heatmap = next(chart for chart in at.get("plotly_chart") if "How often each branch ran" in chart.proto.spec)
+    assert '"type":"heatmap"' in heatmap.proto.spec.replace(" ", "")

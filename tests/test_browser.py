@@ -202,3 +202,26 @@ def test_upload_a_gallery_image(server, browser, tmp_path):
     text = wait_idle(browser, showing="Could not use this upload")
     assert "Could not use this upload" in text and "Traceback" not in text
     screenshot(browser, "bad-upload")
+
+
+def test_payoff_view_draws_the_curve_and_its_controls(server, browser):
+    from selenium.webdriver.common.by import By
+
+    path = next(view.url_path for view in VIEWS if view.file == "payoff.py")
+    browser.set_window_size(1280, 2600)  # a laptop's width, tall enough to hold the whole view
+    try:
+        browser.get(f"{server}/{path}?budget=5")
+        text = wait_idle(browser, showing="Collapse alarm")
+        assert_no_error(browser, text)
+        assert "NaN" not in text
+        for label in ("Accuracy, current setting", "Random routing, same costs"):
+            assert metric_value(browser, label).endswith("%")
+        # The curve, the two difficulty figures and the health bars, each a drawn plotly figure.
+        assert len(browser.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"] .main-svg')) >= 4
+        legend = " ".join(item.text for item in browser.find_elements(By.CSS_SELECTOR, ".legendtext"))
+        for entry in ("random routing", "static cells", "plain CNN", "current setting", "budget's setting"):
+            assert entry in legend
+        assert "Apply to the sidebar" in text
+        screenshot(browser, "page-payoff-1280")
+    finally:
+        browser.set_window_size(1500, 1150)
