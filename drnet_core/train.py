@@ -1,15 +1,14 @@
-"""Training: cross-entropy plus cost and balance terms, on the same sparse routing used at inference.
+"""Training: one loop for every phase of the recipe, on the same sparse routing used at inference.
 
-    python -m drnet_core train --preset fashion --output assets/drnet_fashion.pt
+    python -m drnet_core train --preset fashion-wide --output runs/wide.pt
+    python -m drnet_core train ... --phase supernet --init-from runs/wide.pt --output runs/supernet.pt
+    python -m drnet_core train ... --phase routers --init-from runs/supernet.pt --target-mflops 5.5 --output P
     torchrun --nproc_per_node=2 -m drnet_core train ...   # DistributedDataParallel
 
-Loss = CE(label-smoothed) + cost_weight * expected_cost_fraction + balance_weight * branch_usage_imbalance.
-The expected cost is the branch multiply-adds (or, with `cost_measure="time"`, the branch milliseconds
-measured on this machine) expected under the Gumbel-Softmax weights divided by the worst case
-(costliest branch everywhere), so it lies in [0, 1] and pushes every RouterNet toward
-cheap branches when they suffice; the imbalance term keeps a batch from putting all its weight on one
-branch per connection, so routing stays instance-aware. The threshold ramps from 0 (dense) to `train_threshold` over the warm-up, and branches below
-it are skipped in training exactly as at inference; tau anneals geometrically.
+What a step minimises is the phase's (`drnet_core.objectives`): the joint DRNet loss, the sandwich rule
+for the supernet, or the routers alone against a budget. The threshold ramps from 0 (dense) to
+`train_threshold` over the warm-up, and branches below it are skipped in training exactly as at
+inference; tau anneals geometrically.
 
 A resume file (`<output>.resume.pt`) is written after every epoch; rerunning the same command
 continues from it. After the last epoch the default (tau, threshold) is chosen on the held-out part
@@ -30,7 +29,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,12 +37,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, TensorDataset
 from tqdm.auto import tqdm
 
-from .checkpoint import save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .cost import measure_branch_ms
-from .data import FASHION_CLASSES, CIFAR10_CLASSES, DatasetError, ImageSet, augment, load_split, to_model_input
-from .distributed import DistributedContext, run_routed_sharded, state_fingerprint, sweep_sharded
-from .evaluate import SWEEP_TAUS, SWEEP_THRESHOLDS, choose_default_setting, selection_rule, summarize
+from .data import DatasetError, ImageSet, augment, load_split, to_model_input
+from .distributed import DistributedContext, run_routed_sharded, state_fingerprint
+from .held_out import finalize, split_train_val
 from .model import DRNet
 from .monitor import DEFAULT_ROUTING_EVERY, TrainingMonitor
 from .objectives import STEPS, enter_training_mode, trainable_parameters
@@ -59,11 +57,6 @@ def threshold_at(config: TrainConfig, epoch_float: float) -> float:
     if config.threshold_warmup_epochs <= 0:
         return config.train_threshold
     return config.train_threshold * min(1.0, epoch_float / config.threshold_warmup_epochs)
-
-
-def split_train_val(images: ImageSet, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    return order[val_size:], order[:val_size]
 
 
 def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os.PathLike, *,
@@ -260,47 +253,6 @@ def branch_subset_state(parent: DRNet, branches: tuple[str, ...]) -> dict[str, t
     return state
 
 
-def reselect_default(checkpoint: str | os.PathLike, output: str | os.PathLike, *, data_dir: str | None = None,
-                     progress: bool = True) -> dict:
-    """Choose a trained checkpoint's default setting again under the current rule, report, and write it.
-
-    The held-out images are the same ones the run held out (its seed and `val_size`), so the choice
-    still never sees the test split; the weights are untouched.
-    """
-    from .checkpoint import load_checkpoint
-
-    model, meta = load_checkpoint(checkpoint)
-    train_config = TrainConfig.from_dict(meta.get("train_config") or {})
-    dataset = meta.get("dataset", "fashion-mnist")
-    full_train, val_idx = training_split(meta, data_dir)
-    return finalize(model, model.config, train_config, Path(output), meta.get("history", []), full_train,
-                    to_model_input(full_train.images, dataset), val_idx, dataset=dataset, data_dir=data_dir,
-                    select_defaults=True, evaluate_test=True, progress=progress, parent=meta.get("initialized_from"),
-                    branch_ms=meta.get("branch_ms"))
-
-
-def training_split(meta: dict, data_dir: str | None = None) -> tuple[ImageSet, torch.Tensor]:
-    """The training images a checkpoint's run saw, and the indices of those it held out (never trained on)."""
-    train_config = TrainConfig.from_dict(meta.get("train_config") or {})
-    full_train = load_split(meta.get("dataset", "fashion-mnist"), "train", data_dir)
-    if train_config.limit:
-        full_train = full_train.subset(train_config.limit)
-    return full_train, split_train_val(full_train, train_config.val_size, train_config.seed)[1]
-
-
-def held_out_set(meta: dict, data_dir: str | None = None) -> ImageSet:
-    """The images a checkpoint's run held out of training: where settings are chosen without the test split."""
-    if not meta.get("train_config"):
-        raise DatasetError("this checkpoint records no training run, so which images it held out is unknown; "
-                           "use the test split")
-    full_train, val_idx = training_split(meta, data_dir)
-    if not len(val_idx):
-        raise DatasetError("this checkpoint's run held out no training images (val_size 0); use the test split")
-    indices = full_train.indices[val_idx] if full_train.indices is not None else val_idx
-    return ImageSet(full_train.images[val_idx], full_train.labels[val_idx],
-                    f"{len(val_idx):,} training images held out of training", full_train.dataset, indices)
-
-
 def check_input_fits(images: ImageSet, model_config) -> None:
     """A clear message instead of a shape error deep in the first convolution."""
     config = model_config if isinstance(model_config, ModelConfig) else getattr(model_config, "model_config", None)
@@ -375,65 +327,3 @@ def replica_report(model: torch.nn.Module, ctx: DistributedContext) -> dict | No
         log.error("the %d replicas ended with different weights; the checkpoint holds rank 0's", ctx.world_size)
     return {"world_size": ctx.world_size, "backend": ctx.backend, "replicas_in_sync": in_sync,
             "replica_sha256": fingerprints}
-
-
-def finalize(model: DRNet, model_config: ModelConfig, train_config: TrainConfig, output: Path, history: list,
-             full_train: ImageSet, inputs: torch.Tensor, val_idx: torch.Tensor, *, dataset: str,
-             data_dir: str | None, select_defaults: bool, evaluate_test: bool, progress: bool,
-             ctx: DistributedContext | None = None, replicas: dict | None = None,
-             parent: dict | None = None, branch_ms: list | None = None) -> dict:
-    """Choose default routing on held-out training images, report test figures, write the checkpoint.
-
-    With several processes every rank calls it (the evaluations are sharded); rank 0 writes.
-    """
-    is_main = ctx is None or ctx.is_main
-    progress = progress and is_main
-    model.eval()
-    class_names = FASHION_CLASSES if dataset == "fashion-mnist" else CIFAR10_CLASSES
-    val_inputs, val_labels = inputs[val_idx], full_train.labels[val_idx]
-    default = {"tau": train_config.tau_end, "threshold": train_config.train_threshold}
-    val_rows: list[dict] = []
-    if select_defaults and len(val_idx):
-        val_rows = sweep_sharded(model, val_inputs, val_labels, SWEEP_TAUS, SWEEP_THRESHOLDS, progress=progress,
-                                 ctx=ctx)
-        chosen = choose_default_setting(val_rows, max_mflops=train_config.target_mflops)
-        default = {"tau": chosen["tau"], "threshold": chosen["threshold"]}
-    meta = {
-        "dataset": dataset,
-        "class_names": list(class_names),
-        "epochs": len(history),
-        # Epochs since random initialisation: a warm-started run adds its parent's.
-        "total_epochs": len(history) + (int(parent.get("total_epochs") or parent["epochs"] or 0) if parent else 0),
-        "seed": train_config.seed,
-        "train_config": train_config.to_dict(),
-        "train_images": len(full_train) - len(val_idx),
-        "validation_images": len(val_idx),
-        "default_tau": default["tau"],
-        "default_threshold": default["threshold"],
-        "default_selection": selection_rule(train_config.target_mflops),
-        "history": history,
-        "validation_sweep": val_rows,
-    }
-    if evaluate_test:
-        test = load_split(dataset, "test", data_dir)
-        test_inputs = to_model_input(test.images, dataset)
-        for label, threshold in (("default", default["threshold"]), ("dense", 0.0)):
-            run = run_routed_sharded(model, test_inputs, test.labels, tau=default["tau"], threshold=threshold,
-                                     progress=progress, ctx=ctx)
-            summary = summarize(run, model, test.name, class_names)
-            summary.pop("per_class")
-            meta[f"test_{label}"] = summary
-    if replicas is not None:
-        meta["distributed"] = replicas
-    if parent is not None:
-        meta["initialized_from"] = parent
-    if branch_ms is not None:
-        meta["branch_ms"] = branch_ms  # the table the cost term charged
-    if is_main:
-        save_checkpoint(output, model, meta)
-        log.info("wrote %s", output)
-    return meta
-
-
-def config_summary(model_config: ModelConfig, train_config: TrainConfig) -> dict:
-    return {"model": asdict(model_config), "train": asdict(train_config)}

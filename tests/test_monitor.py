@@ -11,7 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from drnet_core import cli
+from drnet_core import cli, commands
 from drnet_core.model import RoutingTrace
 from drnet_core.monitor import TrainingMonitor, pattern_entropy_bits, routing_scalars
 
@@ -109,7 +109,7 @@ def test_progress_auto_draws_bars_only_for_a_terminal_and_rank_0(monkeypatch, se
     monkeypatch.setattr(sys.stderr, "isatty", lambda: is_tty)
     monkeypatch.setenv("RANK", rank)
     args = cli.build_parser().parse_args(["sweep", "--progress", setting])
-    assert cli._show_progress(args) is expected
+    assert commands.show_progress(args) is expected
 
 
 def test_a_log_gets_no_progress_bars_unless_asked(tmp_path):

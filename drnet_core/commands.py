@@ -1,0 +1,330 @@
+"""What each command of `python -m drnet_core` does: argument types and one `cmd_*` function per command.
+
+The parser that maps the command line onto them is `drnet_core.cli`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+
+from .checkpoint import default_device, load_checkpoint
+from .config import COST_MEASURES, TRAIN_PHASES, preset
+from .evaluate import default_setting
+
+log = logging.getLogger("drnet_core")
+
+
+def float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def tau_arg(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"tau must be > 0, got {text}")
+    return value
+
+
+def threshold_arg(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"threshold must be in [0, 1], got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def branch_names_arg(text: str) -> tuple[str, ...]:
+    from .ops import OPS
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in OPS]
+    if unknown or not names or len(set(names)) < len(names):
+        problem = (f"unknown {', '.join(map(repr, unknown))}" if unknown else
+                   "no branch named" if not names else "a branch named twice")
+        raise argparse.ArgumentTypeError(f"{problem}; expected comma-separated branch types from: {', '.join(OPS)}")
+    return names
+
+
+PROGRESS_SETTINGS = ("auto", "on", "off")
+
+
+def show_progress(args, *, auto: bool = True) -> bool:
+    """Progress bars: --progress on or off; auto draws them only where a person watches, when stderr is a
+    terminal and, under torchrun, in rank 0, so that logs under CI or torchrun stay one line per event.
+    `auto=False`: a command whose output is for programs (--json) stays quiet unless asked."""
+    setting = "off" if getattr(args, "no_progress", False) else getattr(args, "progress", "auto")
+    if setting == "auto":
+        return auto and sys.stderr.isatty() and int(os.environ.get("RANK", "0")) == 0
+    return setting == "on"
+
+
+def _eval_set(args, meta: dict):
+    from .data import load_split, load_test_set, to_model_input
+
+    dataset = meta.get("dataset", "fashion-mnist")
+    if getattr(args, "split", "test") == "held-out":
+        from .held_out import held_out_set
+
+        test = held_out_set(meta, args.data_dir)
+    else:
+        test = load_test_set(args.data_dir) if dataset == "fashion-mnist" else load_split(dataset, "test", args.data_dir)
+    test = test.subset(args.limit)
+    return test, to_model_input(test.images, dataset)
+
+
+TRAIN_OVERRIDES = {"epochs": int, "seed": int, "batch_size": int, "lr": float, "cost_weight": float,
+                   "balance_weight": float, "train_threshold": float, "threshold_warmup_epochs": float,
+                   "tau_start": tau_arg, "tau_end": tau_arg, "limit": int, "val_size": int, "cost_measure": str,
+                   "phase": str, "random_paths": int, "random_path_keep": float, "target_mflops": float,
+                   "budget_weight": float, "gate_weight": float}
+CHOICES = {"cost_measure": COST_MEASURES, "phase": TRAIN_PHASES}
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    chosen = preset(args.preset)
+    model_config = replace(chosen.model, branches=args.branches) if args.branches else chosen.model
+    overrides = {key: getattr(args, key) for key in TRAIN_OVERRIDES if getattr(args, key) is not None}
+    if args.init_from:
+        overrides["init_from"] = args.init_from
+    try:
+        train_config = chosen.train.__class__(**{**chosen.train.to_dict(), **overrides})
+        meta = train(model_config, train_config, args.output, dataset=args.dataset, data_dir=args.data_dir,
+                     progress=show_progress(args), evaluate_test=not args.skip_test, log_dir=args.log_dir,
+                     log_every=args.log_every)
+    except ValueError as error:  # an invalid setting, a resume file of another config, an --init-from of another architecture
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if meta:
+        print(json.dumps({k: v for k, v in meta.items() if k not in ("history", "validation_sweep", "train_config", "branch_ms")},
+                         indent=2))
+    return 0
+
+
+def cmd_select_default(args) -> int:
+    from .held_out import reselect_default
+
+    meta = reselect_default(args.checkpoint, args.output or args.checkpoint, data_dir=args.data_dir,
+                            progress=show_progress(args))
+    print(json.dumps({"default_tau": meta["default_tau"], "default_threshold": meta["default_threshold"],
+                      "default_selection": meta["default_selection"], "test_default": meta.get("test_default"),
+                      "test_dense": meta.get("test_dense")}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .distributed import DistributedContext, run_routed_sharded
+    from .evaluate import summarize
+    from .routing_graph import branch_labels
+
+    ctx = DistributedContext()  # under torchrun the set is sharded across the processes
+    ctx.quiet_other_ranks()
+    model, meta = load_checkpoint(args.checkpoint, device=ctx.device if ctx.distributed else default_device(),
+                                  fold_batch_norms=True)
+    default_tau, default_threshold = default_setting(meta)
+    tau = args.tau if args.tau is not None else default_tau
+    threshold = args.threshold if args.threshold is not None else default_threshold
+    test, inputs = _eval_set(args, meta)
+    run = run_routed_sharded(model, inputs, test.labels, tau=tau, threshold=threshold, noise_seed=args.noise_seed,
+                             batch_size=args.batch_size, progress=show_progress(args, auto=not args.json), ctx=ctx)
+    ctx.close()
+    if not ctx.is_main:
+        return 0
+    summary = summarize(run, model, test.name, tuple(meta.get("class_names", [str(i) for i in range(10)])))
+    summary["checkpoint"] = str(args.checkpoint or "shipped")
+    # Which parts of the network this setting uses, and for how many of the images.
+    summary["branch_usage"] = dict(zip(branch_labels(model), run.path_masks.float().mean(dim=0).tolist()))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['dataset']}: accuracy {summary['accuracy']:.4f} at tau={tau:g}, threshold={threshold:g}")
+        print(f"mean {summary['mean_mflops']:.3f} MFLOPs (multiply-adds) of {summary['dense_mflops']:.3f} dense "
+              f"({100 * summary['mflops_fraction_of_dense']:.1f}%), CV {summary['mflops_cv']:.3f}, "
+              f"{summary['distinct_paths']} distinct paths, {summary['mean_active_params']:,.0f} of "
+              f"{summary['dense_params']:,} parameters active")
+        for name, row in summary["per_class"].items():
+            print(f"  {name:12s} accuracy {row['accuracy']:.3f}  {row['mean_mflops']:.3f} MFLOPs")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .distributed import DistributedContext, sweep_sharded
+
+    ctx = DistributedContext()  # under torchrun every setting's evaluation is sharded
+    ctx.quiet_other_ranks()
+    model, meta = load_checkpoint(args.checkpoint, device=ctx.device if ctx.distributed else default_device(),
+                                  fold_batch_norms=True)
+    test, inputs = _eval_set(args, meta)
+    rows = sweep_sharded(model, inputs, test.labels, args.taus, args.thresholds, progress=show_progress(args),
+                         batch_size=args.batch_size, ctx=ctx)
+    ctx.close()
+    if not ctx.is_main:
+        return 0
+    for row in rows:
+        row["dataset"] = test.name
+    text = json.dumps(rows, indent=1) if args.format == "json" else None
+    if args.format == "csv":
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buffer.getvalue()
+    if args.output:
+        Path(args.output).write_text(text)
+        log.info("wrote %d rows to %s", len(rows), args.output)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    """Dense vs routed wall time, router overhead, evaluation and training throughput (drnet_core.bench)."""
+    from .bench import format_table, run_bench
+
+    model, meta = load_checkpoint(args.checkpoint, device=default_device(), fold_batch_norms=True)
+    result = run_bench(model, meta, data_dir=args.data_dir, eval_images=args.limit, warmup=args.warmup,
+                       repeats=args.repeats, single_images=args.single_images, big_batch=args.big_batch,
+                       train_steps=args.train_steps, tau=args.tau, threshold=args.threshold)
+    result["settings"]["checkpoint"] = str(args.checkpoint or "shipped")
+    print(json.dumps(result, indent=1) if args.json else format_table(result))
+    return 0
+
+
+def cmd_baseline(args) -> int:
+    """Train a static baseline the way the DRNet preset is trained (see drnet_core.baselines)."""
+    from .baselines import BaselineConfig, build_baseline, most_picked_branches, plain_cnn_widths
+    from .train import train
+
+    chosen = preset(args.preset)
+    overrides = {key: getattr(args, key) for key in ("epochs", "limit", "val_size") if getattr(args, key) is not None}
+    train_config = chosen.train.__class__(**{**chosen.train.to_dict(), **overrides})
+    base = chosen.model.to_dict()
+    if args.kind == "static-cells":
+        if args.branches:
+            branches = tuple(name.strip() for name in args.branches.split(",") if name.strip())
+        else:
+            from .data import load_fashion_mnist, to_model_input
+            from .held_out import split_train_val
+
+            drnet, meta = load_checkpoint(args.checkpoint)
+            images = load_fashion_mnist("train", args.data_dir)
+            _, val_idx = split_train_val(images, train_config.val_size, train_config.seed)
+            branches = most_picked_branches(drnet, to_model_input(images.images[val_idx]),
+                                            tau=meta.get("default_tau", 1.0), threshold=meta.get("default_threshold", 0.0))
+        config = BaselineConfig("static-cells", base=base, branches=branches)
+    else:
+        target = args.target_mflops
+        if target is None:
+            _, meta = load_checkpoint(args.checkpoint)
+            target = float(meta["test_default"]["mean_mflops"])
+        config = BaselineConfig("plain-cnn", base=base, widths=plain_cnn_widths(target, chosen.model))
+    try:
+        model = build_baseline(config)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    log.info("%s baseline: %.3f MFLOPs, %d parameters, config %s", args.kind, model.dense_mflops(),
+             model.dense_params(), config.to_dict())
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        meta = train(config, train_config, args.output, data_dir=args.data_dir, progress=show_progress(args),
+                     select_defaults=False, model=model)
+    except ValueError as error:  # e.g. a resume file left by a run with another config
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if meta:
+        print(json.dumps({"kind": args.kind, "config": config.to_dict(), "epochs": meta["epochs"],
+                          "test": meta.get("test_default")}, indent=2))
+    return 0
+
+
+def cmd_subset(args) -> int:
+    from .data import write_shipped_subset
+
+    print(write_shipped_subset(args.data_dir))
+    return 0
+
+
+def cmd_trace(args) -> int:
+    """One row per image of the evaluated set, with its routing, as Parquet or CSV (drnet_core.trace)."""
+    from .checkpoint import SHIPPED_CHECKPOINT, sha256_of
+    from .distributed import DistributedContext, run_routed_sharded
+    from .evaluate import summarize
+    from .trace import TraceOutputError, check_output, trace_metadata, trace_table, write_trace
+
+    try:
+        output = check_output(args.output)  # before any work: a wrong suffix is known at once
+    except TraceOutputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    ctx = DistributedContext()  # under torchrun the set is sharded across the processes, as in evaluate
+    ctx.quiet_other_ranks()
+    model, meta = load_checkpoint(args.checkpoint, device=ctx.device if ctx.distributed else default_device(),
+                                  fold_batch_norms=True)
+    tau = args.tau if args.tau is not None else meta.get("default_tau", 1.0)
+    threshold = args.threshold if args.threshold is not None else meta.get("default_threshold", 0.0)
+    test, inputs = _eval_set(args, meta)
+    run = run_routed_sharded(model, inputs, test.labels, tau=tau, threshold=threshold, noise_seed=args.noise_seed,
+                             batch_size=args.batch_size, progress=show_progress(args), ctx=ctx)
+    ctx.close()
+    if not ctx.is_main:
+        return 0
+    class_names = tuple(meta.get("class_names", [str(i) for i in range(10)]))
+    summary = summarize(run, model, test.name, class_names)
+    metadata = trace_metadata(run, summary, checkpoint=str(args.checkpoint or "shipped"),
+                              checkpoint_sha256=sha256_of(args.checkpoint or SHIPPED_CHECKPOINT), split=args.split,
+                              batch_size=args.batch_size)
+    sidecar = write_trace(trace_table(run, model, class_names, test.indices), metadata, output)
+    print(f"wrote {summary['n']:,} rows to {output} and its metadata to {sidecar}: {summary['dataset']}, "
+          f"accuracy {summary['accuracy']:.4f}, mean {summary['mean_mflops']:.3f} MFLOPs "
+          f"at tau={tau:g}, threshold={threshold:g}")
+    return 0
+
+
+def streamlit_command(port: int, address: str | None, extra: list[str]) -> list[str]:
+    """`streamlit run` of the app with the project's Streamlit settings, from any working folder.
+
+    Streamlit reads `.streamlit/config.toml` only from the working folder, so its settings are passed
+    as options: the upload limit there is the one `drnet_core.images` enforces.
+    """
+    import tomllib
+
+    from .resources import APP, STREAMLIT_CONFIG
+
+    def option(value) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    settings = tomllib.loads(STREAMLIT_CONFIG.read_text())
+    command = [sys.executable, "-m", "streamlit", "run", str(APP / "streamlit_app.py")]
+    command += [f"--{section}.{key}={option(value)}" for section, values in settings.items()
+                for key, value in values.items()]
+    command += [f"--server.port={port}"] + ([f"--server.address={address}"] if address else [])
+    return command + [part for part in extra if part != "--"]
+
+
+def cmd_app(args) -> int:
+    command = streamlit_command(args.port, args.address, args.streamlit_options)
+    sys.stdout.flush()
+    os.execv(command[0], command)  # streamlit takes over this process, and with it Ctrl-C and signals
