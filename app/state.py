@@ -26,7 +26,7 @@ from drnet_core.checkpoint import (BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, Chec
 from drnet_core.cost import TimeTable, measure_time_table
 from drnet_core.data import ASSETS, FASHION_CLASSES, ImageSet, load_test_set, to_model_input
 from drnet_core.evaluate import SWEEP_TAUS, SWEEP_THRESHOLDS, RoutedRun, default_setting, run_routed, summarize, sweep
-from drnet_core.train import held_out_set
+from drnet_core.held_out import held_out_set
 from drnet_core.images import ImageRejected, PreparedImage, image_from_bytes, prepare_dataset_image, prepare_image
 
 EVAL_LIMIT_ENV = "DRNET_EVAL_LIMIT"
