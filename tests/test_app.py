@@ -280,3 +280,12 @@ def test_noise_view_shows_branch_frequencies_and_path_entropy():
     assert metrics(at)["Path entropy"].endswith(" bits")
     heatmap = next(chart for chart in at.get("plotly_chart") if "How often each branch ran" in chart.proto.spec)
     assert '"type":"heatmap"' in heatmap.proto.spec.replace(" ", "")
+
+
+def test_a_budget_outside_the_box_in_the_url_leaves_it_empty():
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["budget"] = "1e9"
+    at.run()
+    at.switch_page("views/payoff.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.number_input(key="budget").value is None and not at.success

@@ -72,14 +72,17 @@ with right:
         # A callback runs before the next rerun draws the sidebar, so its sliders can still be set.
         st.session_state["tau"], st.session_state["threshold"] = tau, threshold
 
+    budget_bounds = (0.01, 10_000.0)
     if "budget" not in st.session_state:
         raw = st.query_params.get("budget")
         try:
             parsed = float(raw) if raw is not None else None
         except ValueError:
             parsed = None
-        st.session_state["budget"] = parsed if parsed is not None and math.isfinite(parsed) and parsed > 0 else None
-    budget_mflops = st.number_input("Budget: mean MFLOPs per image", min_value=0.01, max_value=10_000.0, step=0.5,
+        # A hand-edited link outside the box's bounds leaves the box empty rather than failing.
+        inside = parsed is not None and math.isfinite(parsed) and budget_bounds[0] <= parsed <= budget_bounds[1]
+        st.session_state["budget"] = parsed if inside else None
+    budget_mflops = st.number_input("Budget: mean MFLOPs per image", *budget_bounds, step=0.5,
                                     format="%.2f", key="budget", placeholder="e.g. 5",
                                     help="The most accurate setting within this budget on held-out images, as "
                                          "training chooses its default.")
