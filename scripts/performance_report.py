@@ -25,10 +25,12 @@ from drnet_core.baselines import load_baseline  # noqa: E402
 from drnet_core.runtime import configure_cpu_memory  # noqa: E402
 from drnet_core.bench import machine_info  # noqa: E402
 from drnet_core.cost import median_seconds  # noqa: E402
-from drnet_core.checkpoint import BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, default_device, load_checkpoint  # noqa: E402
+from drnet_core.checkpoint import (BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, default_device, load_checkpoint,  # noqa: E402
+                                   sha256_of)
 from drnet_core.data import load_test_set, to_model_input  # noqa: E402
-from drnet_core.evaluate import run_routed  # noqa: E402
-from drnet_core.payoff import acceptance, cost_against_difficulty, random_routing_run, routing_health  # noqa: E402
+from drnet_core.evaluate import default_setting, run_routed  # noqa: E402
+from drnet_core.payoff import (acceptance, baseline_kind, comparison_row, cost_against_difficulty,  # noqa: E402
+                               random_control_row, routing_health)
 
 log = logging.getLogger("performance_report")
 THRESHOLDS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
@@ -46,16 +48,10 @@ def measured_latency(model, inputs: torch.Tensor, *, tau: float, threshold: floa
     return {"latency_batch_1_ms": 1e3 * one, "latency_batch_256_ms": 1e3 * many}
 
 
-def run_row(run, model, *, name: str, kind: str, epochs) -> dict:
-    return {"name": name, "kind": kind, "tau": run.tau, "threshold": run.threshold, "epochs": epochs,
-            "accuracy": float(run.correct.float().mean()), "mean_mflops": float(run.mflops.mean()),
-            "mean_active_params": float(run.active_params.mean()), "params": int(model.dense_params())}
-
-
 def evaluate_row(model, inputs, labels, *, name: str, kind: str, tau: float, threshold: float, epochs,
                  single_images: int, repeats: int) -> tuple[dict, object]:
     run = run_routed(model, inputs, labels, tau=tau, threshold=threshold)
-    row = run_row(run, model, name=name, kind=kind, epochs=epochs)
+    row = comparison_row(run, model, name=name, kind=kind, epochs=epochs)
     row.update(measured_latency(model, inputs, tau=tau, threshold=threshold, single_images=single_images,
                                 repeats=repeats))
     log.info("%s", row)
@@ -76,6 +72,10 @@ def plot(rows: list[dict], path: Path, title: str, defaults: dict[str, float]) -
                        key=lambda r: r["mean_mflops"])
         axes.plot([r["mean_mflops"] for r in drnet], [100 * r["accuracy"] for r in drnet], "o-", color=color,
                   label=f"{model_name}, tau={drnet[0]['tau']:g}, threshold varied")
+        shuffled = sorted((r for r in rows if r["kind"] == "random" and r["model"] == model_name),
+                          key=lambda r: r["mean_mflops"])
+        axes.plot([r["mean_mflops"] for r in shuffled], [100 * r["accuracy"] for r in shuffled], "x:", color=color,
+                  alpha=0.6, label=f"{model_name}, its paths dealt out at random")
         # Thresholds above ~0.05 crowd into one spot; label the ends of the curve and the default only.
         below = {drnet[0]["threshold"]}
         labelled = below | {drnet[-1]["threshold"]}
@@ -88,7 +88,7 @@ def plot(rows: list[dict], path: Path, title: str, defaults: dict[str, float]) -
                               textcoords="offset points", xytext=(-10, -14 if r["threshold"] in below else 8),
                               fontsize=7, color=color)
     # Marker by kind, colour by network: the baselines of each DRNet sit near that DRNet's curve.
-    markers = {"static": "s", "plain": "^", "random": "x"}
+    markers = {"static": "s", "plain": "^"}
     baselines = [r for r in rows if r["kind"] in markers]
     for r, color in zip(baselines, ("tab:orange", "tab:green", "tab:olive", "tab:cyan", "tab:pink", "tab:gray")):
         axes.scatter([r["mean_mflops"]], [100 * r["accuracy"]], marker=markers[r["kind"]], s=60, color=color,
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     for checkpoint in checkpoints:
         model, meta = load_checkpoint(checkpoint, device=device, fold_batch_norms=True)
         model_name = "DRNet " + (Path(checkpoint).stem if checkpoint else "(shipped)")
-        tau, defaults[model_name] = float(meta.get("default_tau", 1.0)), meta.get("default_threshold")
+        tau, defaults[model_name] = default_setting(meta)
         epochs = meta.get("total_epochs", meta.get("epochs"))
         checks = {}
         for threshold in sorted(set(args.thresholds) | {defaults[model_name]} - {None}):
@@ -142,22 +142,22 @@ def main(argv: list[str] | None = None) -> int:
                                     kind="drnet", tau=tau, threshold=threshold, epochs=epochs,
                                     single_images=args.single_images, repeats=args.repeats)
             # The router's paths dealt out at random: the same cost distribution, blind to the input.
-            control = run_row(random_routing_run(model, inputs, run), model, kind="random", epochs=epochs,
-                              name=f"{model_name} threshold {threshold:g}, paths permuted at random")
-            rows += [dict(model=model_name, **row), dict(model=model_name, **control)]
+            control = random_control_row(model, inputs, run, model_name=model_name, epochs=epochs)
+            rows += [dict(model=model_name, **row), control]
             if threshold == defaults[model_name]:
                 checks = {"routing_health": routing_health(model, run), "cost_against_difficulty":
                           cost_against_difficulty(run), "random_routing_accuracy": control["accuracy"]}
         where = Path(checkpoint).resolve() if checkpoint else None
         shown = "shipped" if where is None else str(where.relative_to(ROOT) if where.is_relative_to(ROOT) else where)
-        drnets.append({"model": model_name, "checkpoint": shown, "config": model.config.to_dict(),
+        drnets.append({"model": model_name, "checkpoint": shown, "sha256": sha256_of(checkpoint or SHIPPED_CHECKPOINT),
+                       "config": model.config.to_dict(),
                        "default": {"tau": tau, "threshold": defaults[model_name]}, "epochs": epochs,
                        "default_checks": checks})
     baseline_paths = args.baselines if args.baselines is not None else sorted(
         str(p) for p in (ROOT / "assets" / "baselines").glob("*.pt"))
     for path in baseline_paths:
         baseline, baseline_meta = load_baseline(path, device=device, fold_batch_norms=True)
-        kind = {"static-cells": "static", "plain-cnn": "plain"}[baseline.config.kind]
+        kind = baseline_kind(baseline.config.kind)
         name = {"static": "static cells", "plain": "plain CNN"}[kind] + f" ({Path(path).stem})"
         row, _ = evaluate_row(baseline, inputs, test.labels, name=name, kind=kind, tau=1.0, threshold=0.0,
                               epochs=baseline_meta.get("total_epochs", baseline_meta.get("epochs")),

@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import streamlit as st
 
+import payoff_rows
 import state
 from drnet_core import payoff, payoff_figures
 from drnet_core.data import DatasetError
@@ -24,7 +25,7 @@ st.caption("A routed network earns its routers if it is more accurate than stati
 
 # One set of images for the whole page: the comparison table's (the full test split) when the table was
 # made for this checkpoint at this tau, else the sidebar's first N evaluation images.
-from_table = state.comparison_table_rows(settings)
+from_table = payoff_rows.comparison_table_rows(settings)
 full_set = state.evaluation_set()
 limit = len(full_set) if from_table else settings.eval_limit
 shown_set = full_set.subset(limit).name
@@ -37,7 +38,7 @@ def routed(tau: float, threshold: float):
 
 with st.spinner(f"Routing {limit:,} images and their random-routing control…", show_time=True):
     run = routed(settings.tau, settings.threshold)
-    control = state.random_control(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name, limit,
+    control = payoff_rows.random_control(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name, limit,
                                    settings.tau, settings.threshold, settings.noise_seed, model_name)
 current = payoff.comparison_row(run, model, name=f"{model_name}, current setting", kind="drnet", model=model_name,
                                 epochs=epochs)
@@ -96,7 +97,7 @@ if budget_mflops is not None:
     held_out_limit = settings.eval_limit
     try:
         with st.spinner("Sweeping the held-out images…", show_time=True):
-            held_out_rows, held_out_name = state.held_out_sweep(settings.checkpoint_path, settings.checkpoint_sha,
+            held_out_rows, held_out_name = payoff_rows.held_out_sweep(settings.checkpoint_path, settings.checkpoint_sha,
                                                                 held_out_limit)
     except DatasetError as error:
         right.warning(f"No held-out images to choose on: {error}")
@@ -137,7 +138,7 @@ else:
     curves = {f"tau {settings.tau:g}": payoff.drnet_curve_rows(model, curve_runs, model_name=model_name,
                                                                epochs=epochs)}
     with st.spinner("Evaluating the static baselines…", show_time=True):
-        controls = state.baseline_rows(settings.dataset_name, limit) + [control]
+        controls = payoff_rows.baseline_rows(settings.dataset_name, limit) + [control]
     source = (f"Everything computed now on {shown_set}" + (" with the sidebar's Gumbel noise" if settings.noise else "")
               + ". The comparison table (full test split) applies only to a shipped checkpoint at its default tau "
                 "without noise.")

@@ -1,0 +1,78 @@
+"""The pay-off view's cached rows: the random-routing control, the static baselines, the comparison
+table when it fits the current checkpoint, and the held-out sweep that budgets are chosen on.
+
+Cached the way `state` caches: models by path and sha256, results by every setting that changes them.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from drnet_core import payoff
+from drnet_core.baselines import load_baseline
+from drnet_core.checkpoint import SHIPPED_CHECKPOINT, default_device, sha256_of
+from drnet_core.data import ASSETS, ImageSet, to_model_input
+from drnet_core.evaluate import SWEEP_TAUS, SWEEP_THRESHOLDS, default_setting, run_routed, sweep
+from drnet_core.held_out import held_out_set
+
+from state import Settings, evaluation_inputs, evaluation_set, model_and_meta, routed
+
+BASELINE_DIR = ASSETS / "baselines"
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def random_control(path: str, sha256: str, dataset_name: str, limit: int, tau: float, threshold: float,
+                   noise_seed: int | None, model_name: str) -> dict:
+    """The random-routing control row of one setting (`payoff.random_control_row`)."""
+    model, meta = model_and_meta(path, sha256)
+    run = routed(path, sha256, dataset_name, limit, tau, threshold, noise_seed)
+    return payoff.random_control_row(model, evaluation_inputs(dataset_name)[:limit], run, model_name=model_name,
+                                     epochs=meta.get("total_epochs", meta.get("epochs")))
+
+
+@st.cache_resource(show_spinner="Loading the baselines…", max_entries=16)
+def baseline_model(path: str, sha256: str):
+    return load_baseline(path, device=default_device(), fold_batch_norms=True)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def baseline_rows(dataset_name: str, limit: int) -> list[dict]:
+    """Every shipped static baseline (assets/baselines) evaluated on the first `limit` evaluation images."""
+    images = evaluation_set()
+    inputs = evaluation_inputs(dataset_name)[:limit]
+    rows = []
+    for path in sorted(BASELINE_DIR.glob("*.pt")):
+        network, meta = baseline_model(str(path), sha256_of(path))
+        kind = payoff.baseline_kind(network.config.kind)
+        run = run_routed(network, inputs, images.labels[:limit], tau=1.0, threshold=0.0)
+        rows.append(payoff.comparison_row(run, network, kind=kind, epochs=meta.get("total_epochs", meta.get("epochs")),
+                                          name=f"{'static cells' if kind == 'static' else 'plain CNN'} ({path.stem})"))
+    return rows
+
+
+def comparison_table_rows(settings: Settings) -> tuple[list[dict], str] | None:
+    """(rows, data set) of the comparison table (docs/results/accuracy_vs_flops.json) when it was made
+    for this checkpoint at this tau without noise, on the images the app evaluates on; else None."""
+    report = payoff.read_comparison_table()
+    if report is None or settings.noise or report.get("dataset") != evaluation_set().name:
+        return None
+    model, meta = model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
+    rows = payoff.table_rows_for(report, settings.checkpoint_path, model.config.to_dict(), default_setting(meta),
+                                 shipped=SHIPPED_CHECKPOINT)
+    if rows is None or not any(row["kind"] == "drnet" and row["tau"] == settings.tau for row in rows):
+        return None
+    return rows, report["dataset"]
+
+
+@st.cache_resource(show_spinner="Loading the held-out images…", max_entries=4)
+def held_out_images(path: str, sha256: str) -> ImageSet:
+    _, meta = model_and_meta(path, sha256)
+    return held_out_set(meta)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def held_out_sweep(path: str, sha256: str, limit: int) -> tuple[list[dict], str]:
+    """(sweep rows, set name): the default-choosing grid (`evaluate.SWEEP_TAUS` x `SWEEP_THRESHOLDS`) over the
+    first `limit` images this checkpoint's run held out of training. Raises DatasetError when unknown."""
+    model, _ = model_and_meta(path, sha256)
+    images = held_out_images(path, sha256).subset(limit)
+    return sweep(model, to_model_input(images.images), images.labels, SWEEP_TAUS, SWEEP_THRESHOLDS), images.name
