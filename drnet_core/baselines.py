@@ -31,7 +31,7 @@ from .checkpoint import CheckpointError, read_verified_checkpoint
 from .config import ModelConfig, known_keys_only
 from .cost import module_macs, module_params
 from .evaluate import EVAL_BATCH_SIZE
-from .model import ClassifierHead, ConvNormRelu, DRNet, Reduction, RoutingTrace
+from .model import ClassifierHead, ConvNormRelu, DRNet, Reduction, RoutingTrace, checkpoint_filter_fn
 from .ops import build_branch
 
 BASELINE_KINDS = ("static-cells", "plain-cnn")
@@ -135,15 +135,15 @@ class StaticCell(nn.Module):
                              f"got {len(branch_names)} branch names")
         self.nodes_per_cell = nodes_per_cell
         self.branch_names = tuple(branch_names)
-        self.edges = nn.ModuleList(build_branch(name, channels) for name in branch_names)
+        self.branches = nn.ModuleList(build_branch(name, channels) for name in branch_names)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nodes = [x]
         for target in range(1, self.nodes_per_cell + 1):
             node = None
-            for edge_index, (source, edge_target) in enumerate(self.connections):
-                if edge_target == target:
-                    out = self.edges[edge_index](nodes[source])
+            for connection_index, (source, connection_target) in enumerate(self.connections):
+                if connection_target == target:
+                    out = self.branches[connection_index](nodes[source])
                     node = out if node is None else node + out
             nodes.append(node)
         out = x
@@ -280,7 +280,7 @@ def load_baseline(path: str | os.PathLike, *, device: str | torch.device = "cpu"
     try:
         config = BaselineConfig.from_dict(payload["config"])
         model = build_baseline(config)
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(checkpoint_filter_fn(payload["state_dict"]))
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: not a baseline checkpoint: {str(error).splitlines()[0]}") from None
     model = model.to(device).eval()

@@ -36,7 +36,7 @@ from .cost import TimeTable, forced_off, measure_branch_ms, median_seconds, sync
 from .data import augment, load_split, load_test_set, to_model_input
 from .evaluate import EVAL_BATCH_SIZE, default_setting, run_routed
 from .model import DRNet, RoutingTrace
-from .objectives import STEPS, enter_training_mode, trainable_parameters
+from .objectives import STEPS, enter_training_mode, optimizer_for
 from .router import recalibrate
 from .runtime import huge_pages_asked, system_huge_pages
 
@@ -232,8 +232,7 @@ def training_speed(model_config, train_config: TrainConfig, images: torch.Tensor
     torch.manual_seed(train_config.seed)
     model = DRNet(model_config).to(device)
     enter_training_mode(model, train_config.phase)
-    optimizer = torch.optim.SGD(trainable_parameters(model, train_config.phase), lr=train_config.lr,
-                                momentum=train_config.momentum, nesterov=True, weight_decay=train_config.weight_decay)
+    optimizer = optimizer_for(model, train_config)
     generator = torch.Generator().manual_seed(train_config.seed)
     training_step = STEPS[train_config.phase]
     batch_size = train_config.batch_size

@@ -231,8 +231,8 @@ def cmd_baseline(args) -> int:
             drnet, meta = load_checkpoint(args.checkpoint)
             images = load_fashion_mnist("train", args.data_dir)
             _, val_idx = split_train_val(images, train_config.val_size, train_config.seed)
-            branches = most_picked_branches(drnet, to_model_input(images.images[val_idx]),
-                                            tau=meta.get("default_tau", 1.0), threshold=meta.get("default_threshold", 0.0))
+            tau, threshold = default_setting(meta)
+            branches = most_picked_branches(drnet, to_model_input(images.images[val_idx]), tau=tau, threshold=threshold)
         config = BaselineConfig("static-cells", base=base, branches=branches)
     else:
         target = args.target_mflops
@@ -283,8 +283,9 @@ def cmd_trace(args) -> int:
     ctx.quiet_other_ranks()
     model, meta = load_checkpoint(args.checkpoint, device=ctx.device if ctx.distributed else default_device(),
                                   fold_batch_norms=True)
-    tau = args.tau if args.tau is not None else meta.get("default_tau", 1.0)
-    threshold = args.threshold if args.threshold is not None else meta.get("default_threshold", 0.0)
+    default_tau, default_threshold = default_setting(meta)
+    tau = args.tau if args.tau is not None else default_tau
+    threshold = args.threshold if args.threshold is not None else default_threshold
     test, inputs = _eval_set(args, meta)
     run = run_routed_sharded(model, inputs, test.labels, tau=tau, threshold=threshold, noise_seed=args.noise_seed,
                              batch_size=args.batch_size, progress=show_progress(args), ctx=ctx)

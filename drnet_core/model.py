@@ -72,10 +72,10 @@ class ClassifierHead(nn.Sequential):
 def checkpoint_filter_fn(state: dict) -> dict:
     """A state dict in the current layout, from one saved by any version (as timm's filter functions do).
 
-    A cell's branch modules were `cells.<cell>.edges.<connection>.<branch>` before they became
-    `cells.<cell>.branches.<connection>.<branch>`.
+    A cell's branch modules were `cells.<cell>.edges.<connection>...` (in a static baseline
+    `cells.<stage>.<cell>.edges...`) before `edges` became `branches`.
     """
-    return {re.sub(r"^(cells\.\d+)\.edges\.", r"\1.branches.", key): value for key, value in state.items()}
+    return {re.sub(r"^(cells(?:\.\d+)+)\.edges\.", r"\1.branches.", key): value for key, value in state.items()}
 
 
 class DRNet(FoldableNetwork):

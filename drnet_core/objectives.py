@@ -13,8 +13,8 @@
             one way.
 
 Each step function runs its forwards and backwards (several paths means several backward passes,
-which frees each path's graph before the next is built) and returns a `StepResult`; the caller owns
-the optimizer.
+which frees each path's graph before the next is built) and returns a `StepResult`; the caller steps
+the optimizer that `optimizer_for` built.
 """
 from __future__ import annotations
 
@@ -42,6 +42,12 @@ def trainable_parameters(model: nn.Module, phase: str) -> list[nn.Parameter]:
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(phase != "routers" or ".router." in name)
     return [parameter for parameter in model.parameters() if parameter.requires_grad]
+
+
+def optimizer_for(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum over the parameters `config.phase` trains."""
+    return torch.optim.SGD(trainable_parameters(model, config.phase), lr=config.lr, momentum=config.momentum,
+                           nesterov=True, weight_decay=config.weight_decay)
 
 
 def enter_training_mode(model: nn.Module, phase: str) -> None:

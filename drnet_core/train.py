@@ -44,7 +44,7 @@ from .distributed import DistributedContext, run_routed_sharded, state_fingerpri
 from .held_out import finalize, split_train_val
 from .model import DRNet
 from .monitor import DEFAULT_ROUTING_EVERY, TrainingMonitor
-from .objectives import STEPS, enter_training_mode, trainable_parameters
+from .objectives import STEPS, enter_training_mode, optimizer_for
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
 
     model = (DRNet(model_config) if model is None else model).to(ctx.device)
     parent = warm_start(model, model_config, train_config.init_from) if train_config.init_from else None
-    optimizer = torch.optim.SGD(trainable_parameters(model, train_config.phase), lr=train_config.lr,
-                                momentum=train_config.momentum, nesterov=True, weight_decay=train_config.weight_decay)
+    optimizer = optimizer_for(model, train_config)
     steps_per_epoch = len(loader)
     total_steps = max(1, train_config.epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
