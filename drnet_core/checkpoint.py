@@ -43,7 +43,9 @@ SHIPPED_CHECKPOINT = ASSETS / "drnet_fashion.pt"
 # Every trained DRNet that ships, by what it is (docs/MODEL.md), the shipped one first.
 BUNDLED_CHECKPOINTS = {
     "Shipped": SHIPPED_CHECKPOINT,
-    "Shipped's parent, with pooling": ASSETS / "drnet_fashion_pooling.pt",
+    # The shipped network before its routers were retrained: the same weights under the joint objective.
+    "Earlier shipped, joint objective": ASSETS / "drnet_fashion_joint.pt",
+    "With pooling branches": ASSETS / "drnet_fashion_pooling.pt",
     "Smaller (fashion preset)": ASSETS / "drnet_fashion_small.pt",
 }
 

@@ -137,9 +137,8 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # The smaller Fashion-MNIST model (assets/drnet_fashion_small.pt): three cells at 14, 7 and 4 pixels.
     "fashion": Preset(ModelConfig(), TrainConfig(), "Fashion-MNIST, 3 cells at 14/7/4 px (32/64/128 channels)"),
-    # The shipped model's architecture: 1.5x the channels of "fashion" throughout, for 36 epochs, at about
-    # twice the cost per epoch. Fine-tuned 10 epochs it is assets/drnet_fashion_pooling.pt; 10 more without
-    # the pooling branch types (`train --branches`) gave assets/drnet_fashion.pt (docs/MODEL.md).
+    # The shipped model's architecture: 1.5x the channels of "fashion" throughout. Its lineage, from these
+    # 36 epochs to the shipped routers, is `make train` (docs/MODEL.md).
     "fashion-wide": Preset(
         ModelConfig(stem_channels=24, stage_channels=(48, 96, 192), router_hidden=24),
         TrainConfig(epochs=36),

@@ -14,6 +14,9 @@ os.environ.setdefault("DRNET_EVAL_LIMIT", "120")
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
+from drnet_core.evaluate import default_setting  # noqa: E402
+
 APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
 TIMEOUT = 240
 
@@ -194,7 +197,7 @@ def test_settings_come_from_the_url():
 def test_the_bundled_checkpoints_can_be_chosen_in_the_sidebar():
     at = start()
     assert "`drnet_fashion.pt`" in sidebar_text(at)
-    at.radio(key="checkpoint_source").set_value("Shipped's parent, with pooling").run()
+    at.radio(key="checkpoint_source").set_value("With pooling branches").run()
     assert_clean(at)
     text = sidebar_text(at)
     assert "`drnet_fashion_pooling.pt`" in text and "at tau 2, threshold 0.05" in text
@@ -252,13 +255,14 @@ def test_payoff_budget_chooses_a_setting_within_it_and_applies_it():
 def test_choosing_a_checkpoint_moves_the_sliders_to_its_defaults():
     at = start()
     at.slider(key="threshold").set_value(0.3).run()
-    at.radio(key="checkpoint_source").set_value("Shipped's parent, with pooling").run()
+    at.radio(key="checkpoint_source").set_value("With pooling branches").run()
     assert_clean(at)
     assert (at.slider(key="tau").value, at.slider(key="threshold").value) == (pytest.approx(2.0), pytest.approx(0.05))
     at.radio(key="checkpoint_source").set_value("Shipped").run()
     assert_clean(at)
-    assert (at.slider(key="tau").value, at.slider(key="threshold").value) == (pytest.approx(1.0), pytest.approx(0.05))
-    assert at.query_params["tau"] in ("1.0", ["1.0"])
+    tau, threshold = default_setting(load_checkpoint(SHIPPED_CHECKPOINT)[1])
+    assert (at.slider(key="tau").value, at.slider(key="threshold").value) == (pytest.approx(tau), pytest.approx(threshold))
+    assert at.query_params["tau"] in (str(tau), [str(tau)])
 
 
 def test_audit_draws_no_empty_group_and_inspect_warns_when_nothing_runs():

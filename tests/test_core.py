@@ -61,11 +61,11 @@ def test_a_forward_hook_on_every_convolution_and_linear_layer_of_the_shipped_mod
 
 
 def test_checkpoints_saved_with_the_earlier_layout_load_with_their_keys_renamed():
-    from drnet_core.checkpoint import SHIPPED_CHECKPOINT, read_checkpoint
+    from drnet_core.checkpoint import BUNDLED_CHECKPOINTS, read_checkpoint
     from drnet_core.model import DRNet, checkpoint_filter_fn
 
-    saved = read_checkpoint(SHIPPED_CHECKPOINT)["state_dict"]
-    assert any(".edges." in key for key in saved)  # the shipped file predates `Cell.branches`
+    saved = read_checkpoint(BUNDLED_CHECKPOINTS["Earlier shipped, joint objective"])["state_dict"]
+    assert any(".edges." in key for key in saved)  # the file predates `Cell.branches`
     model = DRNet(tiny_model().config)
     earlier = {key.replace(".branches.", ".edges."): value for key, value in tiny_model().state_dict().items()}
     model.load_state_dict(earlier)
