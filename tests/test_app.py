@@ -29,9 +29,19 @@ def start(page: str | None = None) -> AppTest:
     return at
 
 
-def assert_clean(at: AppTest) -> None:
+def assert_clean(at: AppTest, *, alarms_allowed: bool = False) -> None:
+    """No exception and no error, except (with `alarms_allowed`) the pay-off view's collapse alarms,
+    which are the page reporting on the model, not failing."""
     assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+    errors = [e.value for e in at.error if not (alarms_allowed and "selection pattern" in e.value)]
+    assert not errors, errors
+
+
+def start_payoff() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.switch_page("views/payoff.py").run()
+    assert_clean(at, alarms_allowed=True)
+    return at
 
 
 def metrics(at: AppTest) -> dict[str, str]:
@@ -214,7 +224,7 @@ def test_bad_checkpoint_upload_shows_an_error_and_keeps_working():
 
 
 def test_payoff_view_shows_the_curve_controls_and_routing_health():
-    at = start("views/payoff.py")
+    at = start_payoff()
     assert at.title[0].value == "Does routing pay off?"
     shown = metrics(at)
     for label in ("Accuracy, current setting", "Random routing, same costs", "Misclassified / correct mean MFLOPs",
@@ -226,19 +236,21 @@ def test_payoff_view_shows_the_curve_controls_and_routing_health():
 
 
 def test_payoff_alarm_shows_for_a_collapsed_cell():
-    at = start("views/payoff.py")
+    at = start_payoff()
+    # The joint checkpoint's routers saturate no weight at its tau, so threshold 1 runs no branch: every
+    # cell sends every input down the one empty pattern. (The shipped routers do saturate some.)
+    at.radio(key="checkpoint_source").set_value("Earlier shipped, joint objective").run()
     at.slider(key="threshold").set_value(1.0).run()
     assert not at.exception, [e.value for e in at.exception]
-    # Threshold 1 runs no branch: every cell sends every input down the one empty pattern.
     alarms = [error.value for error in at.error]
     assert len(alarms) == 3 and all("100.0% of the inputs down one selection pattern" in a for a in alarms)
     assert any("run no branch at all" in warning.value for warning in at.warning)
 
 
 def test_payoff_budget_chooses_a_setting_within_it_and_applies_it():
-    at = start("views/payoff.py")
+    at = start_payoff()
     at.number_input(key="budget").set_value(4.0).run()
-    assert_clean(at)
+    assert_clean(at, alarms_allowed=True)
     chosen = at.success[0].value
     found = re.search(r"\*\*tau ([\d.]+), threshold ([\d.]+)\*\*: [\d.]+% at ([\d.]+) MFLOPs on 5,000 training images "
                       r"held out", chosen)
@@ -272,6 +284,7 @@ def test_audit_draws_no_empty_group_and_inspect_warns_when_nothing_runs():
     outcomes = next(frame.value for frame in at.dataframe if "outcome" in frame.value)
     assert outcomes["outcome"].tolist() == ["incorrect"]
     at.switch_page("views/inspect.py").run()
+    at.radio(key="checkpoint_source").set_value("Earlier shipped, joint objective").run()  # saturates no weight
     at.slider(key="threshold").set_value(1.0).run()
     assert not at.exception
     assert any("no branch runs for this image" in warning.value for warning in at.warning)
