@@ -132,12 +132,12 @@ def cmd_select_default(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def _routed_run(args, *, progress: bool):
+    """(context, model, meta, set, run): the checkpoint routed over the chosen set at the chosen setting
+    (its default where none is given); under torchrun the set is sharded across the processes."""
     from .distributed import DistributedContext, run_routed_sharded
-    from .evaluate import summarize
-    from .routing_graph import branch_labels
 
-    ctx = DistributedContext()  # under torchrun the set is sharded across the processes
+    ctx = DistributedContext()
     ctx.quiet_other_ranks()
     model, meta = load_checkpoint(args.checkpoint, device=ctx.device if ctx.distributed else default_device(),
                                   fold_batch_norms=True)
@@ -146,10 +146,19 @@ def cmd_evaluate(args) -> int:
     threshold = args.threshold if args.threshold is not None else default_threshold
     test, inputs = _eval_set(args, meta)
     run = run_routed_sharded(model, inputs, test.labels, tau=tau, threshold=threshold, noise_seed=args.noise_seed,
-                             batch_size=args.batch_size, progress=show_progress(args, auto=not args.json), ctx=ctx)
+                             batch_size=args.batch_size, progress=progress, ctx=ctx)
     ctx.close()
+    return ctx, model, meta, test, run
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import summarize
+    from .routing_graph import branch_labels
+
+    ctx, model, meta, test, run = _routed_run(args, progress=show_progress(args, auto=not args.json))
     if not ctx.is_main:
         return 0
+    tau, threshold = run.tau, run.threshold
     summary = summarize(run, model, test.name, tuple(meta.get("class_names", [str(i) for i in range(10)])))
     summary["checkpoint"] = str(args.checkpoint or "shipped")
     # Which parts of the network this setting uses, and for how many of the images.
@@ -270,7 +279,6 @@ def cmd_subset(args) -> int:
 def cmd_trace(args) -> int:
     """One row per image of the evaluated set, with its routing, as Parquet or CSV (drnet_core.trace)."""
     from .checkpoint import SHIPPED_CHECKPOINT, sha256_of
-    from .distributed import DistributedContext, run_routed_sharded
     from .evaluate import summarize
     from .trace import TraceOutputError, check_output, trace_metadata, trace_table, write_trace
 
@@ -279,17 +287,7 @@ def cmd_trace(args) -> int:
     except TraceOutputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    ctx = DistributedContext()  # under torchrun the set is sharded across the processes, as in evaluate
-    ctx.quiet_other_ranks()
-    model, meta = load_checkpoint(args.checkpoint, device=ctx.device if ctx.distributed else default_device(),
-                                  fold_batch_norms=True)
-    default_tau, default_threshold = default_setting(meta)
-    tau = args.tau if args.tau is not None else default_tau
-    threshold = args.threshold if args.threshold is not None else default_threshold
-    test, inputs = _eval_set(args, meta)
-    run = run_routed_sharded(model, inputs, test.labels, tau=tau, threshold=threshold, noise_seed=args.noise_seed,
-                             batch_size=args.batch_size, progress=show_progress(args), ctx=ctx)
-    ctx.close()
+    ctx, model, meta, test, run = _routed_run(args, progress=show_progress(args))
     if not ctx.is_main:
         return 0
     class_names = tuple(meta.get("class_names", [str(i) for i in range(10)]))
@@ -300,7 +298,7 @@ def cmd_trace(args) -> int:
     sidecar = write_trace(trace_table(run, model, class_names, test.indices), metadata, output)
     print(f"wrote {summary['n']:,} rows to {output} and its metadata to {sidecar}: {summary['dataset']}, "
           f"accuracy {summary['accuracy']:.4f}, mean {summary['mean_mflops']:.3f} MFLOPs "
-          f"at tau={tau:g}, threshold={threshold:g}")
+          f"at tau={run.tau:g}, threshold={run.threshold:g}")
     return 0
 
 
