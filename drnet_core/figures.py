@@ -22,9 +22,15 @@ GOOD = "#2a9d8f"
 CLASS_COLORS = px.colors.qualitative.T10
 
 
+# Plotly shows its toolbar over the top right of every figure: a title pinned below it stays readable
+# however long it is.
+TITLE_BELOW_TOOLBAR = dict(x=0.01, yref="container", y=1, yanchor="top", pad=dict(t=34))
+TOP_MARGIN = 76
+
+
 def _style(figure: go.Figure, title: str, height: int = 360, **layout) -> go.Figure:
-    figure.update_layout(title=dict(text=title, x=0.01), height=height, template="plotly_white",
-                         margin=dict(l=10, r=10, t=56, b=10), **layout)
+    figure.update_layout(title=dict(text=title, **TITLE_BELOW_TOOLBAR), height=height, template="plotly_white",
+                         margin=dict(l=10, r=10, t=TOP_MARGIN, b=10), **layout)
     return figure
 
 

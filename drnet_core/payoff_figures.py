@@ -12,18 +12,11 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .figures import ACCENT, GOOD, MUTED, WARN
-from .figures import _style as _base_style
+from .figures import _style
 
 CURVE_COLORS = (ACCENT, "#7b2cbf", "#f4a261", "#2a9d8f", "#6c757d")
 CONTROL_MARKERS = {"static": ("square", "#e76f51", "static cells"), "plain": ("triangle-up", "#588157", "plain CNN"),
                    "random": ("x", WARN, "random routing")}
-
-
-def _style(figure: go.Figure, title: str, height: int, **layout) -> go.Figure:
-    """The app's figure style, with the title pushed below the toolbar that plotly shows at the top right."""
-    _base_style(figure, title, height=height, **layout)
-    return figure.update_layout(title=dict(yref="container", y=1, yanchor="top", pad=dict(t=34)),
-                                margin=dict(t=76))
 
 
 def _hover(row: dict) -> str:

@@ -15,6 +15,7 @@ import networkx as nx
 import numpy as np
 import plotly.graph_objects as go
 
+from .figures import TITLE_BELOW_TOOLBAR, TOP_MARGIN
 from .model import DRNet
 from .ops import branch_color
 
@@ -179,8 +180,8 @@ def _finish(figure: go.Figure, graph: nx.DiGraph, title: str, height: int) -> go
         figure.add_annotation(x=(x0 + x1) / 2, y=1.0, yref="paper", text=f"<b>Cell {c + 1}</b>", showarrow=False,
                               font=dict(size=13, color="#33415c"))
     figure.update_layout(
-        title=dict(text=title, x=0.01), height=height, plot_bgcolor="white", paper_bgcolor="white",
-        margin=dict(l=10, r=10, t=60, b=10), hovermode="closest",
+        title=dict(text=title, **TITLE_BELOW_TOOLBAR), height=height, plot_bgcolor="white", paper_bgcolor="white",
+        margin=dict(l=10, r=10, t=TOP_MARGIN, b=10), hovermode="closest",
         legend=dict(orientation="h", yanchor="bottom", y=-0.12, xanchor="left", x=0),
         xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor=None),
     )
