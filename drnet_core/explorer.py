@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from .model import DRNet
+from .payoff import entropy_bits
 from .routing_graph import branch_labels
 
 
@@ -138,9 +139,8 @@ def noise_selection_frequency(table: pd.DataFrame) -> np.ndarray:
 def path_entropy_bits(table: pd.DataFrame) -> float:
     """Entropy in bits of the path distribution of a `noise_path_frequencies` table: 0 when the noise never
     changes the path, log2(samples) when every sample takes its own."""
-    shares = table["share"].to_numpy(dtype=float)
-    shares = shares[shares > 0]
-    return float(-(shares * np.log2(shares)).sum()) + 0.0  # + 0.0: a single path gives 0.0, not -0.0
+    shares = torch.tensor(table["share"].to_numpy(dtype=float))
+    return entropy_bits(shares[shares > 0])
 
 
 def gumbel_softmax_demo(logits: np.ndarray, taus: np.ndarray, *, threshold: float,

@@ -25,21 +25,13 @@ from collections import Counter
 import torch
 
 from .model import DRNet, RoutingTrace
+from .payoff import pattern_entropy_bits
 
 DEFAULT_ROUTING_EVERY = 50  # steps between routing scalars: at batch 128, 6,400 instances to count patterns over
 
 EPOCH_TAGS = {"train_loss": "epoch/train_loss", "train_accuracy": "epoch/train_accuracy",
               "expected_cost_fraction": "epoch/expected_cost_fraction", "val_accuracy": "epoch/val_accuracy",
               "val_mean_mflops": "epoch/val_mflops"}
-
-
-def pattern_entropy_bits(patterns: torch.Tensor) -> tuple[int, float]:
-    """(distinct rows, entropy in bits of the rows' empirical distribution) of a (N, D) bool tensor."""
-    if len(patterns) == 0:
-        return 0, 0.0
-    _, counts = torch.unique(patterns, dim=0, return_counts=True)
-    probabilities = counts.double() / counts.sum()
-    return len(counts), float(-(probabilities * probabilities.log2()).sum()) + 0.0  # + 0.0: no "-0.0"
 
 
 def routing_scalars(executed: list[torch.Tensor], branch_names: list[tuple[str, ...]]) -> dict[str, float]:

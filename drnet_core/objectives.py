@@ -63,7 +63,7 @@ def enter_training_mode(model: nn.Module, phase: str) -> None:
 def cheapest_path(model: DRNet) -> list[torch.Tensor]:
     """Per cell, (connections, branches) overrides that run only each connection's cheapest branch.
 
-    Cheapest in multiply-adds; among branches of none (pooling, identity) identity, which does no work at all.
+    Cheapest in multiply-adds; where several cost none (pooling, identity), identity, which does no work at all.
     """
     paths = []
     for cell in model.cells:

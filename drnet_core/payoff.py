@@ -21,26 +21,36 @@ from .evaluate import RoutedRun, choose_default_setting, run_routed
 from .model import DRNet
 
 
-def per_cell_masks(model: DRNet, flat: torch.Tensor) -> list[torch.Tensor]:
-    """(N, total branches) -> per cell (N, connections, branches), the layout of a `RoutingTrace`."""
-    shape = model.routing_shape()
-    chunks = flat.split([connections * branches for connections, branches in shape], dim=1)
-    return [chunk.reshape(len(flat), *cell_shape) for chunk, cell_shape in zip(chunks, shape)]
+def pattern_shares(patterns: torch.Tensor) -> torch.Tensor:
+    """Each distinct row's share of the rows of a (N, D) bool tensor, float64."""
+    _, counts = torch.unique(patterns, dim=0, return_counts=True)
+    return counts.double() / counts.sum()
+
+
+def entropy_bits(shares: torch.Tensor) -> float:
+    return float(-(shares * shares.log2()).sum()) + 0.0  # + 0.0: no "-0.0"
+
+
+def pattern_entropy_bits(patterns: torch.Tensor) -> tuple[int, float]:
+    """(distinct rows, entropy in bits of the rows' empirical distribution) of a (N, D) bool tensor."""
+    if len(patterns) == 0:
+        return 0, 0.0
+    shares = pattern_shares(patterns)
+    return len(shares), entropy_bits(shares)
 
 
 def pattern_stats(masks: torch.Tensor) -> dict:
     """masks: (N, ...) bool. Distinct patterns, the most common one's share, entropy in bits."""
-    _, counts = torch.unique(masks.flatten(1), dim=0, return_counts=True)
-    shares = counts.double() / counts.sum()
-    return {"distinct_patterns": len(counts), "largest_pattern_share": float(shares.max()),
-            "entropy_bits": float(-(shares * shares.log2()).sum())}
+    shares = pattern_shares(masks.flatten(1))
+    return {"distinct_patterns": len(shares), "largest_pattern_share": float(shares.max()),
+            "entropy_bits": entropy_bits(shares)}
 
 
 def routing_health(model: DRNet, run: RoutedRun, *, min_patterns: int = 8, max_share: float = 0.6) -> list[dict]:
     """One row per cell; `collapsed` when the cell shows fewer than `min_patterns` patterns or one
     pattern covers more than `max_share` of the instances."""
     rows = []
-    for index, masks in enumerate(per_cell_masks(model, run.path_masks)):
+    for index, masks in enumerate(model.split_per_cell(run.path_masks)):
         stats = pattern_stats(masks)
         stats["collapsed"] = stats["distinct_patterns"] < min_patterns or stats["largest_pattern_share"] > max_share
         rows.append({"cell": index + 1, **stats})
@@ -77,7 +87,7 @@ def random_routing_run(model: DRNet, inputs: torch.Tensor, run: RoutedRun, *, se
     distribution is unchanged; the threshold is lifted so that every forced branch runs.
     """
     permutation = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
-    forced = per_cell_masks(model, run.path_masks[permutation])
+    forced = model.split_per_cell(run.path_masks[permutation])
     overrides = [mask.to(torch.int8) * 2 - 1 for mask in forced]  # +1 run, -1 skip
     return run_routed(model, inputs, run.labels, tau=run.tau, threshold=0.0, noise_seed=run.noise_seed,
                       branch_overrides=overrides)
