@@ -266,7 +266,8 @@ def gumbel_demo_figure(table: pd.DataFrame, branch_names: tuple[str, ...], thres
                                     hovertemplate="tau %{x:.2f}: weight %{y:.3f}<extra>" + name + "</extra>"))
     figure.add_hline(y=threshold, line=dict(color=WARN, dash="dash"),
                      annotation_text=f"threshold {threshold:g}: branches above it run")
-    figure.add_vline(x=tau, line=dict(color=MUTED, dash="dot"), annotation_text=f"tau {tau:g}")
+    # On a log axis plotly places shapes by the exponent, not the value.
+    figure.add_vline(x=np.log10(tau), line=dict(color=MUTED, dash="dot"), annotation_text=f"tau {tau:g}")
     figure.update_xaxes(title="temperature tau", type="log")
     figure.update_yaxes(title="recalibrated weight", range=[0, 1.02])
     return _style(figure, title, height=400, legend=dict(orientation="h", y=-0.22))

@@ -361,3 +361,10 @@ def test_figures_build_without_nan(model, runs):
         text = figure.to_json()
         assert "NaN" not in text and "Infinity" not in text
     assert not math.isnan(summary["mflops_cv"])
+
+
+def test_gumbel_demo_marks_the_current_tau_where_the_log_axis_shows_it():
+    table = explorer.gumbel_softmax_demo(np.array([2.0, 0.0, -1.0]), np.geomspace(0.05, 5.0, 20), threshold=0.2)
+    figure = figures.gumbel_demo_figure(table, ("sep_conv_3x3", "dil_conv_3x3", "identity"), 0.2, tau=2.0)
+    marker = next(shape for shape in figure.layout.shapes if shape.x0 == shape.x1)
+    assert figure.layout.xaxis.type == "log" and marker.x0 == pytest.approx(np.log10(2.0))
