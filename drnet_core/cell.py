@@ -44,6 +44,11 @@ def select_branches(weights: torch.Tensor, threshold: float, overrides: torch.Te
     return selected
 
 
+def forcing(mask: torch.Tensor) -> torch.Tensor:
+    """Branch overrides that run exactly the branches `mask` (bool, any leading shape) holds."""
+    return mask.to(torch.int8) * 2 - 1
+
+
 def run_connection(branches: nn.ModuleList, x: torch.Tensor, weights: torch.Tensor, executed: torch.Tensor, *,
                    training: bool) -> torch.Tensor | None:
     """sum_b weights[:, b] * branch_b(x), computing branch b only where executed[:, b] holds.

@@ -154,6 +154,12 @@ class DRNet(FoldableNetwork):
     def routing_shape(self) -> list[tuple[int, int]]:
         return [(len(cell.connections), len(cell.branch_names)) for cell in self.cells]
 
+    def branch_positions(self) -> list[tuple[int, int, int, str]]:
+        """(cell, source node, target node, branch name) of every branch, cells counted from 1, in the
+        order `RoutingTrace.path_masks` and `branch_weights` flatten them."""
+        return [(index, source, target, name) for index, cell in enumerate(self.cells, start=1)
+                for source, target in cell.connections for name in cell.branch_names]
+
     def split_per_cell(self, flat):
         """Undo the flattening of `RoutingTrace.path_masks` / `branch_weights` along the last axis:
         per cell, (..., connections, branches). Tensors and numpy arrays alike."""
@@ -192,9 +198,16 @@ class DRNet(FoldableNetwork):
         value lies in [0, 1] and the cost weight in the loss means the same thing for any architecture.
         """
         costs = branch_costs if branch_costs is not None else [cell.branch_macs for cell in self.cells]
-        expected = sum((w * cost.to(w.device, w.dtype)).sum(dim=(1, 2)) for w, cost in zip(trace.weights, costs))
         worst = sum(float(cost.max(dim=1).values.sum()) for cost in costs)
-        return expected / worst
+        return self.expected_branch_cost(trace, costs) / worst
+
+    def expected_branch_cost(self, trace: RoutingTrace, branch_costs: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(B,) the branches' cost expected under the weights, sum of weight x cost; differentiable.
+
+        branch_costs: per cell (connections, branches); default the branch multiply-adds.
+        """
+        costs = branch_costs if branch_costs is not None else [cell.branch_macs for cell in self.cells]
+        return sum((w * cost.to(w.device, w.dtype)).sum(dim=(1, 2)) for w, cost in zip(trace.weights, costs))
 
     def branch_usage_imbalance(self, trace: RoutingTrace) -> torch.Tensor:
         """Scalar in [0, 1]: how unevenly a batch spreads its weight over each connection's branches.

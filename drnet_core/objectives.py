@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cell import forcing
 from .config import TrainConfig
 from .model import DRNet, RoutingTrace
 
@@ -67,11 +68,11 @@ def cheapest_path(model: DRNet) -> list[torch.Tensor]:
     """
     paths = []
     for cell in model.cells:
-        overrides = torch.full(cell.branch_macs.shape, -1, dtype=torch.int8, device=model.device)
+        cheapest = torch.zeros(cell.branch_macs.shape, dtype=torch.bool, device=model.device)
         for connection, macs in enumerate(cell.branch_macs.tolist()):
-            cheapest = min(range(len(macs)), key=lambda b: (macs[b], cell.branch_names[b] != "identity"))
-            overrides[connection, cheapest] = 1
-        paths.append(overrides)
+            branch = min(range(len(macs)), key=lambda b: (macs[b], cell.branch_names[b] != "identity"))
+            cheapest[connection, branch] = True
+        paths.append(forcing(cheapest))
     return paths
 
 
@@ -81,7 +82,7 @@ def random_path(model: DRNet, batch: int, keep: float, generator: torch.Generato
     paths = []
     for connections, branches in model.routing_shape():
         kept = torch.rand((batch, connections, branches), generator=generator) < keep
-        paths.append((kept.to(torch.int8) * 2 - 1).to(model.device))
+        paths.append(forcing(kept).to(model.device))
     return paths
 
 
@@ -91,8 +92,7 @@ def executed_mflops_straight_through(model: DRNet, trace: RoutingTrace) -> torch
     Thresholding has no gradient; the straight-through estimator lets the budget term see the real
     executed cost and still move the weights that decide it.
     """
-    expected = sum((weights * cell.branch_macs.to(weights.dtype)).sum(dim=(1, 2))
-                   for weights, cell in zip(trace.weights, model.cells)) / 1e6
+    expected = model.expected_branch_cost(trace) / 1e6
     executed = model.mflops_per_instance(trace).to(expected.dtype)
     return executed + expected - expected.detach()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .cell import forcing
 from .evaluate import RoutedRun, choose_default_setting, run_routed
 from .model import DRNet
 
@@ -88,7 +89,7 @@ def random_routing_run(model: DRNet, inputs: torch.Tensor, run: RoutedRun, *, se
     """
     permutation = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
     forced = model.split_per_cell(run.path_masks[permutation])
-    overrides = [mask.to(torch.int8) * 2 - 1 for mask in forced]  # +1 run, -1 skip
+    overrides = [forcing(mask) for mask in forced]
     return run_routed(model, inputs, run.labels, tau=run.tau, threshold=0.0, noise_seed=run.noise_seed,
                       branch_overrides=overrides)
 

@@ -28,12 +28,7 @@ CELL_WIDTH = 4.0  # x distance from a cell's input node to its output node
 
 def branch_labels(model: DRNet) -> list[str]:
     """One readable label per flattened branch position, in `RoutingTrace.path_masks` order."""
-    labels = []
-    for cell_index, cell in enumerate(model.cells):
-        for source, target in cell.connections:
-            for name in cell.branch_names:
-                labels.append(f"cell {cell_index + 1} · n{source}→n{target} · {name}")
-    return labels
+    return [f"cell {cell} · n{source}→n{target} · {name}" for cell, source, target, name in model.branch_positions()]
 
 
 def flat_routing(values) -> np.ndarray:

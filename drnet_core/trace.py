@@ -43,9 +43,7 @@ class TraceOutputError(ValueError):
 
 def branch_keys(model: DRNet) -> list[str]:
     """`cell{k}:n{i}-n{j}:{branch}` per flattened branch position, in `RoutingTrace.path_masks` order."""
-    return [f"cell{cell_index}:n{source}-n{target}:{name}"
-            for cell_index, cell in enumerate(model.cells, start=1)
-            for source, target in cell.connections for name in cell.branch_names]
+    return [f"cell{cell}:n{source}-n{target}:{name}" for cell, source, target, name in model.branch_positions()]
 
 
 def path_patterns(path_masks: torch.Tensor) -> np.ndarray:
