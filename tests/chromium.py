@@ -5,12 +5,72 @@ Chromium's own connections would otherwise be refused many at a time.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 AVAILABLE = Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()
 MISSING_REASON = "chromium / chromedriver not installed (apt-get install chromium chromium-driver)"
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "app" / "streamlit_app.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("streamlit did not become healthy")
+
+
+@contextlib.contextmanager
+def serve_app(env: dict[str, str] | None = None, log=None):
+    """`streamlit run` on a free localhost port, healthy: yields (url, process); stopped on exit.
+
+    env: variables added to this process's environment (e.g. DRNET_EVAL_LIMIT). log: a binary file for
+    the server's output, by default a temporary file.
+    """
+    port = free_port()
+    own_log = log is None
+    log = tempfile.TemporaryFile() if own_log else log
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(APP),
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        yield url, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if own_log:
+            log.close()
 
 
 def new_chromium(window_size: str, page_load_timeout: float, profile_prefix: str):
