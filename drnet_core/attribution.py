@@ -81,3 +81,23 @@ def cost_attribution(model: DRNet, model_input: torch.Tensor, *, tau: float, thr
         value = float(expected_mflops(x)[0])
     pixels = _attribute(expected_mflops, x, method, steps)
     return Attribution(pixels, "expected routed MFLOPs (router's differentiable cost)", method, value)
+
+
+@dataclass
+class CostBreakdown:
+    """How an input's executed MFLOPs relate to the expected cost the cost attribution explains."""
+
+    always_on: float          # stem, reductions, routers and head: paid by every input
+    executed_branches: float  # the branches that ran, each at its full cost whatever its weight
+    expected_branches: float  # sum over branches of weight x cost: the differentiable stand-in
+
+    @property
+    def executed(self) -> float:
+        return self.always_on + self.executed_branches
+
+
+def cost_breakdown(model: DRNet, executed_mflops: float, expected_branch_mflops: float) -> CostBreakdown:
+    """Split an input's executed MFLOPs (`Inspection.mflops`) into always-on and branch parts, beside the
+    expected branch MFLOPs (`cost_attribution(...).value`)."""
+    always_on = model.always_on_macs / 1e6
+    return CostBreakdown(always_on, executed_mflops - always_on, expected_branch_mflops)

@@ -71,10 +71,21 @@ def batch_workers(device: torch.device, batches: int) -> int:
 
 
 @torch.inference_mode()
+def prefix_features(model: DRNet, inputs: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
+    """`model.shared_prefix` of every input, on the CPU, batch by batch as `run_routed` would compute it.
+
+    The same batches give the same numbers: a run from these features equals a run from the images.
+    """
+    return torch.cat([model.shared_prefix(inputs[start:start + batch_size].to(model.device)).cpu()
+                      for start in range(0, len(inputs), batch_size)])
+
+
+@torch.inference_mode()
 def run_routed(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, tau: float, threshold: float,
                noise_seed: int | None = None, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False,
-               branch_overrides: list[torch.Tensor] | None = None) -> RoutedRun:
-    """inputs: normalised (N, C, H, W) on any device; batches are moved to the model's device.
+               branch_overrides: list[torch.Tensor] | None = None, from_prefix: bool = False) -> RoutedRun:
+    """inputs: normalised (N, C, H, W) on any device, or with `from_prefix` their `prefix_features`;
+    batches are moved to the model's device.
 
     With `noise_seed`, Gumbel noise for all N instances is drawn up front from that seed, so the
     result does not depend on the batch size or the device. `branch_overrides`: per cell,
@@ -92,7 +103,7 @@ def run_routed(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, tau:
         batch_overrides = None if branch_overrides is None else [
             o[start:start + batch_size].to(device) if o.dim() == 3 else o for o in branch_overrides]
         logits, trace = model(batch, tau=tau, threshold=threshold, gumbel_noise=batch_noise,
-                              branch_overrides=batch_overrides)
+                              branch_overrides=batch_overrides, from_prefix=from_prefix)
         return (torch.softmax(logits.float(), dim=1).cpu(), model.mflops_per_instance(trace).cpu(),
                 model.active_params_per_instance(trace).cpu(), trace.path_masks().cpu(),
                 trace.branch_weights().float().cpu())

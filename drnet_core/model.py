@@ -115,23 +115,25 @@ class DRNet(FoldableNetwork):
     def forward(self, x: torch.Tensor, *, tau: float, threshold: float,
                 gumbel_noise: list[torch.Tensor] | None = None,
                 branch_overrides: list[torch.Tensor] | None = None,
-                executor: str = "sparse") -> tuple[torch.Tensor, RoutingTrace]:
+                executor: str = "sparse", from_prefix: bool = False) -> tuple[torch.Tensor, RoutingTrace]:
         """x: (B, in_channels, H, W) normalised images. Returns logits (B, classes) and the trace.
 
         gumbel_noise: per cell (B, connections, branches), see `sample_noise`; inference only.
         branch_overrides: per cell (connections, branches) or (B, connections, branches) ints:
         +1 force on, -1 force off, 0 router. executor: in eval mode, "sparse" (`drnet_core.sparse_inference`)
-        or "reference" (the executor training uses; the two give the same result).
+        or "reference" (the executor training uses; the two give the same result). from_prefix: x is
+        already `shared_prefix(images)`.
         """
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         if executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
-        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        x = x if from_prefix else self.shared_prefix(x)
         trace = RoutingTrace([], [], [])
         cells = iter(enumerate(self.cells))
-        for reduce in self.reductions:
-            x = reduce(x)
+        for stage, reduce in enumerate(self.reductions):
+            if stage > 0:  # the first reduction is part of the shared prefix
+                x = reduce(x)
             for _ in range(self.config.cells_per_stage):
                 index, cell = next(cells)
                 x, logits, weights, executed = cell(
@@ -144,6 +146,13 @@ class DRNet(FoldableNetwork):
                 trace.weights.append(weights)
                 trace.executed.append(executed)
         return self.head(x), trace
+
+    def shared_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem and first reduction: everything before the first router, the same at every setting.
+
+        An evaluation that revisits one set at many settings computes it once (`evaluate.prefix_features`).
+        """
+        return self.reductions[0](self.stem(x.contiguous(memory_format=torch.channels_last)))
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """`nn.Module.load_state_dict`, also for state dicts saved in an earlier layout (`checkpoint_filter_fn`)."""

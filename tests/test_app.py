@@ -21,8 +21,12 @@ APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
 TIMEOUT = 240
 
 
-def start(page: str | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+def start(page: str | None = None, **query: str | list[str]) -> AppTest:
+    """The app after its first run with these URL query parameters, on `page` when given."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.run()
     if page is not None:
         at.switch_page(page).run()
     assert_clean(at)
@@ -107,7 +111,7 @@ def test_upload_goes_through_and_bad_upload_shows_an_error():
 
 
 def test_counterfactual_force_off_changes_the_cost():
-    at = start()
+    at = start(tab="Counterfactual")
     base = metrics(at)["Executed MFLOPs"]
     executed = at.multiselect(key="force_off")
     # Force off every branch: the cost falls to the always-on parts.
@@ -118,14 +122,14 @@ def test_counterfactual_force_off_changes_the_cost():
 
 
 def test_noise_toggle_enables_path_resampling():
-    at = start()
+    at = start(tab="Same image, different paths")
     at.toggle(key="noise").set_value(True).run()
     assert_clean(at)
     assert "Distinct paths" in metrics(at)
-    first = [m.delta for m in at.metric if m.label == "Distinct paths"]
+    assert "in 64 samples" in [c.value for c in at.caption]
     at.slider(key="samples").set_value(16).run()
     assert_clean(at)
-    assert [m.delta for m in at.metric if m.label == "Distinct paths"] == ["in 16 samples"] != first
+    assert "in 16 samples" in [c.value for c in at.caption]
 
 
 def test_tradeoff_view_updates_with_setting_b():
@@ -291,7 +295,7 @@ def test_audit_draws_no_empty_group_and_inspect_warns_when_nothing_runs():
 
 
 def test_noise_view_shows_branch_frequencies_and_path_entropy():
-    at = start()
+    at = start(tab="Same image, different paths")
     at.toggle(key="noise").set_value(True).run()
     assert_clean(at)
     assert metrics(at)["Path entropy"].endswith(" bits")
@@ -306,3 +310,27 @@ def test_a_budget_outside_the_box_in_the_url_leaves_it_empty():
     at.switch_page("views/payoff.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.number_input(key="budget").value is None and not at.success
+
+
+def test_only_the_open_tab_runs_and_the_url_names_it():
+    at = start()
+    charts = {chart.proto.id for chart in at.get("plotly_chart")}
+    assert not any("cost_distribution" in key for key in charts)
+    at = start(tab="Cost")
+    assert any("cost_distribution" in chart.proto.id for chart in at.get("plotly_chart"))
+    assert not any("routing_graph" in chart.proto.id for chart in at.get("plotly_chart"))
+
+
+def test_forced_branches_come_from_the_url():
+    labels = start(tab="Counterfactual").multiselect(key="force_off").options  # the URL names branches by label
+    at = start(tab="Counterfactual", force_off=list(labels))
+    assert at.multiselect(key="force_off").value == list(range(len(labels)))
+    values = [m.value for m in at.metric if m.label == "Executed MFLOPs"]
+    assert len(values) == 2 and values[0] != values[1]
+
+
+def test_attribution_reconciles_expected_and_executed_cost():
+    at = start(tab="Attribution")
+    executed = metrics(at)["Executed MFLOPs"]
+    text = markdown_text(at)
+    assert f"**Executed {executed} MFLOPs** = " in text and "always-on" in text and "**Expected " in text

@@ -7,7 +7,7 @@ import math
 import streamlit as st
 
 import state
-from drnet_core import explorer, figures, routing_graph
+from drnet_core import attribution, explorer, figures, routing_graph
 
 settings = state.current_settings()
 model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
@@ -28,9 +28,10 @@ st.caption("Upload a picture of a garment or pick a test image; see what the rou
 
 left, right = st.columns([1, 2], gap="large")
 with left:
-    source = st.radio("Image", ["Gallery", "Upload"], horizontal=True,
+    # Kept for the session: coming back from another page shows the same image.
+    source = st.radio("Image", ["Gallery", "Upload"], horizontal=True, persist_state="session",
                       key=state.bound("source", "Gallery", options=["Gallery", "Upload"]))
-    invert_choice = st.radio("Inversion", ["Auto", "Invert", "Keep"], horizontal=True,
+    invert_choice = st.radio("Inversion", ["Auto", "Invert", "Keep"], horizontal=True, persist_state="session",
                              key=state.bound("invert", "Auto", options=["Auto", "Invert", "Keep"]),
                              help="Fashion-MNIST garments are light on black. Auto inverts pictures whose background "
                                   "(border) is light.")
@@ -44,7 +45,7 @@ with left:
             prepared = state.uploaded_image(upload, invert)
             name = upload.name
     else:
-        position = st.selectbox("Gallery image", gallery, format_func=gallery_name,
+        position = st.selectbox("Gallery image", gallery, format_func=gallery_name, persist_state="session",
                                 key=state.bound("image", gallery[0], options=gallery))
         prepared = state.gallery_image(position, invert=invert is True)
         true_class, name = int(images.labels[position]), gallery_name(position)
@@ -65,21 +66,21 @@ with left:
             width="stretch")
 with right:
     m1, m2, m3 = st.columns(3)
-    m1.metric("Prediction", classes[result.prediction], f"{result.confidence:.1%} confident", delta_color="off")
-    m2.metric("Executed MFLOPs", f"{result.mflops:.3f}", f"{result.fraction_of_dense:.0%} of dense ({result.dense_mflops:.2f})",
-              delta_color="off")
-    m3.metric("Active parameters", f"{result.active_params:,.0f}", f"of {model.dense_params():,}", delta_color="off")
+    m1.metric("Prediction", classes[result.prediction])
+    m1.caption(f"{result.confidence:.1%} confident")
+    m2.metric("Executed MFLOPs", f"{result.mflops:.3f}")
+    m2.caption(f"{result.fraction_of_dense:.0%} of dense ({result.dense_mflops:.2f})")
+    m3.metric("Active parameters", f"{result.active_params:,.0f}")
+    m3.caption(f"of {model.dense_params():,}")
     if not result.executed.any():
         st.warning(f"At tau {settings.tau:g} and threshold {settings.threshold:g} no branch runs for this image: every "
                    "cell passes its input through unchanged, and the prediction comes from the stem, reductions and "
                    "head alone.")
     st.plotly_chart(figures.probabilities_figure(result.probabilities, classes, true_class), key="probabilities")
 
-graph = routing_graph.routing_graph(model, result.weights, result.executed)
-tabs = st.tabs(["Routing path", "Branch weights", "Cost", "Attribution", "Counterfactual", "Same image, different paths",
-                "Compare"])
 
-with tabs[0]:
+def routing_path_tab() -> None:
+    graph = routing_graph.routing_graph(model, result.weights, result.executed)
     ran = int(result.executed.sum())
     st.plotly_chart(routing_graph.routing_figure(
         graph, f"Routing path of {name}: {ran} of {len(labels)} branches ran (tau {settings.tau:g}, "
@@ -87,20 +88,24 @@ with tabs[0]:
     st.caption("Coloured lines are branches that ran, wider and more opaque the higher their weight; grey ones were "
                "skipped. Hover a branch for its op, weight and cost.")
 
-with tabs[1]:
+
+def branch_weights_tab() -> None:
     st.plotly_chart(figures.weight_heatmap(model, result.weights, result.executed), key="weights")
 
-with tabs[2]:
+
+def cost_tab() -> None:
     run = state.routed_run(settings)
     st.plotly_chart(figures.flops_distribution_figure(
         run.mflops.numpy(), result.mflops, result.dense_mflops,
         f"This image's cost against {state.limited_set(settings).name}"), key="cost_distribution")
 
-with tabs[3]:
+
+def attribution_tab() -> None:
     method = st.radio("Method", ["integrated_gradients", "saliency"], horizontal=True,
-                      format_func=lambda m: m.replace("_", " ").capitalize(),
+                      format_func=lambda m: m.replace("_", " ").capitalize(), persist_state="session",
                       key=state.bound("attr_method", "integrated_gradients",
                                       options=["integrated_gradients", "saliency"]))
+    state.publish("attr_method")
     with st.spinner("Attributing…", show_time=True):
         explained, cost = state.attributions(settings.checkpoint_path, settings.checkpoint_sha, key,
                                              prepared.model_input, result.prediction, settings.tau,
@@ -112,61 +117,76 @@ with tabs[3]:
     x2.plotly_chart(figures.attribution_figure(
         cost.pixels, prepared.pixels.numpy(), f"What drives the routed cost ({cost.value:.2f} expected MFLOPs)"),
         key="cost_attribution")
+    breakdown = attribution.cost_breakdown(model, result.mflops, cost.value)
     st.caption("Red pixels raise the explained output, blue ones lower it. Branch selection itself has no gradient, "
-               "so the cost map explains the router's expected branch MFLOPs (its weights times each branch's cost).")
+               "so the cost map explains a differentiable stand-in: the branches' cost expected under the router's "
+               "weights.")
+    st.markdown(f"**Executed {breakdown.executed:.3f} MFLOPs** = {breakdown.always_on:.3f} always-on (stem, "
+                f"reductions, routers, head) + {breakdown.executed_branches:.3f} for the branches that ran, each at "
+                f"its full cost. **Expected {breakdown.expected_branches:.3f} MFLOPs** = the sum of weight × cost "
+                "over every branch, run or skipped: a branch that runs at weight 0.4 counts fully in the first and "
+                "0.4 times in the second.")
 
-with tabs[4]:
+
+def counterfactual_tab() -> None:
     st.markdown("Force branches on or off and see how the prediction and the cost change.")
     on_col, off_col = st.columns(2)
-    force_on = on_col.multiselect("Force on", range(len(labels)), format_func=labels.__getitem__, key="force_on")
-    force_off = off_col.multiselect("Force off", range(len(labels)), format_func=labels.__getitem__, key="force_off",
-                                    default=None)
+    # In the URL (repeated parameters), so a link reproduces the counterfactual.
+    force_on = on_col.multiselect("Force on", range(len(labels)), format_func=labels.__getitem__, key="force_on",
+                                  bind="query-params")
+    force_off = off_col.multiselect("Force off", range(len(labels)), format_func=labels.__getitem__,
+                                    key="force_off", bind="query-params")
     try:
         changed = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, key, prepared.model_input,
                                    settings.tau, settings.threshold, settings.noise_seed,
                                    tuple(sorted(force_on)), tuple(sorted(force_off)))
     except ValueError as error:
         st.error(str(error))
-    else:
-        c1, c2, c3 = st.columns(3)
-        c1.metric("Prediction", classes[changed.prediction],
-                  "unchanged" if changed.prediction == result.prediction else f"was {classes[result.prediction]}",
-                  delta_color="off")
-        c2.metric("Confidence", f"{changed.confidence:.1%}")
-        c3.metric("Executed MFLOPs", f"{changed.mflops:.3f}", f"{changed.mflops - result.mflops:+.3f}",
-                  delta_color="inverse")
-        diff = routing_graph.path_diff_graph(model, result.executed, changed.executed, result.weights, changed.weights)
-        st.plotly_chart(routing_graph.path_diff_figure(diff, "Router's path (A) vs. counterfactual path (B)",
-                                                       "router", "counterfactual"), key="counterfactual_diff")
+        return
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Prediction", classes[changed.prediction])
+    c1.caption("unchanged" if changed.prediction == result.prediction else f"was {classes[result.prediction]}")
+    c2.metric("Confidence", f"{changed.confidence:.1%}")
+    cost_change = changed.mflops - result.mflops
+    c3.metric("Executed MFLOPs", f"{changed.mflops:.3f}",
+              None if round(cost_change, 3) == 0 else f"{cost_change:+.3f}", delta_color="inverse")
+    diff = routing_graph.path_diff_graph(model, result.executed, changed.executed, result.weights, changed.weights)
+    st.plotly_chart(routing_graph.path_diff_figure(diff, "Router's path (A) vs. counterfactual path (B)",
+                                                   "router", "counterfactual"), key="counterfactual_diff")
 
-with tabs[5]:
+
+def noise_tab() -> None:
     if not settings.noise:
         st.info("Turn on **Gumbel noise** in the sidebar to resample this image's path with fresh noise.")
-    else:
-        samples = st.slider("Noise samples", 16, 256, step=16, key=state.bound("samples", 64, low=16, high=256))
-        with st.spinner(f"Routing {samples} noisy copies…"):
-            table = state.noise_paths(settings.checkpoint_path, settings.checkpoint_sha, key, prepared.model_input,
-                                      settings.tau, settings.threshold, samples, settings.seed, classes)
-        s1, s2, s3 = st.columns(3)
-        s1.metric("Distinct paths", f"{len(table)}", f"in {samples} samples", delta_color="off")
-        s2.metric("Most frequent path", f"{table['share'].iloc[0]:.0%}", f"predicts {table['prediction'].iloc[0]}",
-                  delta_color="off")
-        s3.metric("Path entropy", f"{explorer.path_entropy_bits(table):.2f} bits",
-                  f"of at most {math.log2(samples):.1f}", delta_color="off")
-        st.plotly_chart(figures.selection_frequency_heatmap(
-            model, explorer.noise_selection_frequency(table),
-            f"How often each branch ran in {samples} noisy copies (seed {settings.seed})"), key="noise_frequency")
-        st.caption("0% or 100%: the noise never changes that branch's choice; in between, it does.")
-        st.dataframe(table.drop(columns=["mask"]).head(20), hide_index=True, key="noise_table",
-                     column_config={"share": st.column_config.ProgressColumn("share", format="percent", min_value=0,
-                                                                            max_value=1),
-                                    "mflops": st.column_config.NumberColumn("MFLOPs", format="%.3f")})
+        return
+    samples = st.slider("Noise samples", 16, 256, step=16, persist_state="session",
+                        key=state.bound("samples", 64, low=16, high=256))
+    state.publish("samples")
+    with st.spinner(f"Routing {samples} noisy copies…"):
+        table = state.noise_paths(settings.checkpoint_path, settings.checkpoint_sha, key, prepared.model_input,
+                                  settings.tau, settings.threshold, samples, settings.seed, classes)
+    s1, s2, s3 = st.columns(3)
+    s1.metric("Distinct paths", f"{len(table)}")
+    s1.caption(f"in {samples} samples")
+    s2.metric("Most frequent path", f"{table['share'].iloc[0]:.0%}")
+    s2.caption(f"predicts {table['prediction'].iloc[0]}")
+    s3.metric("Path entropy", f"{explorer.path_entropy_bits(table):.2f} bits")
+    s3.caption(f"of at most {math.log2(samples):.1f}")
+    st.plotly_chart(figures.selection_frequency_heatmap(
+        model, explorer.noise_selection_frequency(table),
+        f"How often each branch ran in {samples} noisy copies (seed {settings.seed})"), key="noise_frequency")
+    st.caption("0% or 100%: the noise never changes that branch's choice; in between, it does.")
+    st.dataframe(table.drop(columns=["mask"]).head(20), hide_index=True, key="noise_table",
+                 column_config={"share": st.column_config.ProgressColumn("share", format="percent", min_value=0,
+                                                                        max_value=1),
+                                "mflops": st.column_config.NumberColumn("MFLOPs", format="%.3f")})
 
-with tabs[6]:
-    mode = st.radio("Compare with", ["Another image", "Another setting"], horizontal=True,
+
+def compare_tab() -> None:
+    mode = st.radio("Compare with", ["Another image", "Another setting"], horizontal=True, persist_state="session",
                     key=state.bound("compare", "Another image", options=["Another image", "Another setting"]))
     if mode == "Another image":
-        other = st.selectbox("Image B", gallery, format_func=gallery_name,
+        other = st.selectbox("Image B", gallery, format_func=gallery_name, persist_state="session",
                              key=state.bound("image_b", gallery[1], options=gallery))
         other_image = state.gallery_image(other)
         other_result = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, state.image_key(other_image),
@@ -174,21 +194,32 @@ with tabs[6]:
         label_b = gallery_name(other)
     else:
         t_col, h_col = st.columns(2)
-        tau_b = t_col.slider("tau for B", 0.1, 4.0, step=0.05, key=state.bound("cmp_tau", 1.0, low=0.1, high=4.0))
-        threshold_b = h_col.slider("threshold for B", 0.0, 1.0, step=0.01,
+        tau_b = t_col.slider("tau for B", 0.1, 4.0, step=0.05, persist_state="session",
+                             key=state.bound("cmp_tau", 1.0, low=0.1, high=4.0))
+        threshold_b = h_col.slider("threshold for B", 0.0, 1.0, step=0.01, persist_state="session",
                                    key=state.bound("cmp_threshold", 0.3, low=0.0, high=1.0))
         other_result = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, key, prepared.model_input,
                                         tau_b, threshold_b, settings.noise_seed)
         label_b = f"tau {tau_b:g}, threshold {threshold_b:g}"
     state.publish("compare", "image_b", "cmp_tau", "cmp_threshold")
     d1, d2 = st.columns(2)
-    d1.metric("A (this image, sidebar setting)", classes[result.prediction], f"{result.mflops:.3f} MFLOPs",
-              delta_color="off")
-    d2.metric(f"B ({label_b})", classes[other_result.prediction], f"{other_result.mflops:.3f} MFLOPs", delta_color="off")
+    d1.metric("A (this image, sidebar setting)", classes[result.prediction])
+    d1.caption(f"{result.mflops:.3f} MFLOPs")
+    d2.metric(f"B ({label_b})", classes[other_result.prediction])
+    d2.caption(f"{other_result.mflops:.3f} MFLOPs")
     diff = routing_graph.path_diff_graph(model, result.executed, other_result.executed, result.weights,
                                          other_result.weights)
     counts = routing_graph.diff_counts(diff)
     st.plotly_chart(routing_graph.path_diff_figure(
         diff, f"Path diff: {counts['both']} shared, {counts['only A']} only in A, {counts['only B']} only in B"),
         key="compare_diff")
-state.publish("attr_method", "samples")
+
+
+TABS = {"Routing path": routing_path_tab, "Branch weights": branch_weights_tab, "Cost": cost_tab,
+        "Attribution": attribution_tab, "Counterfactual": counterfactual_tab,
+        "Same image, different paths": noise_tab, "Compare": compare_tab}
+# Only the open tab runs, so a slider step pays for what is on screen; the open tab is in the URL.
+for tab, draw in zip(st.tabs(list(TABS), key="tab", bind="query-params"), TABS.values()):
+    if tab.open:
+        with tab:
+            draw()
