@@ -19,7 +19,27 @@ ACCENT = "#3a86ff"
 MUTED = "#8d99ae"
 WARN = "#e63946"
 GOOD = "#2a9d8f"
+# Class k has one colour in every figure that colours by class: take it from `class_palette`.
 CLASS_COLORS = px.colors.qualitative.T10
+# Clusters are not classes, and the Routing clusters view shows both at once (scatter by cluster next to the
+# class mix): saturated Dark24 against the muted T10, no cluster colour closer than CIE76 delta-E 20 to a
+# class colour, so a cluster is never read as a class.
+CLUSTER_COLORS = px.colors.qualitative.Dark24[:12]
+OUTCOME_COLORS = {"correct": GOOD, "wrong": WARN}
+
+
+def class_palette(class_names) -> dict[str, str]:
+    """Class name -> colour, by the class's position in the model's class list (not in a filtered table)."""
+    return {str(name): CLASS_COLORS[k % len(CLASS_COLORS)] for k, name in enumerate(class_names)}
+
+
+def class_color(class_names, name: str) -> str:
+    return class_palette(class_names)[str(name)]
+
+
+def cluster_palette(k: int) -> dict[str, str]:
+    """Cluster label ("1" .. "k", as the views number them) -> colour."""
+    return {str(c + 1): CLUSTER_COLORS[c % len(CLUSTER_COLORS)] for c in range(k)}
 
 
 # Plotly shows its toolbar over the top right of every figure: a title pinned below it stays readable
@@ -137,6 +157,7 @@ def tradeoff_figure(rows: list[dict], current: dict, comparison: dict | None = N
 
 def per_class_figure(table_a: pd.DataFrame, table_b: pd.DataFrame | None = None,
                      title: str = "Per-class accuracy and cost") -> go.Figure:
+    # The classes are the rows here; colour tells setting A from setting B, so it is not the class palette.
     figure = make_subplots(rows=1, cols=2, subplot_titles=["accuracy", "mean executed MFLOPs"],
                            horizontal_spacing=0.12)
     for table, name, color in ((table_a, "A", ACCENT), (table_b, "B", GOOD)):
@@ -167,14 +188,24 @@ def mflops_histograms(values: dict[str, np.ndarray], dense: float, title: str = 
 
 
 def embedding_figure(coords: np.ndarray, color_values, color_name: str, hover: list[str],
-                     categorical: bool, title: str) -> go.Figure:
+                     categorical: bool, title: str, color_map: dict[str, str] | None = None) -> go.Figure:
+    """2-D embedding, one point per input. color_map: category -> colour for categorical colouring
+    (`class_palette` for classes, `cluster_palette` for clusters, `OUTCOME_COLORS`); without one,
+    categories take the cluster colours in order."""
     coords = np.nan_to_num(np.asarray(coords, dtype=float))
     frame = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1], color_name: color_values, "hover": hover})
     if categorical:
         frame[color_name] = frame[color_name].astype(str)
-        order = sorted(frame[color_name].unique(), key=lambda v: (len(v), v))
+        present = set(frame[color_name].unique())
+        if color_map is not None:
+            # The palette's order (class order, cluster number) keeps the legend in that order.
+            order = [name for name in color_map if name in present]
+            order += sorted(present - set(order), key=lambda v: (len(v), v))
+        else:
+            order = sorted(present, key=lambda v: (len(v), v))
+            color_map = {name: CLUSTER_COLORS[i % len(CLUSTER_COLORS)] for i, name in enumerate(order)}
         figure = px.scatter(frame, x="x", y="y", color=color_name, hover_name="hover", render_mode="webgl",
-                            category_orders={color_name: order}, color_discrete_sequence=px.colors.qualitative.Bold)
+                            category_orders={color_name: order}, color_discrete_map=color_map)
     else:
         figure = px.scatter(frame, x="x", y="y", color=color_name, hover_name="hover", render_mode="webgl",
                             color_continuous_scale="Viridis")
@@ -184,19 +215,32 @@ def embedding_figure(coords: np.ndarray, color_values, color_name: str, hover: l
     return _style(figure, title, height=480)
 
 
-def class_mix_figure(mix: pd.DataFrame, title: str = "Class mix per cluster") -> go.Figure:
+def class_mix_figure(mix: pd.DataFrame, title: str = "Class mix per cluster",
+                     class_names: tuple[str, ...] | None = None) -> go.Figure:
+    """Stacked bars: (clusters x classes) counts. class_names: the model's classes, for their colours
+    (default: the table's columns, which `clusters.class_mix` gives in class order)."""
+    palette = class_palette(class_names if class_names is not None else mix.columns)
     figure = go.Figure()
-    for column, color in zip(mix.columns, CLASS_COLORS):
-        figure.add_trace(go.Bar(y=mix.index, x=mix[column], name=column, orientation="h", marker_color=color,
+    for column in mix.columns:
+        figure.add_trace(go.Bar(y=mix.index, x=mix[column], name=column, orientation="h",
+                                marker_color=palette[str(column)],
                                 hovertemplate="%{y}: %{x} × " + column + "<extra></extra>"))
     figure.update_xaxes(title="images")
     figure.update_yaxes(autorange="reversed")
-    return _style(figure, title, height=max(260, 40 * len(mix) + 120), barmode="stack",
-                  legend=dict(orientation="h", y=-0.2))
+    # Legend below the x-axis title, left-aligned with the plot: to the right of the plot it ran over the
+    # cluster labels of a narrow column; an x-axis title and its ticks take about 60 px below the plot.
+    return _style(figure, title, height=max(300, 40 * len(mix) + 210), barmode="stack",
+                  legend=dict(orientation="h", x=0, xanchor="left", y=0, yref="container", yanchor="bottom")
+                  ).update_layout(margin=dict(b=110))
 
 
-def cost_per_class_figure(table: pd.DataFrame, title: str = "Mean executed MFLOPs per class") -> go.Figure:
-    figure = go.Figure(go.Bar(x=table.index, y=table["mean MFLOPs"], marker_color=ACCENT,
+def cost_per_class_figure(table: pd.DataFrame, title: str = "Mean executed MFLOPs per class",
+                          class_names: tuple[str, ...] | None = None) -> go.Figure:
+    """Bars per true class (`audit.cost_per_class`), each in its class's colour. class_names: the model's
+    classes, so that a filtered table keeps every class's colour (default: the table's classes)."""
+    palette = class_palette(class_names if class_names is not None else table.index)
+    figure = go.Figure(go.Bar(x=table.index, y=table["mean MFLOPs"],
+                              marker_color=[palette[str(name)] for name in table.index],
                               customdata=np.stack([table["accuracy"], table["n"]], axis=1),
                               hovertemplate="%{x}<br>%{y:.3f} MFLOPs<br>accuracy %{customdata[0]:.1%}"
                                             "<br>%{customdata[1]} images<extra></extra>"))

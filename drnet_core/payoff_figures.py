@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .figures import ACCENT, GOOD, MUTED, WARN
-from .figures import _style
+from .figures import _style, class_palette
 
 CURVE_COLORS = (ACCENT, "#7b2cbf", "#f4a261", "#2a9d8f", "#6c757d")
 CONTROL_MARKERS = {"static": ("square", "#e76f51", "static cells"), "plain": ("triangle-up", "#588157", "plain CNN"),
@@ -94,15 +94,19 @@ def cost_deciles_figure(difficulty: dict, title: str = "Error rate by cost decil
     return _style(figure, title, height=340)
 
 
-def class_cost_error_figure(per_class: dict, title: str = "Per class: mean cost against error") -> go.Figure:
-    """`evaluate.summarize`'s per_class block: one point per class, mean MFLOPs against error rate."""
+def class_cost_error_figure(per_class: dict, title: str = "Per class: mean cost against error",
+                            class_names: tuple[str, ...] | None = None) -> go.Figure:
+    """`evaluate.summarize`'s per_class block: one point per class, mean MFLOPs against error rate, each in
+    its class's colour. class_names: the model's classes (per_class leaves out a class with no images, so
+    its keys alone could shift the colours)."""
     names = list(per_class)
+    palette = class_palette(class_names if class_names is not None else names)
     cost = [per_class[name]["mean_mflops"] for name in names]
     error = [1 - per_class[name]["accuracy"] for name in names]
     counts = [per_class[name]["n"] for name in names]
     figure = go.Figure(go.Scatter(
         x=cost, y=error, mode="markers+text", text=names, textposition="top center", textfont=dict(size=11),
-        marker=dict(size=10, color=ACCENT, line=dict(color="white", width=1)),
+        marker=dict(size=11, color=[palette[name] for name in names], line=dict(color="white", width=1)),
         customdata=counts, hovertemplate="%{text}: %{x:.3f} MFLOPs, error %{y:.1%} (%{customdata} images)"
                                          "<extra></extra>"))
     figure.update_xaxes(title="mean executed MFLOPs")

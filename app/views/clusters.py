@@ -59,8 +59,9 @@ ami = clusters.adjusted_mutual_information(result.labels, run.labels.numpy())
 m1, m2, m3 = st.columns(3)
 m1.metric("Adjusted mutual information (clusters vs. classes)", f"{ami:.3f}",
           help="0: clusters share no more with the classes than chance; 1: clusters are the classes.")
-m2.metric("Clusters found", f"{result.k}", None if result.k == k else f"{k} asked, fewer distinct paths",
-          delta_color="off")
+m2.metric("Clusters found", f"{result.k}")
+if result.k < k:
+    m2.caption(f"{k} asked: there are fewer distinct paths.")
 m3.metric("Distinct paths", f"{len(np.unique(run.path_masks.numpy(), axis=0)):,}")
 
 color_by = st.radio("Colour by", ["cluster", "class", "FLOPs", "correctness"], horizontal=True,
@@ -74,8 +75,11 @@ values = {"cluster": result.labels + 1, "class": names[labels], "FLOPs": run.mfl
 split_index = evaluated.indices.numpy() if evaluated.indices is not None else np.arange(len(labels))
 hover = [f"#{i}: {names[t]} → {names[p]}, cluster {c + 1}, {f:.3f} MFLOPs"
          for i, t, p, c, f in zip(split_index, labels, predictions, result.labels, run.mflops.numpy())]
+palette = {"cluster": figures.cluster_palette(result.k), "class": figures.class_palette(classes),
+           "correctness": figures.OUTCOME_COLORS}.get(color_by)
 st.plotly_chart(figures.embedding_figure(coords, values, color_by, hover, categorical=color_by != "FLOPs",
-                                         title=f"{embedding.upper()} of routing vectors, coloured by {color_by}"),
+                                         title=f"{embedding.upper()} of routing vectors, coloured by {color_by}",
+                                         color_map=palette),
                 key="embedding_chart")
 
 left, right = st.columns([3, 2])
@@ -85,7 +89,8 @@ left.dataframe(summary, hide_index=True, key="cluster_table",
                               "dominant share": st.column_config.NumberColumn(format="percent"),
                               "accuracy": st.column_config.NumberColumn(format="percent"),
                               "mean MFLOPs": st.column_config.NumberColumn(format="%.3f")})
-right.plotly_chart(figures.class_mix_figure(clusters.class_mix(result, run, classes)), key="class_mix")
+right.plotly_chart(figures.class_mix_figure(clusters.class_mix(result, run, classes), class_names=classes),
+                   key="class_mix")
 
 st.subheader("One cluster up close")
 cluster_key = state.bound("cluster", 0, low=0, high=result.k - 1)

@@ -50,15 +50,21 @@ if no_branch:
                "at all: every cell passes its input through unchanged, and the prediction comes from the stem, "
                "reductions and head alone.")
 
+# Captions, not metric deltas: these are context for the value, not a change of it, and a delta would
+# draw an arrow and colour it.
+advantage = current["accuracy"] - control["accuracy"]
 m1, m2, m3, m4 = st.columns(4)
-m1.metric("Accuracy, current setting", f"{current['accuracy']:.2%}", f"tau {settings.tau:g}, threshold "
-          f"{settings.threshold:g}", delta_color="off")
-m2.metric("Mean MFLOPs", f"{current['mean_mflops']:.3f}", f"{summary['mflops_fraction_of_dense']:.0%} of dense",
-          delta_color="off")
+m1.metric("Accuracy, current setting", f"{current['accuracy']:.2%}")
+m1.caption(f"tau {settings.tau:g}, threshold {settings.threshold:g}")
+m2.metric("Mean MFLOPs", f"{current['mean_mflops']:.3f}")
+m2.caption(f"{summary['mflops_fraction_of_dense']:.0%} of dense")
 m3.metric("Random routing, same costs", f"{control['accuracy']:.2%}",
-          f"{current['accuracy'] - control['accuracy']:+.2%} for the router", delta_color="off")
-m4.metric("Distinct paths", f"{summary['distinct_paths']:,}", f"FLOPs CV {summary['mflops_cv']:.2f}",
-          delta_color="off")
+          help="The same network with the router's paths permuted across the inputs.")
+points = round(100 * advantage, 2)
+m3.caption(f"The router is {abs(points):.2f} points {'more' if points > 0 else 'less'} accurate" if points else
+           "The router is as accurate")
+m4.metric("Distinct paths", f"{summary['distinct_paths']:,}")
+m4.caption(f"Coefficient of variation of the cost: {summary['mflops_cv']:.2f}")
 
 # ---- the curve, its controls, and a setting for a budget ---------------------------------------------
 
@@ -165,14 +171,14 @@ if best is not None:
 st.subheader("Does compute follow difficulty?")
 difficulty = payoff.cost_against_difficulty(run)
 d1, d2 = st.columns(2)
-d1.metric("Misclassified / correct mean MFLOPs", f"{difficulty['misclassified_cost_ratio']:.2f}",
-          f"{difficulty['misclassified_mflops']:.3f} vs {difficulty['correct_mflops']:.3f} MFLOPs", delta_color="off")
-d2.metric("Error rate, costliest tenth / cheapest tenth", f"{difficulty['costliest_to_cheapest_error_ratio']:.2f}",
-          f"{difficulty['deciles'][-1]['error_rate']:.1%} vs {difficulty['deciles'][0]['error_rate']:.1%}",
-          delta_color="off")
+d1.metric("Misclassified / correct mean MFLOPs", f"{difficulty['misclassified_cost_ratio']:.2f}")
+d1.caption(f"{difficulty['misclassified_mflops']:.3f} against {difficulty['correct_mflops']:.3f} MFLOPs")
+d2.metric("Error rate, costliest tenth / cheapest tenth", f"{difficulty['costliest_to_cheapest_error_ratio']:.2f}")
+d2.caption(f"{difficulty['deciles'][-1]['error_rate']:.1%} against {difficulty['deciles'][0]['error_rate']:.1%}")
 c1, c2 = st.columns(2)
 c1.plotly_chart(payoff_figures.cost_deciles_figure(difficulty), key="cost_deciles")
-c2.plotly_chart(payoff_figures.class_cost_error_figure(summary["per_class"]), key="class_cost_error")
+c2.plotly_chart(payoff_figures.class_cost_error_figure(summary["per_class"], class_names=settings.class_names),
+                key="class_cost_error")
 st.caption("If routing spends compute where it is needed, the costlier deciles and classes are the harder ones "
            "(ratios above 1). Deciles are cut by rank, so each holds a tenth of the inputs even when many share a "
            "cost.")
