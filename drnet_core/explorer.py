@@ -185,3 +185,26 @@ def connection_noise(model: DRNet, seed: int, cell: int, connection: int) -> np.
     """The seeded Gumbel noise `sample_noise(1, seed)` adds to one connection's logits: (branches,)."""
     noise = model.sample_noise(1, seed)
     return noise[cell][0, connection].cpu().numpy()
+
+
+def connection_tau_sensitivity(logits: np.ndarray, taus: np.ndarray, *, noise: np.ndarray | None = None) -> float:
+    """How far one connection's weights move over `taus`: the total variation of every branch's weight
+    along the temperatures, summed over branches. Near 0 for a saturated connection (one branch keeps
+    weight ~1 over the whole range); 2 x (1 - 1 / branches) for one that goes from one branch taking all
+    the weight to uniform weights."""
+    table = gumbel_softmax_demo(logits, np.sort(np.asarray(taus, dtype=np.float64)), threshold=1.0, noise=noise)
+    weights = table.pivot(index="tau", columns="branch", values="weight").to_numpy()
+    return float(np.abs(np.diff(weights, axis=0)).sum())
+
+
+def most_tau_sensitive_connection(model: DRNet, inspection: Inspection, taus: np.ndarray) -> tuple[int, int]:
+    """(cell, connection), 0-based, of the inspected input whose weights move most over `taus`
+    (`connection_tau_sensitivity` of its router logits): the connection where changing tau shows the most.
+    Ties go to the first in cell, then connection order."""
+    best, best_score = (0, 0), -1.0
+    for cell, block in enumerate(model.cells):
+        for connection in range(len(block.connections)):
+            score = connection_tau_sensitivity(connection_logits(model, inspection, cell, connection), taus)
+            if score > best_score + 1e-12:
+                best, best_score = (cell, connection), score
+    return best

@@ -36,14 +36,26 @@ branches cross the threshold.
 """
 )
 
+# The taus the curve below is drawn at: the slider's range, log-spaced like the curve's axis.
+DEMO_TAUS = np.geomspace(0.05, 5.0, 60)
+
 gallery = explorer.gallery_positions(images.labels, per_class=1)
 c1, c2, c3 = st.columns(3)
 position = c1.selectbox("Test image", gallery, format_func=lambda p: classes[int(images.labels[p])],
                         key=state.bound("demo_image", gallery[0], options=gallery))
+prepared = state.gallery_image(position)
+inspected = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, state.image_key(prepared),
+                             prepared.model_input, settings.tau, settings.threshold, None)
+# Until a link or the widgets say otherwise, show the connection whose weights move most with tau: many
+# connections are saturated (one branch at weight ~1 over most of the range) and would show nothing.
+default_cell, default_connection = 0, 0
+if "demo_cell" not in st.session_state or "demo_connection" not in st.session_state:
+    default_cell, default_connection = explorer.most_tau_sensitive_connection(model, inspected, DEMO_TAUS)
 cell = c2.selectbox("Cell", list(range(len(model.cells))), format_func=lambda c: f"cell {c + 1}",
-                    key=state.bound("demo_cell", 0, low=0, high=len(model.cells) - 1))
+                    key=state.bound("demo_cell", default_cell, low=0, high=len(model.cells) - 1))
 connections = model.cells[cell].connections
-connection_key = state.bound("demo_connection", 0, low=0, high=len(connections) - 1)
+connection_key = state.bound("demo_connection", min(default_connection, len(connections) - 1), low=0,
+                             high=len(connections) - 1)
 if st.session_state[connection_key] >= len(connections):
     st.session_state[connection_key] = 0
 connection = c3.selectbox("Connection", list(range(len(connections))),
@@ -55,13 +67,10 @@ seed = d3.number_input("Noise seed", 0, 10_000, step=1, key=state.bound("demo_se
                        disabled=not noisy)
 state.publish("demo_image", "demo_cell", "demo_connection", "demo_tau", "demo_noise", "demo_seed")
 
-prepared = state.gallery_image(position)
-inspected = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, state.image_key(prepared),
-                             prepared.model_input, settings.tau, settings.threshold, None)
 logits = explorer.connection_logits(model, inspected, cell, connection)
 noise = explorer.connection_noise(model, int(seed), cell, connection) if noisy else None
 branch_names = model.cells[cell].branch_names
-curve = explorer.gumbel_softmax_demo(logits, np.geomspace(0.05, 5.0, 60), threshold=settings.threshold, noise=noise)
+curve = explorer.gumbel_softmax_demo(logits, DEMO_TAUS, threshold=settings.threshold, noise=noise)
 now = explorer.gumbel_softmax_demo(logits, np.array([tau]), threshold=settings.threshold, noise=noise)
 
 left, right = st.columns([1, 3])
@@ -69,8 +78,8 @@ left.image(state.enlarge(prepared.pixels, 5), caption=f"{classes[int(images.labe
            width="stretch")
 selected = [branch_names[b] for b in now.loc[now["selected"], "branch"]]
 left.metric("Branches that run", f"{len(selected)} of {len(branch_names)}")
-left.metric("Largest weight", f"{now['weight'].max():.3f}", f"uniform would be {1 / len(branch_names):.3f}",
-            delta_color="off")
+left.metric("Largest weight", f"{now['weight'].max():.3f}")
+left.caption(f"Uniform weights would be {1 / len(branch_names):.3f} each.")
 left.markdown(("Running: " + ", ".join(f"`{name}`" for name in selected)) if selected else
               "Nothing passes the threshold: this connection is skipped.")
 right.plotly_chart(figures.connection_weights_figure(
