@@ -20,24 +20,38 @@ table = audit.instance_table(run, classes, evaluated.indices, time_table=times)
 table.insert(0, "position", range(len(table)))
 low, high = float(table["mflops"].min()), float(table["mflops"].max())
 
+# Every filter is mirrored into the URL. A multiselect holds a list and a range slider a pair, which the
+# URL helpers do not parse, so they travel as text: class positions "3,8", and the range's two ends.
+class_text = st.session_state[state.bound("true_classes", "")]
+if "audit_classes" not in st.session_state:
+    positions = [int(part) for part in class_text.split(",") if part.strip().isdigit()]
+    st.session_state["audit_classes"] = [classes[p] for p in sorted(set(positions)) if p < len(classes)]
 f1, f2, f3 = st.columns([2, 1, 2])
 chosen_classes = f1.multiselect("True class", list(classes), key="audit_classes", placeholder="all classes")
+st.session_state["true_classes"] = ",".join(str(classes.index(name)) for name in chosen_classes)
 correctness = f2.radio("Answers", ["all", "correct", "incorrect"], horizontal=True,
                        key=state.bound("answers", "all", options=["all", "correct", "incorrect"]))
 if high > low:
-    kept = st.session_state.get("audit_range")
-    if kept is not None and not (low <= kept[0] <= kept[1] <= high):
+    if "audit_range" not in st.session_state:
+        start = st.session_state[state.bound("mflops_min", low, low=low, high=high)]
+        end = st.session_state[state.bound("mflops_max", high, low=low, high=high)]
+        st.session_state["audit_range"] = (min(start, end), max(start, end))
+    kept = st.session_state["audit_range"]
+    if not (low <= kept[0] <= kept[1] <= high):
         st.session_state["audit_range"] = (low, high)  # the setting changed the costs: reset the range
-    cost_range = f3.slider("Cost range (MFLOPs)", low, high, (low, high), step=max((high - low) / 200, 1e-6),
+    cost_range = f3.slider("Cost range (MFLOPs)", low, high, step=max((high - low) / 200, 1e-6),
                            format="%.3f", key="audit_range")
+    st.session_state["mflops_min"], st.session_state["mflops_max"] = (float(end) for end in cost_range)
+    state.publish("mflops_min", "mflops_max")
 else:
     f3.markdown(f"Every input costs **{low:.3f} MFLOPs** at this setting.")
     cost_range = (low, high)
-state.publish("answers")
+state.publish("true_classes", "answers")
 filtered = audit.filter_table(table, classes=chosen_classes, correctness=correctness, mflops_range=cost_range)
 
 m1, m2, m3, m4, m5 = st.columns(5)
-m1.metric("Inputs shown", f"{len(filtered):,}", f"of {len(table):,}", delta_color="off")
+m1.metric("Inputs shown", f"{len(filtered):,}")
+m1.caption(f"of {len(table):,} evaluated")
 m2.metric("Mean MFLOPs", f"{filtered['mflops'].mean():.3f}" if len(filtered) else "–")
 m3.metric("Mean est. ms", f"{filtered[audit.TIME_COLUMN].mean():.3f}" if len(filtered) else "–")
 m4.metric("Accuracy", f"{filtered['correct'].mean():.1%}" if len(filtered) else "–")
@@ -74,7 +88,7 @@ if len(filtered):
                    "understate time, most of all for the cheapest inputs: the always-on part costs every input "
                    "the same, and pooling costs time but no multiply-adds.")
     left, right = st.columns(2)
-    left.plotly_chart(figures.cost_per_class_figure(audit.cost_per_class(filtered)), key="cost_per_class")
+    left.plotly_chart(figures.cost_per_class_figure(audit.cost_per_class(filtered), class_names=classes), key="cost_per_class")
     right.plotly_chart(figures.cost_vs_error_figure(filtered), key="cost_vs_error")
     right.dataframe(audit.cost_by_correctness(filtered), hide_index=True, key="correctness_table",
                     column_config={"mean MFLOPs": st.column_config.NumberColumn(format="%.3f"),
