@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +29,14 @@ from drnet_core.data import FASHION_CLASSES, ImageSet, load_test_set, to_model_i
 from drnet_core.evaluate import (SWEEP_THRESHOLDS, RoutedRun, default_setting, prefix_features, run_routed,
                                   summarize)
 from drnet_core.images import ImageRejected, PreparedImage, image_from_bytes, prepare_dataset_image, prepare_image
+from drnet_core.upload_store import DIGEST, UploadStore, UploadTooLarge
 
 EVAL_LIMIT_ENV = "DRNET_EVAL_LIMIT"
 SERVER_PATHS_ENV = "DRNET_ALLOW_SERVER_PATHS"
 TIME_TABLE_BATCH = 256  # the batch size `bench` reports; the audit's time estimates are per image in it
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "drnet-explorer-checkpoints"
+UPLOAD_SOURCE = "Upload a file"
+CHECKPOINT_PARAM = "checkpoint"  # ?checkpoint=<bundled name> or <sha256 of an uploaded file>
 
 
 @dataclass(frozen=True)
@@ -244,41 +246,82 @@ def uploaded_image(upload, invert: bool | None) -> PreparedImage | None:
 
 # ---- checkpoint choice ----------------------------------------------------------------------------
 
-def store_uploaded_checkpoint(data: bytes) -> Path:
-    """Keep an uploaded checkpoint on disk under its sha256, so the model cache can key on it."""
-    digest = hashlib.sha256(data).hexdigest()
-    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
-    path = UPLOAD_DIR / f"{digest}.pt"
-    if not path.exists():
-        # Write then rename, so a second session uploading the same file never reads it half-written.
-        partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        partial.write_bytes(data)
-        os.replace(partial, path)
-    return path
+# Once per process: creating the store applies its bounds to what an earlier run left on disk.
+@st.cache_resource(show_spinner=False)
+def upload_store() -> UploadStore:
+    return UploadStore.from_environment(UPLOAD_DIR)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def bundled_sha256(path: str) -> str:
+    return sha256_of(path)
+
+
+def _uploaded_checkpoint() -> tuple[str, str, str] | None:
+    """The checkpoint uploaded now, or the one this session (or its link) uploaded before, if still stored."""
+    upload = st.file_uploader("DRNet checkpoint (.pt)", key="checkpoint_upload")
+    if upload is not None:
+        path = upload_store().put(upload.getvalue())
+        st.session_state["_uploaded_sha"] = path.stem
+        st.session_state["_uploaded_name"] = upload.name
+    digest = st.session_state.get("_uploaded_sha")
+    if not digest:
+        st.query_params.pop(CHECKPOINT_PARAM, None)
+        return None
+    if not DIGEST.fullmatch(digest):
+        st.warning(f"The link names the checkpoint {digest[:80]!r}, which is neither a bundled checkpoint nor "
+                   "an upload's sha256.")
+        return None
+    st.query_params[CHECKPOINT_PARAM] = digest
+    path = upload_store().path_for(digest)
+    if path is None:
+        st.warning(f"The uploaded checkpoint {digest[:12]}… is no longer on this server (it keeps the "
+                   f"{upload_store().max_files} most recent uploads). Upload the file again to use it.")
+        return None
+    name = st.session_state.get("_uploaded_name") or f"upload {digest[:12]}…"
+    if upload is None:
+        st.caption(f"Using the uploaded checkpoint `{name}` (sha256 {digest[:12]}…).")
+    return str(path), digest, name
+
+
+def _checkpoint_from_url(bundled: list[str]) -> None:
+    """Seed the checkpoint choice from `?checkpoint=`: a bundled checkpoint's name or an upload's sha256."""
+    if "checkpoint_source" in st.session_state:
+        return
+    wanted = st.query_params.get(CHECKPOINT_PARAM, "")
+    if wanted in bundled:
+        st.session_state["checkpoint_source"] = wanted
+    elif wanted:
+        st.session_state["checkpoint_source"] = UPLOAD_SOURCE
+        st.session_state["_uploaded_sha"] = wanted
 
 
 def checkpoint_choice() -> tuple[str, str, str]:
-    """(path, sha256, display name) of the checkpoint to use; errors fall back to the shipped one."""
-    shipped = (str(SHIPPED_CHECKPOINT), sha256_of(SHIPPED_CHECKPOINT), SHIPPED_CHECKPOINT.name)
+    """(path, sha256, display name) of the checkpoint to use; errors fall back to the shipped one.
+
+    The choice is in the URL: a bundled checkpoint by name, an uploaded one by sha256 (restored from the
+    upload store while it is still there).
+    """
+    shipped = (str(SHIPPED_CHECKPOINT), bundled_sha256(str(SHIPPED_CHECKPOINT)), SHIPPED_CHECKPOINT.name)
     with st.sidebar.expander("Checkpoint", expanded=False):
         # Reading arbitrary server paths is for a local install only: anyone reaching a shared app could
         # otherwise make the server open any file it can read.
         bundled = [label for label, path in BUNDLED_CHECKPOINTS.items() if path.is_file()]
-        sources = bundled + ["Upload a file"] + (["Path on the server"] if os.environ.get(SERVER_PATHS_ENV) == "1" else [])
+        sources = bundled + [UPLOAD_SOURCE] + (["Path on the server"] if os.environ.get(SERVER_PATHS_ENV) == "1" else [])
+        _checkpoint_from_url(bundled)
         source = st.radio("Model", sources, key="checkpoint_source", horizontal=False,
                           help="The shipped DRNet has no pooling branches; its parent has them and routes more "
                                "diversely, at a lower speed (docs/MODEL.md).")
         chosen = None
         try:
-            if source in bundled and BUNDLED_CHECKPOINTS[source] != SHIPPED_CHECKPOINT:
+            if source in bundled:
                 path = BUNDLED_CHECKPOINTS[source]
-                chosen = (str(path), sha256_of(path), path.name)
-            elif source == "Upload a file":
-                upload = st.file_uploader("DRNet checkpoint (.pt)", key="checkpoint_upload")
-                if upload is not None:
-                    path = store_uploaded_checkpoint(upload.getvalue())
-                    chosen = (str(path), path.stem, upload.name)
+                chosen = (str(path), bundled_sha256(str(path)), path.name)
+                st.query_params[CHECKPOINT_PARAM] = source
+            elif source == UPLOAD_SOURCE:
+                chosen = _uploaded_checkpoint()
             elif source == "Path on the server":
+                st.query_params.pop(CHECKPOINT_PARAM, None)  # a server path is never put in a shareable link
                 text = st.text_input("Checkpoint path", key="checkpoint_path", placeholder="runs/fashion/best.pt")
                 if text.strip():
                     path = Path(text.strip()).expanduser()
@@ -288,7 +331,7 @@ def checkpoint_choice() -> tuple[str, str, str]:
             if chosen is not None:
                 model_and_meta(chosen[0], chosen[1])  # validate now, so a bad file never reaches a page
                 return chosen
-        except CheckpointError as error:
+        except (CheckpointError, UploadTooLarge) as error:
             st.error(f"{error} Using the shipped checkpoint instead.")
         except OSError as error:
             st.error(f"Could not read the checkpoint: {error}. Using the shipped checkpoint instead.")

@@ -218,6 +218,41 @@ def test_the_bundled_checkpoints_can_be_chosen_in_the_sidebar():
     assert "Prediction" in metrics(at)
 
 
+def query_value(at: AppTest, key: str) -> str:
+    value = at.query_params[key]
+    return value[0] if isinstance(value, list) else value
+
+
+def test_the_checkpoint_is_in_the_url_by_name_or_by_the_uploads_sha256():
+    from drnet_core.checkpoint import BUNDLED_CHECKPOINTS
+
+    at = start(checkpoint="With pooling branches")
+    assert at.radio(key="checkpoint_source").value == "With pooling branches"
+    assert "`drnet_fashion_pooling.pt`" in sidebar_text(at)
+    assert (at.slider(key="tau").value, at.slider(key="threshold").value) == (pytest.approx(2.0), pytest.approx(0.05))
+
+    # An upload is named by its sha256: a link restores it while the upload store still holds it.
+    data = BUNDLED_CHECKPOINTS["Earlier shipped, joint objective"].read_bytes()
+    at = start()
+    at.radio(key="checkpoint_source").set_value("Upload a file").run()
+    at.file_uploader(key="checkpoint_upload").upload("mine.pt", data).run()
+    assert_clean(at)
+    digest = query_value(at, "checkpoint")
+    assert len(digest) == 64 and "`mine.pt`" in sidebar_text(at)
+    restored = start(checkpoint=digest)
+    assert restored.radio(key="checkpoint_source").value == "Upload a file"
+    assert f"sha256 {digest[:12]}" in "\n".join(c.value for c in restored.sidebar.caption)
+    assert metrics(restored)["Executed MFLOPs"] == metrics(at)["Executed MFLOPs"]
+
+
+def test_a_link_to_an_unknown_upload_says_so_and_uses_the_shipped_checkpoint():
+    at = start(checkpoint="0" * 64)
+    assert not at.exception and "no longer on this server" in at.sidebar.warning[0].value
+    assert "`drnet_fashion.pt`" in sidebar_text(at)
+    at = start(checkpoint="../../etc/passwd")
+    assert not at.exception and "neither a bundled checkpoint" in at.sidebar.warning[0].value
+
+
 def test_bad_checkpoint_upload_shows_an_error_and_keeps_working():
     at = start()
     at.radio(key="checkpoint_source").set_value("Upload a file").run()

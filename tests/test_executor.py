@@ -226,3 +226,22 @@ def test_a_forward_without_autograd_matches_one_with_it_and_keeps_the_callers_im
     torch.testing.assert_close(logits, expected.detach(), atol=1e-5, rtol=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(trace.executed, expected_trace.executed))
     assert torch.equal(images, kept)
+
+
+@pytest.mark.parametrize("noise_seed", [None, 3])
+def test_a_run_from_prefix_features_equals_a_run_from_the_images(noise_seed) -> None:
+    from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
+    from drnet_core.data import load_test_set, to_model_input
+    from drnet_core.evaluate import prefix_features, run_routed
+
+    model, meta = load_checkpoint(SHIPPED_CHECKPOINT, fold_batch_norms=True)
+    images = load_test_set().subset(600)
+    inputs = to_model_input(images.images)
+    features = prefix_features(model, inputs)
+    assert features.shape[0] == len(inputs) and features.shape[2] == inputs.shape[2] // 2
+    for tau, threshold in ((meta["default_tau"], meta["default_threshold"]), (1.0, 0.05)):
+        direct = run_routed(model, inputs, images.labels, tau=tau, threshold=threshold, noise_seed=noise_seed)
+        cached = run_routed(model, features, images.labels, tau=tau, threshold=threshold, noise_seed=noise_seed,
+                            from_prefix=True)
+        assert torch.equal(direct.probabilities, cached.probabilities)
+        assert torch.equal(direct.path_masks, cached.path_masks) and torch.equal(direct.mflops, cached.mflops)
