@@ -230,7 +230,8 @@ def class_mix_figure(mix: pd.DataFrame, title: str = "Class mix per cluster",
     # Legend below the x-axis title, left-aligned with the plot: to the right of the plot it ran over the
     # cluster labels of a narrow column; an x-axis title and its ticks take about 60 px below the plot.
     return _style(figure, title, height=max(300, 40 * len(mix) + 210), barmode="stack",
-                  legend=dict(orientation="h", x=0, xanchor="left", y=0, yref="container", yanchor="bottom")
+                  legend=dict(orientation="h", x=0, xanchor="left", y=0, yref="container", yanchor="bottom",
+                              traceorder="normal")  # class order, not the reversed order of stacked bars
                   ).update_layout(margin=dict(b=110))
 
 
@@ -308,11 +309,16 @@ def gumbel_demo_figure(table: pd.DataFrame, branch_names: tuple[str, ...], thres
         figure.add_trace(go.Scatter(x=part["tau"], y=part["weight"], mode="lines", name=name,
                                     line=dict(color=branch_color(name), width=2.5),
                                     hovertemplate="tau %{x:.2f}: weight %{y:.3f}<extra>" + name + "</extra>"))
-    figure.add_hline(y=threshold, line=dict(color=WARN, dash="dash"),
+    # At the left, where the curves sit at 0 or 1: at the right the label ran over the curves and past the plot.
+    figure.add_hline(y=threshold, line=dict(color=WARN, dash="dash"), annotation_position="top left",
                      annotation_text=f"threshold {threshold:g}: branches above it run")
     # On a log axis plotly places shapes by the exponent, not the value.
     figure.add_vline(x=np.log10(tau), line=dict(color=MUTED, dash="dot"), annotation_text=f"tau {tau:g}")
-    figure.update_xaxes(title="temperature tau", type="log")
+    # Named ticks only: plotly's own log ticks label 0.05 as "5" and 0.2 as "2".
+    ticks = [value for value in (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50)
+             if table["tau"].min() <= value <= table["tau"].max()] if len(table) else []
+    figure.update_xaxes(title="temperature tau", type="log", tickvals=ticks or None,
+                        ticktext=[f"{value:g}" for value in ticks] or None)
     figure.update_yaxes(title="recalibrated weight", range=[0, 1.02])
     return _style(figure, title, height=400, legend=dict(orientation="h", y=-0.22))
 
@@ -324,6 +330,8 @@ def connection_weights_figure(weights: np.ndarray, branch_names: tuple[str, ...]
     figure = go.Figure(go.Bar(x=list(branch_names), y=weights, marker_color=colors,
                               text=[f"{w:.2f}" for w in weights], textposition="outside",
                               hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
-    figure.add_hline(y=threshold, line=dict(color=WARN, dash="dash"), annotation_text="threshold")
+    # The label in the right margin: inside the plot it sat on the last bar.
+    figure.add_hline(y=threshold, line=dict(color=WARN, dash="dash"), annotation_text="threshold",
+                     annotation_position="right", annotation_font_color=WARN)
     figure.update_yaxes(title="weight", range=[0, 1.1])
-    return _style(figure, title, height=320)
+    return _style(figure, title, height=320).update_layout(margin=dict(r=72))

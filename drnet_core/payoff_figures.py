@@ -71,7 +71,11 @@ def payoff_curve_figure(curves: dict[str, list[dict]], controls: list[dict], cur
     costs = [row["mean_mflops"] for row in shown] + ([budget["max_mflops"]] if budget and budget.get("max_mflops") else [])
     if costs:
         # Autorange would stretch to fit the budget line's label; the range of a log axis is in log10 units.
-        figure.update_xaxes(range=[math.log10(min(costs)) - 0.08, math.log10(max(costs)) + 0.08])
+        low, high = math.log10(min(costs)) - 0.08, math.log10(max(costs)) + 0.08
+        # Named ticks: plotly's own log ticks write 20 and 30 as "2" and "3" after a "10".
+        ticks = [mantissa * 10.0 ** exponent for exponent in range(math.floor(low), math.ceil(high) + 1)
+                 for mantissa in (1, 2, 3, 5) if low <= math.log10(mantissa * 10.0 ** exponent) <= high]
+        figure.update_xaxes(range=[low, high], tickvals=ticks, ticktext=[f"{tick:g}" for tick in ticks])
     if shown:
         accuracies = [row["accuracy"] for row in shown]
         margin = max(0.005, (max(accuracies) - min(accuracies)) * 0.1)
@@ -101,17 +105,21 @@ def class_cost_error_figure(per_class: dict, title: str = "Per class: mean cost 
     its keys alone could shift the colours)."""
     names = list(per_class)
     palette = class_palette(class_names if class_names is not None else names)
-    cost = [per_class[name]["mean_mflops"] for name in names]
-    error = [1 - per_class[name]["accuracy"] for name in names]
-    counts = [per_class[name]["n"] for name in names]
-    figure = go.Figure(go.Scatter(
-        x=cost, y=error, mode="markers+text", text=names, textposition="top center", textfont=dict(size=11),
-        marker=dict(size=11, color=[palette[name] for name in names], line=dict(color="white", width=1)),
-        customdata=counts, hovertemplate="%{text}: %{x:.3f} MFLOPs, error %{y:.1%} (%{customdata} images)"
-                                         "<extra></extra>"))
+    figure = go.Figure()
+    # One trace per class, named in a legend under the plot: names written beside the points ran into each
+    # other where classes cost alike, and the top one was cut by the plot's edge.
+    for name in names:
+        row = per_class[name]
+        figure.add_trace(go.Scatter(
+            x=[row["mean_mflops"]], y=[1 - row["accuracy"]], mode="markers", name=name,
+            marker=dict(size=12, color=palette[name], line=dict(color="white", width=1)),
+            customdata=[row["n"]], hovertemplate=name + ": %{x:.3f} MFLOPs, error %{y:.1%} (%{customdata} images)"
+                                                       "<extra></extra>"))
+    errors = [1 - per_class[name]["accuracy"] for name in names]
     figure.update_xaxes(title="mean executed MFLOPs")
-    figure.update_yaxes(title="error rate", tickformat=".0%", rangemode="tozero")
-    return _style(figure, title, height=340, showlegend=False)
+    figure.update_yaxes(title="error rate", tickformat=".0%", range=[0, max(errors, default=0.0) * 1.12 or 1.0])
+    return _style(figure, title, height=400, legend=dict(orientation="h", x=0, y=-0.25, yanchor="top",
+                                                         traceorder="normal"))
 
 
 def routing_health_figure(health: list[dict], title: str = "Largest selection pattern's share per cell") -> go.Figure:

@@ -51,7 +51,7 @@ def test_a_class_has_one_colour_in_every_class_figure():
     cost_error = payoff_figures.class_cost_error_figure(per_class, class_names=CLASSES)
 
     seen = [trace_colors(embedding), trace_colors(class_mix), point_colors(cost.data[0], cost.data[0].x),
-            point_colors(cost_error.data[0], cost_error.data[0].text)]
+            trace_colors(cost_error)]
     for name in kept:
         expected = figures.class_color(CLASSES, name)
         assert [colors[name] for colors in seen] == [expected] * len(seen), name

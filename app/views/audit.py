@@ -26,7 +26,7 @@ class_text = st.session_state[state.bound("true_classes", "")]
 if "audit_classes" not in st.session_state:
     positions = [int(part) for part in class_text.split(",") if part.strip().isdigit()]
     st.session_state["audit_classes"] = [classes[p] for p in sorted(set(positions)) if p < len(classes)]
-f1, f2, f3 = st.columns([2, 1, 2])
+f1, f2, f3 = st.columns(3)  # the answers' three choices on one line
 chosen_classes = f1.multiselect("True class", list(classes), key="audit_classes", placeholder="all classes")
 st.session_state["true_classes"] = ",".join(str(classes.index(name)) for name in chosen_classes)
 correctness = f2.radio("Answers", ["all", "correct", "incorrect"], horizontal=True,
@@ -72,7 +72,8 @@ top = audit.costliest(filtered, count, by=RANKINGS[rank_by])
 if len(top):
     state.thumbnails([evaluated.images[p] for p in top["position"]],
                      [f"#{i} {t}→{p} · {c:.{3 if rank_by == 'estimated ms' else 2}f}"
-                      for i, t, p, c in zip(top["index"], top["true"], top["predicted"], top[RANKINGS[rank_by]])])
+                      for i, t, p, c in zip(top["index"], top["true"], top["predicted"], top[RANKINGS[rank_by]])],
+                     per_row=6)  # eight to a row wrap their captions inside words at 1280 px
 st.dataframe(top.drop(columns=["position"]), hide_index=True, key="costliest_table",
              column_config={"confidence": st.column_config.NumberColumn(format="percent"),
                             "mflops": st.column_config.NumberColumn("MFLOPs", format="%.3f"),
@@ -90,10 +91,11 @@ if len(filtered):
     left, right = st.columns(2)
     left.plotly_chart(figures.cost_per_class_figure(audit.cost_per_class(filtered), class_names=classes), key="cost_per_class")
     right.plotly_chart(figures.cost_vs_error_figure(filtered), key="cost_vs_error")
-    right.dataframe(audit.cost_by_correctness(filtered), hide_index=True, key="correctness_table",
-                    column_config={"mean MFLOPs": st.column_config.NumberColumn(format="%.3f"),
-                                   "median MFLOPs": st.column_config.NumberColumn(format="%.3f"),
-                                   "mean est. ms": st.column_config.NumberColumn(format="%.3f")})
+    # Full width: in the half column beside the costs per class its last column was cut at 1280 px.
+    st.dataframe(audit.cost_by_correctness(filtered), hide_index=True, key="correctness_table",
+                 column_config={"mean MFLOPs": st.column_config.NumberColumn(format="%.3f"),
+                                "median MFLOPs": st.column_config.NumberColumn(format="%.3f"),
+                                "mean est. ms": st.column_config.NumberColumn(format="%.3f")})
 else:
     st.info("No input matches these filters.")
 

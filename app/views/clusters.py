@@ -16,7 +16,8 @@ st.title("Routing clusters")
 st.caption(f"Do inputs that route alike belong together? Routing vectors of {evaluated.name} at tau {settings.tau:g}, "
            f"threshold {settings.threshold:g}.")
 
-c1, c2, c3, c4, c5 = st.columns(5)
+# The first box holds the longest choice ("selected-branch mask"): wider, so that it is not cut at 1280 px.
+c1, c2, c3, c4, c5 = st.columns([1.4, 1, 1, 1, 1])
 kind = c1.selectbox("Routing vector", clusters.VECTOR_KINDS, format_func={"mask": "selected-branch mask",
                                                                           "weights": "branch weights"}.get,
                     key=state.bound("vector", "mask", options=clusters.VECTOR_KINDS))
@@ -56,7 +57,7 @@ except ValueError as error:
     st.stop()
 
 ami = clusters.adjusted_mutual_information(result.labels, run.labels.numpy())
-m1, m2, m3 = st.columns(3)
+m1, m2, m3 = st.columns([2, 1, 1])  # room for the long AMI label
 m1.metric("Adjusted mutual information (clusters vs. classes)", f"{ami:.3f}",
           help="0: clusters share no more with the classes than chance; 1: clusters are the classes.")
 m2.metric("Clusters found", f"{result.k}")
@@ -82,15 +83,18 @@ st.plotly_chart(figures.embedding_figure(coords, values, color_by, hover, catego
                                          color_map=palette),
                 key="embedding_chart")
 
-left, right = st.columns([3, 2])
+# Table and class mix one above the other: beside the class mix, eight columns did not fit at 1280 px.
 summary = clusters.cluster_summary(result, run, classes)
-left.dataframe(summary, hide_index=True, key="cluster_table",
-               column_config={"share": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
-                              "dominant share": st.column_config.NumberColumn(format="percent"),
-                              "accuracy": st.column_config.NumberColumn(format="percent"),
-                              "mean MFLOPs": st.column_config.NumberColumn(format="%.3f")})
-right.plotly_chart(figures.class_mix_figure(clusters.class_mix(result, run, classes), class_names=classes),
-                   key="class_mix")
+st.dataframe(summary, hide_index=True, key="cluster_table", width="stretch",
+             column_config={"cluster": st.column_config.NumberColumn(width="small"),
+                            "size": st.column_config.NumberColumn(width="small"),
+                            "share": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
+                            "dominant share": st.column_config.NumberColumn(format="percent"),
+                            "accuracy": st.column_config.NumberColumn(format="percent"),
+                            "mean MFLOPs": st.column_config.NumberColumn(format="%.3f"),
+                            "distinct paths": st.column_config.NumberColumn(width="small")})
+st.plotly_chart(figures.class_mix_figure(clusters.class_mix(result, run, classes), class_names=classes),
+                key="class_mix")
 
 st.subheader("One cluster up close")
 cluster_key = state.bound("cluster", 0, low=0, high=result.k - 1)

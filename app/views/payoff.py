@@ -194,9 +194,12 @@ if not alarms:
     st.success("Every cell routes its inputs along several patterns.")
 h1, h2 = st.columns(2)
 h1.dataframe(pd.DataFrame(health), hide_index=True, key="routing_health",
-             column_config={"distinct_patterns": st.column_config.NumberColumn("distinct patterns"),
+             column_config={"cell": st.column_config.NumberColumn(width="small"),
+                            "distinct_patterns": st.column_config.NumberColumn("patterns", width="small"),
                             "largest_pattern_share": st.column_config.NumberColumn("largest share", format="percent"),
-                            "entropy_bits": st.column_config.NumberColumn("entropy (bits)", format="%.2f")})
+                            "entropy_bits": st.column_config.NumberColumn("bits", format="%.2f", width="small",
+                                                                          help="entropy of the patterns"),
+                            "collapsed": st.column_config.CheckboxColumn(width="small")})
 h2.plotly_chart(payoff_figures.routing_health_figure(health), key="routing_health_figure")
 st.caption("A cell's selection pattern is which branches run on each of its connections. Collapsed: fewer than 8 "
            "patterns, or one pattern for more than 60% of the inputs; an error when one pattern takes 95% or more.")
