@@ -1,0 +1,645 @@
+"""Benchmark what a person waits for in the explorer: a real headless Chromium against a real `streamlit run`.
+
+    PYTHONPATH=. .venv/bin/python scripts/bench_browser.py [--repeats 5] [--eval-limit N] [--json out.json]
+
+`scripts/bench_app.py` times the computations alone; this script times the whole round trip, browser
+included. It starts the app on a free localhost port (the app's own evaluation size unless --eval-limit
+sets DRNET_EVAL_LIMIT) and measures, in one browser:
+  * cold first load: each page's first visit after the server started (once, not repeated);
+  * warm page visit: a click on a page's sidebar link, the page already visited, until the script
+    has finished and the page's title shows;
+  * slider step: one ArrowRight on a slider, each repeat to a setting not seen before, until the
+    watched numbers show a new value ("numbers updated") and until the script has finished. Inspect
+    (/): the sidebar's threshold and tau, watching the "Executed MFLOPs" and "Active parameters"
+    metrics and the prediction's confidence.
+    /tradeoff: setting B's threshold and tau, watching B's "Accuracy" and "Mean MFLOPs"; the sidebar
+    threshold (setting A), watching A's;
+  * held key: eight ArrowRight presses 50 ms apart on "Setting B: threshold", until the script has
+    finished and B's numbers are those of the final setting, as a fresh load of the same link shows them.
+Each repeated measure reports its samples and their median, min and max in seconds, and the targets
+(numbers updated: slider step on /tradeoff <= 1.0 s, on Inspect <= 0.5 s; warm page visit < 2 s)
+met or missed. A step that leaves the numbers as they were is recorded as "unchanged" and counts with
+its finish time.
+
+Timing happens inside the page: a MutationObserver records, with the page's own clock, the key press or
+click, every change of Streamlit's script state (the `data-test-script-state` attribute of stApp) and
+every change of the watched values, so the figures do not depend on how often this script polls.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # tests/chromium.py: the browser and server helpers
+sys.path.insert(0, str(ROOT))
+
+import chromium  # noqa: E402
+from app.navigation import VIEWS  # noqa: E402
+
+# The default view is served at the root whatever its url_path says.
+PAGES = tuple(("/" if index == 0 else f"/{view.url_path}", view.title) for index, view in enumerate(VIEWS))
+INSPECT = PAGES[0]
+TRADEOFF = next(page for page in PAGES if page[0] == "/tradeoff")
+
+HELD_PRESSES, HELD_GAP_S = 8, 0.05
+EVAL_LIMIT_ENV = "DRNET_EVAL_LIMIT"  # read by app/state.py
+# Quiet time after the script's last run before a measure counts as over: a rerun the app asks for
+# itself (a fragment, st.rerun) would start within it.
+SETTLE_S = 0.75
+POLL_S = 0.1
+
+# Which measures each target covers, and the limit for their "numbers updated" medians (warm visits:
+# their finish time, the page's numbers being up once its script has finished).
+TARGETS = (
+    {"name": "slider step on /tradeoff, numbers updated", "limit_s": 1.0, "strict": False,
+     "measures": ("tradeoff_b_threshold", "tradeoff_b_tau", "tradeoff_a_threshold")},
+    {"name": "slider step on Inspect, numbers updated", "limit_s": 0.5, "strict": False,
+     "measures": ("inspect_threshold", "inspect_tau")},
+    {"name": "warm page visit", "limit_s": 2.0, "strict": True,
+     "measures": tuple(f"warm_visit {path}" for path, _ in PAGES)},
+)
+
+# Watched values: a metric's value by its label; `after` names the bold heading ("Setting B · tau …") the
+# metric row follows, `nth` which of the equally labelled metrics to take when that heading cannot be
+# found. `containing`: the first caption or metric delta holding that text, "" when there is none (the
+# prediction's confidence, shown as either); it changes with tau where the executed branches do not.
+INSPECT_WATCH = {"values": [{"label": "Executed MFLOPs"}, {"label": "Active parameters"},
+                            {"containing": "confident"}]}
+
+
+def setting_watch(setting: str) -> dict:
+    heading, nth = f"Setting {setting}", {"A": 0, "B": 1}[setting]
+    return {"heading": heading,
+            "values": [{"label": label, "after": heading, "nth": nth}
+                        for label in ("Accuracy", "Mean MFLOPs")]}
+
+
+SLIDER_STEPS = (
+    # (measure, page, slider label, in the sidebar, watched values)
+    ("tradeoff_b_threshold", TRADEOFF, "Setting B: threshold", False, setting_watch("B")),
+    ("tradeoff_b_tau", TRADEOFF, "Setting B: tau", False, setting_watch("B")),
+    ("tradeoff_a_threshold", TRADEOFF, "Selection threshold", True, setting_watch("A")),
+    ("inspect_threshold", INSPECT, "Selection threshold", True, INSPECT_WATCH),
+    ("inspect_tau", INSPECT, "Gumbel temperature tau", True, INSPECT_WATCH),
+)
+
+# Written into the report, so that its figures can be read without this file.
+DEFINITIONS = {
+    "clock": "the page's own (performance.now), from the keydown or click event; cold loads: from the request",
+    "finished": "Streamlit's script state (stApp data-test-script-state) back at notRunning, no spinner or "
+                f"skeleton, and nothing of that changing for {SETTLE_S} s after",
+    "numbers_updated": "the first moment every watched value is on the page and one differs from before the key; "
+                       "for an 'unchanged' step (no watched value changed) its finish time",
+    "warm_visit": "click on the sidebar link until finished with the page's title as its h1 (title_s: the title alone)",
+    "held_key": "final numbers: from the last keydown, the last change into the values and setting B heading "
+                "that a fresh load of the final link shows; stale: the values at finish or at the end differ from those",
+}
+
+# Installed once per loaded document. Every change of what matters is logged with performance.now():
+# the script state, busy elements, the title, the watched values, and the key presses and clicks.
+OBSERVER_JS = r"""
+if (!window.__bench) {
+  const bench = window.__bench = {events: [], watch: null, lastKey: null, stateChanges: 0};
+  const text = (element) => element ? element.textContent.trim() : null;
+  const heading = (prefix) => Array.from(document.querySelectorAll('[data-testid="stMain"] [data-testid="stMarkdown"]'))
+    .find((element) => text(element).startsWith(prefix)) || null;
+  const metric = (spec) => {
+    const labelled = Array.from(document.querySelectorAll('[data-testid="stMetric"]'))
+      .filter((m) => text(m.querySelector('[data-testid="stMetricLabel"]')) === spec.label);
+    const anchor = spec.after ? heading(spec.after) : null;
+    const chosen = anchor
+      ? labelled.find((m) => anchor.compareDocumentPosition(m) & Node.DOCUMENT_POSITION_FOLLOWING)
+      : labelled[spec.nth || 0];
+    if (!chosen) return null;
+    return text(chosen.querySelector('[data-testid="stMetricValue"]'));
+  };
+  const containing = (fragment) => {
+    const found = Array.from(document.querySelectorAll('[data-testid="stMain"] [data-testid="stCaptionContainer"], '
+                                                      + '[data-testid="stMain"] [data-testid="stMetricDelta"]'))
+      .find((element) => text(element).includes(fragment));
+    return found ? text(found) : '';
+  };
+  const watched = (spec) => spec.containing ? containing(spec.containing) : metric(spec);
+  bench.snapshot = () => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    const watch = bench.watch;
+    return {
+      state: app ? app.getAttribute('data-test-script-state') : null,
+      connection: app ? app.getAttribute('data-test-connection-state') : null,
+      spinning: !!document.querySelector('[data-testid="stSpinner"], [data-testid="stSkeleton"]'),
+      exception: !!document.querySelector('[data-testid="stException"]'),
+      h1: text(document.querySelector('[data-testid="stMain"] h1')),
+      values: watch ? watch.values.map(watched) : null,
+      heading: watch && watch.heading ? text(heading(watch.heading)) : null,
+      stateChanges: bench.stateChanges,
+    };
+  };
+  bench.record = (extra) => {
+    const snapshot = bench.snapshot();
+    const key = JSON.stringify(snapshot);
+    if (extra || key !== bench.lastKey) {
+      bench.events.push(Object.assign({t: performance.now()}, snapshot, extra || {}));
+      bench.lastKey = key;
+    }
+  };
+  new MutationObserver((records) => {
+    // Count every script-state change, so that a run too short to be seen in a snapshot still counts.
+    bench.stateChanges += records.filter((r) => r.type === 'attributes').length;
+    bench.record();
+  }).observe(document.documentElement, {subtree: true, childList: true, characterData: true, attributes: true,
+                                         attributeFilter: ['data-test-script-state']});
+  document.addEventListener('keydown', (e) => bench.record({input: 'key', key: e.key}), true);
+  document.addEventListener('click', () => bench.record({input: 'click'}), true);
+}
+"""
+
+
+class MeasureTimeout(Exception):
+    """A measure did not finish within its timeout; the message says what was awaited."""
+
+
+# ---- the in-page log -------------------------------------------------------------------------------
+
+def install_observer(driver) -> None:
+    driver.execute_script(OBSERVER_JS)
+
+
+def start_log(driver, watch: dict | None) -> dict:
+    """Watch these values from now on; empty the log and return the current snapshot."""
+    install_observer(driver)
+    return driver.execute_script(
+        "const b = window.__bench; b.watch = arguments[0]; b.events = []; b.lastKey = null; b.record();"
+        "return b.events[0];", watch)
+
+
+def read_log(driver, start: int) -> tuple[list[dict], float]:
+    """Events logged since index `start`, and the page's clock now."""
+    return driver.execute_script("return [window.__bench.events.slice(arguments[0]), performance.now()];", start)
+
+
+def is_busy(event: dict) -> bool:
+    return event["state"] != "notRunning" or event["spinning"]
+
+
+def wait_finished(driver, what: str, timeout: float, title: str | None = None, inputs: int = 1) -> list[dict]:
+    """The log once the page has run a script after the action and has been idle for SETTLE_S.
+
+    inputs: the key presses or clicks the action makes (all must have reached the page). title: the h1
+    the finished page must show.
+    """
+    events: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        new, now = read_log(driver, len(events))
+        events += new
+        pressed = [event for event in events if "input" in event]
+        if len(pressed) < inputs:
+            continue
+        ran = True  # a page load: its first run may be over before the observer arrived
+        if inputs:
+            after = [event for event in events if event["t"] >= pressed[-1]["t"]]
+            ran = after[-1]["stateChanges"] > pressed[-1]["stateChanges"] or any(map(is_busy, after))
+        last = events[-1]
+        if (ran and not is_busy(last) and now - last["t"] >= SETTLE_S * 1000
+                and (title is None or title in (last["h1"] or ""))):
+            return events
+    raise MeasureTimeout(f"{what}: no finished run within {timeout:g} s "
+                         f"(last state {events[-1]['state'] if events else 'unknown'!r})")
+
+
+def finish_time(events: list[dict]) -> float:
+    """Page time (ms) at which the last busy period ended."""
+    last_busy = max(index for index, event in enumerate(events) if is_busy(event) or "input" in event)
+    return events[min(last_busy + 1, len(events) - 1)]["t"]
+
+
+def first_change(events: list[dict], since: float, before: list) -> float | None:
+    """Page time (ms) at which every watched value was present and one differed from `before`."""
+    for event in events:
+        values = event["values"]
+        if event["t"] >= since and values and None not in values and values != before:
+            return event["t"]
+    return None
+
+
+# ---- finding things on the page -------------------------------------------------------------------
+
+def slider_input(driver, label: str, in_sidebar: bool, page: str):
+    """The keyboard-focusable element of the slider labelled `label`, or a LookupError naming it."""
+    from selenium.webdriver.common.by import By
+
+    scope = '[data-testid="stSidebar"] ' if in_sidebar else '[data-testid="stMain"] '
+    quoted = json.dumps(label)
+    for selector in (f'input[type="range"][aria-label={quoted}]', f'[role="slider"][aria-label={quoted}]'):
+        found = driver.find_elements(By.CSS_SELECTOR, scope + selector)
+        if found:
+            return found[0]
+    # Fall back to the widget whose visible label is `label`.
+    for slider in driver.find_elements(By.CSS_SELECTOR, scope + '[data-testid="stSlider"]'):
+        labels = slider.find_elements(By.CSS_SELECTOR, '[data-testid="stWidgetLabel"]')
+        if labels and labels[0].text.strip() == label:
+            thumbs = slider.find_elements(By.CSS_SELECTOR, 'input[type="range"], [role="slider"]')
+            if thumbs:
+                return thumbs[0]
+    where = "sidebar" if in_sidebar else "main area"
+    raise LookupError(f"no slider labelled {label!r} in the {where} of {page}")
+
+
+def slider_value(element) -> str:
+    return element.get_attribute("aria-valuetext") or element.get_attribute("value") or ""
+
+
+def nav_link(driver, path: str, title: str):
+    """The sidebar link to a page, found by its title (its visible text), else by its address."""
+    from selenium.webdriver.common.by import By
+
+    links = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNavLink"]')
+    for link in links:
+        if link.text.strip().splitlines()[-1:] == [title]:
+            return link
+    for link in links + driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebar"] a'):
+        href = (link.get_attribute("href") or "").split("?")[0].rstrip("/")
+        if href.endswith(path.rstrip("/")) and (path != "/" or href.count("/") == 2):
+            return link
+    raise LookupError(f"no sidebar navigation link to {title!r} ({path})")
+
+
+def assert_page_shows(driver, events: list[dict], title: str, page: str) -> None:
+    last = events[-1]
+    if last["exception"]:
+        raise RuntimeError(f"{page} shows a Python exception")
+    if title not in (last["h1"] or ""):
+        raise LookupError(f"{page}: the title {title!r} is not on the page (its h1 reads {last['h1']!r})")
+
+
+# ---- the measures ---------------------------------------------------------------------------------
+
+def cold_load(driver, url: str, path: str, title: str, timeout: float) -> float:
+    """Seconds from asking for the page (a new session) until its script has finished and its title shows."""
+    started = time.time()
+    driver.get(url + path)
+    start_log(driver, None)
+    events = wait_finished(driver, f"cold load of {path}", timeout, title=title, inputs=0)
+    assert_page_shows(driver, events, title, path)
+    origin = driver.execute_script("return performance.timeOrigin;")
+    # Page clock + its origin gives wall time; the first run may already be over when the observer arrives.
+    busy = [event for event in events if is_busy(event)]
+    finished = finish_time(events) if busy else events[0]["t"]
+    return (origin + finished) / 1000 - started
+
+
+def warm_visit(driver, path: str, title: str, timeout: float) -> dict:
+    start_log(driver, None)
+    nav_link(driver, path, title).click()
+    events = wait_finished(driver, f"visit of {path}", timeout, title=title)
+    assert_page_shows(driver, events, title, path)
+    clicked = next(event["t"] for event in events if "input" in event)
+    shown = next(event["t"] for event in events if event["t"] >= clicked and title in (event["h1"] or ""))
+    return {"finished_s": (finish_time(events) - clicked) / 1000, "title_s": (shown - clicked) / 1000}
+
+
+def press(driver, element, keys: list[str], gap_s: float = 0.0) -> None:
+    """Focus a slider thumb and type `keys`, as a keyboard user would (the range input is visually hidden)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    driver.execute_script("arguments[0].focus();", element)
+    chain = ActionChains(driver)
+    for index, key in enumerate(keys):
+        chain.send_keys(key)
+        if gap_s and index < len(keys) - 1:
+            chain.pause(gap_s)
+    chain.perform()
+
+
+def step_key(element) -> str:
+    """ArrowRight, or ArrowLeft at the slider's top end, so that the step always reaches a new setting."""
+    from selenium.webdriver.common.keys import Keys
+
+    top, step = float(element.get_attribute("max") or "inf"), float(element.get_attribute("step") or 0)
+    value = float(element.get_attribute("value") or "nan")
+    return Keys.ARROW_LEFT if value + step > top + 1e-9 else Keys.ARROW_RIGHT
+
+
+def slider_step(driver, page: str, label: str, in_sidebar: bool, watch: dict, timeout: float) -> dict:
+    thumb = slider_input(driver, label, in_sidebar, page)
+    before = start_log(driver, watch)
+    missing = [spec["label"] for spec, value in zip(watch["values"], before["values"]) if value is None]
+    if missing:
+        under = f" under the heading {watch['heading']!r}" if "heading" in watch else ""
+        raise LookupError(f"{page}: no metric labelled {' or '.join(map(repr, missing))}{under}")
+    value_before = slider_value(thumb)
+    press(driver, thumb, [step_key(thumb)])
+    events = wait_finished(driver, f"{label!r} step on {page}", timeout)
+    if events[-1]["exception"]:
+        raise RuntimeError(f"{page} shows a Python exception after a step of {label!r}")
+    pressed = next(event["t"] for event in events if "input" in event)
+    changed = first_change(events, pressed, before["values"])
+    finished = (finish_time(events) - pressed) / 1000
+    return {"from": value_before, "to": slider_value(slider_input(driver, label, in_sidebar, page)),
+            "numbers_s": None if changed is None else (changed - pressed) / 1000, "finished_s": finished,
+            "unchanged": changed is None, "values_before": before["values"], "values_after": events[-1]["values"]}
+
+
+def fresh_values(driver, url_now: str, watch: dict, title: str, timeout: float) -> dict:
+    """The watched values as a new session opened at the same link shows them."""
+    driver.get(url_now)
+    start_log(driver, watch)
+    events = wait_finished(driver, "fresh load after the held key", timeout, title=title, inputs=0)
+    return events[-1]
+
+
+def held_key(driver, timeout: float) -> dict:
+    from selenium.webdriver.common.keys import Keys
+
+    page, title = TRADEOFF
+    label, watch = "Setting B: threshold", setting_watch("B")
+    thumb = slider_input(driver, label, False, page)
+    value_before = slider_value(thumb)
+    start_log(driver, watch)
+    press(driver, thumb, [Keys.ARROW_RIGHT] * HELD_PRESSES, gap_s=HELD_GAP_S)
+    events = wait_finished(driver, f"held key on {label!r}", timeout, inputs=HELD_PRESSES)
+    keys = [event["t"] for event in events if "input" in event]
+    finished = finish_time(events)
+    at_finish = next(event for event in events if event["t"] == finished)
+    value_after = slider_value(slider_input(driver, label, False, page))
+    fresh = fresh_values(driver, driver.current_url, watch, title, timeout)
+    final = (fresh["values"], fresh["heading"])
+    # The numbers of the final setting show from the last change into them onwards.
+    shown_since = None
+    for event in events:
+        if (event["values"], event["heading"]) == final:
+            shown_since = event["t"] if shown_since is None else shown_since
+        else:
+            shown_since = None
+    return {"from": value_before, "to": value_after, "key_gaps_ms": [b - a for a, b in zip(keys, keys[1:])],
+            "finished_after_last_key_s": (finished - keys[-1]) / 1000,
+            "finished_after_first_key_s": (finished - keys[0]) / 1000,
+            "final_numbers_after_last_key_s": None if shown_since is None else (shown_since - keys[-1]) / 1000,
+            "stale_at_finish": (at_finish["values"], at_finish["heading"]) != final,
+            "stale_at_end": (events[-1]["values"], events[-1]["heading"]) != final,
+            "values_at_end": events[-1]["values"], "values_fresh": fresh["values"], "heading_fresh": fresh["heading"]}
+
+
+# ---- running and reporting -----------------------------------------------------------------------
+
+def spread(samples: list[float]) -> dict | None:
+    if not samples:
+        return None
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "n": len(samples)}
+
+
+def attempt(record: dict, measure, *args) -> bool:
+    """Run one sample of a measure into record["samples"]; a timeout is recorded in record["failures"]."""
+    started = time.monotonic()
+    try:
+        record["samples"].append(measure(*args))
+        return True
+    except MeasureTimeout as error:
+        record["failures"].append({"timed_out": True, "after_s": time.monotonic() - started, "what": str(error)})
+        return False
+
+
+def settle(driver, what: str, timeout: float) -> None:
+    """Wait for the page to be idle after a timed-out measure; give up on the run if it never is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        install_observer(driver)
+        if not is_busy(driver.execute_script("return window.__bench.snapshot();")):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the app was still busy {timeout:g} s after {what} timed out")
+
+
+def go_to(driver, page: tuple[str, str], timeout: float) -> None:
+    """Be on `page` with its script finished (navigating by the sidebar when elsewhere; not timed)."""
+    path, title = page
+    install_observer(driver)  # a page load since the last measure brings a new document
+    snapshot = driver.execute_script("return window.__bench.snapshot();")
+    if title not in (snapshot["h1"] or ""):
+        start_log(driver, None)
+        nav_link(driver, path, title).click()
+        wait_finished(driver, f"going to {path}", timeout, title=title)
+
+
+def summarise_steps(record: dict) -> dict:
+    samples = record["samples"]
+    # "Numbers updated" of an unchanged step is its finish time: nothing newer ever showed.
+    effective = [s["finished_s"] if s["unchanged"] else s["numbers_s"] for s in samples]
+    return {**record, "numbers_updated_s": spread(effective), "finished_s": spread([s["finished_s"] for s in samples]),
+            "unchanged": sum(s["unchanged"] for s in samples)}
+
+
+def verdicts(measures: dict) -> list[dict]:
+    results = []
+    for target in TARGETS:
+        figures = {}
+        for name in target["measures"]:
+            record = measures.get(name)
+            summary = record and (record.get("numbers_updated_s") or record.get("finished_s"))
+            if summary:
+                figures[name] = summary["median"]
+        if not figures:
+            continue
+        worst = max(figures.values())
+        met = worst < target["limit_s"] if target["strict"] else worst <= target["limit_s"]
+        results.append({"target": target["name"], "limit_s": target["limit_s"],
+                        "comparison": "<" if target["strict"] else "<=", "medians_s": figures,
+                        "worst_median_s": worst, "verdict": "met" if met else "missed"})
+    return results
+
+
+def machine_facts() -> dict:
+    import streamlit
+    import torch
+
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
+            "streamlit_version": streamlit.__version__, "python": sys.version.split()[0],
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def evaluation_size(driver) -> dict:
+    """What the app says it evaluates on (the sidebar's "Evaluating on" line and its N input)."""
+    from selenium.webdriver.common.by import By
+
+    sidebar = driver.find_element(By.CSS_SELECTOR, '[data-testid="stSidebar"]').text
+    line = next((row for row in sidebar.splitlines() if row.startswith("Evaluating on")), None)
+    count = driver.execute_script(
+        "const i = Array.from(document.querySelectorAll('[data-testid=\"stSidebar\"] input[type=\"number\"]'))"
+        ".find((e) => (e.getAttribute('aria-label') || '').startsWith('Evaluation images')); return i ? i.value : null;")
+    return {"evaluating_on": line.split(":", 1)[1].strip() if line else None,
+            "evaluation_images": int(count) if count else None}
+
+
+MEASURE_GROUPS = ("warm", "tradeoff", "held", "inspect")
+
+
+def run_benchmark(repeats: int = 5, eval_limit: int | None = None, timeout: float = 120.0,
+                  groups: tuple[str, ...] = MEASURE_GROUPS, server_log=None) -> dict:
+    """Start the app and a browser, take the cold loads and every measure of `groups`; return the report.
+
+    Order matters for the caches: every page is loaded once first (so later visits are warm), and the
+    sidebar's tau moves last, as a new tau would make /tradeoff re-sweep its curve.
+    """
+    env = {EVAL_LIMIT_ENV: str(eval_limit)} if eval_limit else {}
+    report = {"machine": machine_facts(), "app": {"eval_limit_argument": eval_limit}, "repeats": repeats,
+              "timeout_s": timeout, "settle_s": SETTLE_S, "definitions": DEFINITIONS, "measures": {}}
+    measures = report["measures"]
+    with chromium.serve_app(env, log=server_log) as (url, _), browser() as driver:
+        # A new session per page, the server's caches filling as they go.
+        report["cold_first_load_s"] = {path: cold_load(driver, url, path, title, timeout * 4) for path, title in PAGES}
+        report["app"].update(evaluation_size(driver))
+        if "warm" in groups:
+            measures.update(warm_visits(driver, repeats, timeout))
+        for name, page, label, in_sidebar, watch in SLIDER_STEPS:
+            if ("tradeoff" if page == TRADEOFF else "inspect") in groups:
+                measures[name] = slider_steps(driver, page, label, in_sidebar, watch, repeats, timeout)
+            if name == "tradeoff_a_threshold" and "held" in groups:
+                measures["held_key"] = held_keys(driver, repeats, timeout)
+    report["targets"] = verdicts(measures)
+    return report
+
+
+def warm_visits(driver, repeats: int, timeout: float) -> dict:
+    visits = {path: {"samples": [], "failures": []} for path, _ in PAGES}
+    for _ in range(repeats):
+        for path, title in PAGES:  # each click leaves the page before, the last one of the previous round
+            if not attempt(visits[path], warm_visit, driver, path, title, timeout):
+                settle(driver, f"visit of {path}", timeout * 4)
+    return {f"warm_visit {path}": {**record, "finished_s": spread([s["finished_s"] for s in record["samples"]]),
+                                   "title_s": spread([s["title_s"] for s in record["samples"]])}
+            for path, record in visits.items()}
+
+
+def slider_steps(driver, page: tuple[str, str], label: str, in_sidebar: bool, watch: dict, repeats: int,
+                 timeout: float) -> dict:
+    path, _ = page
+    go_to(driver, page, timeout * 4)
+    record = {"page": path, "slider": label, "watched": watch, "samples": [], "failures": []}
+    for _ in range(repeats):
+        if not attempt(record, slider_step, driver, path, label, in_sidebar, watch, timeout):
+            settle(driver, f"the {label!r} step", timeout * 4)
+    return summarise_steps(record)
+
+
+def held_keys(driver, repeats: int, timeout: float) -> dict:
+    record = {"page": TRADEOFF[0], "slider": "Setting B: threshold", "presses": HELD_PRESSES,
+              "gap_s": HELD_GAP_S, "samples": [], "failures": []}
+    for _ in range(repeats):
+        go_to(driver, TRADEOFF, timeout * 4)
+        if not attempt(record, held_key, driver, timeout):
+            settle(driver, "the held key", timeout * 4)
+    samples = record["samples"]
+    return {**record,
+            "finished_after_last_key_s": spread([s["finished_after_last_key_s"] for s in samples]),
+            "final_numbers_after_last_key_s": spread([s["final_numbers_after_last_key_s"] for s in samples
+                                                      if s["final_numbers_after_last_key_s"] is not None]),
+            "stale_at_finish": sum(s["stale_at_finish"] for s in samples),
+            "stale_at_end": sum(s["stale_at_end"] for s in samples)}
+
+
+@contextlib.contextmanager
+def browser():
+    driver, profile = chromium.new_chromium("1500,1150", page_load_timeout=300, profile_prefix="drnet-bench-")
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def seconds(summary: dict | None) -> str:
+    if not summary:
+        return "      -"
+    return f"{summary['median']:7.3f} ({summary['min']:.3f}-{summary['max']:.3f})"
+
+
+def print_table(report: dict) -> None:
+    machine, app = report["machine"], report["app"]
+    print(f"{machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads, Streamlit "
+          f"{machine['streamlit_version']}; evaluating on {app.get('evaluating_on')}; {report['repeats']} repeats")
+    print("\ncold first load (once)")
+    for path, value in report.get("cold_first_load_s", {}).items():
+        print(f"  {path:<28} {value:7.3f} s")
+    print("\nmedian seconds (min-max)        numbers updated            finished")
+    for name, record in report["measures"].items():
+        if name == "held_key":
+            continue
+        numbers = record.get("numbers_updated_s") or record.get("title_s")
+        extra = f"  [{record['unchanged']} unchanged]" if record.get("unchanged") else ""
+        extra += f"  [{len(record['failures'])} timed out]" if record["failures"] else ""
+        print(f"  {name:<28} {seconds(numbers)}  {seconds(record['finished_s'])}{extra}")
+    held = report["measures"].get("held_key")
+    if held:
+        print(f"\nheld key, {held['presses']} presses {held['gap_s'] * 1000:.0f} ms apart on {held['slider']!r}:")
+        print(f"  finished after the last key   {seconds(held['finished_after_last_key_s'])}")
+        print(f"  final numbers after last key  {seconds(held['final_numbers_after_last_key_s'])}")
+        print(f"  stale numbers at the end: {held['stale_at_end']} of {len(held['samples'])}")
+    print("\n(warm visits: 'numbers updated' column is the title showing)")
+    for verdict in report["targets"]:
+        print(f"target {verdict['target']} {verdict['comparison']} {verdict['limit_s']:g} s: {verdict['verdict']} "
+              f"(worst median {verdict['worst_median_s']:.3f} s)")
+
+
+def check_report(report: dict) -> list[str]:
+    """Problems with a report's figures: a time that is missing, not finite or not positive; empty when sound."""
+    problems = []
+
+    def walk(value, where: str, times: bool = False) -> None:
+        # Every number under a key ending in "_s" is a time (cold_first_load_s: one per page).
+        key = where.rsplit(".", 1)[-1]
+        times = times or key.endswith("_s")
+        if isinstance(value, dict):
+            for name, item in value.items():
+                walk(item, f"{where}.{name}", times and name != "n")
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, f"{where}[{index}]", times)
+        elif value is not None and times:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                problems.append(f"{where} = {value!r}")
+
+    walk({"cold_first_load_s": report.get("cold_first_load_s"), "measures": report.get("measures")}, "report")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--eval-limit", type=int, default=None,
+                        help="evaluate the first N test images (DRNET_EVAL_LIMIT); default: the app's own")
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds one measure may take (cold loads: four times this)")
+    parser.add_argument("--only", nargs="+", choices=MEASURE_GROUPS, default=list(MEASURE_GROUPS),
+                        help="take only these groups of measures")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    args = parser.parse_args(argv)
+    if not chromium.AVAILABLE:
+        parser.exit(2, f"error: {chromium.MISSING_REASON}\n")
+    with tempfile.TemporaryFile() as server_log:
+        try:
+            report = run_benchmark(args.repeats, args.eval_limit, args.timeout, tuple(args.only), server_log)
+        except Exception:
+            server_log.seek(0)
+            tail = server_log.read().decode(errors="replace")[-3000:]
+            print(f"--- the app's output, last lines ---\n{tail}", file=sys.stderr)
+            raise
+    print_table(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
