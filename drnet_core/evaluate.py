@@ -102,8 +102,10 @@ def run_routed(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, tau:
         batch_noise = None if noise is None else [n[start:start + batch_size] for n in noise]
         batch_overrides = None if branch_overrides is None else [
             o[start:start + batch_size].to(device) if o.dim() == 3 else o for o in branch_overrides]
+        # Only a DRNet has a shared prefix; the static baselines evaluated here take images alone.
+        prefixed = {"from_prefix": True} if from_prefix else {}
         logits, trace = model(batch, tau=tau, threshold=threshold, gumbel_noise=batch_noise,
-                              branch_overrides=batch_overrides, from_prefix=from_prefix)
+                              branch_overrides=batch_overrides, **prefixed)
         return (torch.softmax(logits.float(), dim=1).cpu(), model.mflops_per_instance(trace).cpu(),
                 model.active_params_per_instance(trace).cpu(), trace.path_masks().cpu(),
                 trace.branch_weights().float().cpu())
