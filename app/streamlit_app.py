@@ -19,9 +19,10 @@ for entry in ([str(ROOT)] if (ROOT / "drnet_core").is_dir() else []) + [str(APP)
 
 import state  # noqa: E402  (needs the paths above)
 from navigation import VIEWS  # noqa: E402
-from drnet_core.runtime import configure_cpu_memory  # noqa: E402
+from drnet_core.runtime import configure_cpu_memory, use_every_core_in_this_thread  # noqa: E402
 
 configure_cpu_memory()
+use_every_core_in_this_thread()
 
 st.set_page_config(page_title="DRNet Explorer", page_icon=":material/alt_route:", layout="wide")
 

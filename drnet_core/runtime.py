@@ -1,4 +1,5 @@
-"""Process-wide memory settings for routed inference on CPU; entry points call `configure_cpu_memory` first.
+"""Process-wide settings for routed inference on CPU; entry points call `configure_cpu_memory` first, and
+threads that evaluate call `use_every_core_in_this_thread`.
 
 Keep freed memory in the process. Routed inference allocates tensors of a different size for every
 sub-batch (each branch runs on the instances that selected it). With glibc's defaults, freed blocks
@@ -84,3 +85,21 @@ def huge_pages_asked() -> bool:
 def configure_cpu_memory() -> dict[str, bool]:
     """Both settings, for the CLI, the app and the scripts; call before the first tensor is allocated."""
     return {"huge_pages": use_huge_pages(), "keep_freed_memory": keep_freed_memory()}
+
+
+def use_every_core_in_this_thread() -> int:
+    """Give the calling thread torch's default intra-op thread count (OMP_NUM_THREADS, else every CPU this
+    process may run on) and return it.
+
+    torch's intra-op thread count belongs to each OS thread, and a thread other than the process's main
+    thread starts with one. Streamlit runs every script run, and every fragment rerun, in such a thread,
+    so without this the app would evaluate on a single core (and `evaluate.batch_workers` would not run
+    two batches at a time).
+    """
+    import torch  # here, not at the top: the memory settings above must come before torch's first tensor
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or cpus
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads

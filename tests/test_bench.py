@@ -300,3 +300,25 @@ def test_cell_inputs_for_timing_are_what_each_cell_received():
     with torch.inference_mode():
         first = model.reductions[0](model.stem(batch.contiguous(memory_format=torch.channels_last)))
     torch.testing.assert_close(cell_inputs[0], first)
+
+
+def test_a_thread_that_evaluates_gets_every_core():
+    import os
+    import threading
+
+    import torch
+
+    from drnet_core.runtime import use_every_core_in_this_thread
+
+    seen = {}
+
+    def in_thread():
+        torch.set_num_threads(1)  # where a thread of Streamlit's starts
+        seen["set"] = use_every_core_in_this_thread()
+        seen["after"] = torch.get_num_threads()
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join()
+    expected = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
+    assert seen == {"set": expected, "after": expected}
