@@ -100,5 +100,6 @@ else:
     st.info("No input matches these filters.")
 
 origin = audit.provenance(settings.checkpoint_sha, run, evaluated.name)
-st.download_button("Download per-instance results (CSV)", audit.to_csv(filtered, origin), file_name="drnet_audit.csv",
+# Written when the button is clicked: a page run would otherwise build and send the CSV every time.
+st.download_button("Download per-instance results (CSV)", lambda: audit.to_csv(filtered, origin), file_name="drnet_audit.csv",
                    mime="text/csv", key="download_csv", icon=":material/download:")
