@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +28,8 @@ from drnet_core.checkpoint import (BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, Chec
                                    load_checkpoint, sha256_of)
 from drnet_core.cost import TimeTable, measure_time_table
 from drnet_core.data import FASHION_CLASSES, ImageSet, load_test_set, to_model_input
-from drnet_core.evaluate import (SWEEP_THRESHOLDS, RoutedRun, default_setting, prefix_features, run_routed,
-                                  summarize)
+from drnet_core.evaluate import (SWEEP_THRESHOLDS, RoutedRun, default_setting, prefix_features, rerun_at_threshold,
+                                  run_routed, summarize)
 from drnet_core.images import ImageRejected, PreparedImage, image_from_bytes, prepare_dataset_image, prepare_image
 from drnet_core.upload_store import DIGEST, UploadStore, UploadTooLarge
 
@@ -139,13 +141,37 @@ def limited_set(settings: Settings) -> ImageSet:
     return evaluation_set().subset(settings.eval_limit)
 
 
+# Recent runs, for every session: a threshold step from the run at the nearest threshold (same checkpoint,
+# images, tau and noise) re-routes only the images whose path changes (`evaluate.rerun_at_threshold`).
+RECENT_RUNS_KEPT = 48  # about 2.5 MB each for 10,000 images
+
+
+@st.cache_resource(show_spinner=False)
+def _recent_runs() -> tuple[OrderedDict, threading.Lock]:
+    return OrderedDict(), threading.Lock()
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def routed(path: str, sha256: str, dataset_name: str, limit: int, tau: float, threshold: float,
            noise_seed: int | None) -> RoutedRun:
     model, _ = model_and_meta(path, sha256)
     features = evaluation_prefix(path, sha256, dataset_name)[:limit]
-    return run_routed(model, features, evaluation_set().labels[:limit], tau=tau, threshold=threshold,
-                      noise_seed=noise_seed, from_prefix=True)
+    runs, lock = _recent_runs()
+    same_routing = (path, sha256, dataset_name, limit, tau, noise_seed)
+    with lock:
+        bases = [run for key, run in runs.items() if key[:-1] == same_routing]
+    if bases:
+        nearest = min(bases, key=lambda run: abs(run.threshold - threshold))
+        run = rerun_at_threshold(model, features, nearest, threshold, from_prefix=True)
+    else:
+        run = run_routed(model, features, evaluation_set().labels[:limit], tau=tau, threshold=threshold,
+                         noise_seed=noise_seed, from_prefix=True)
+    with lock:
+        runs[same_routing + (threshold,)] = run
+        runs.move_to_end(same_routing + (threshold,))
+        while len(runs) > RECENT_RUNS_KEPT:
+            runs.popitem(last=False)
+    return run
 
 
 def routed_run(settings: Settings, tau: float | None = None, threshold: float | None = None,

@@ -93,8 +93,17 @@ def run_routed(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, tau:
     """
     if model.training:
         raise ValueError("run_routed needs a model in eval mode")
-    device = model.device
     noise = model.sample_noise(len(inputs), noise_seed) if noise_seed is not None else None
+    return _run_batches(model, inputs, labels, tau=tau, threshold=threshold, noise=noise, noise_seed=noise_seed,
+                        batch_size=batch_size, progress=progress, branch_overrides=branch_overrides,
+                        from_prefix=from_prefix)
+
+
+def _run_batches(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, tau: float, threshold: float,
+                 noise: list[torch.Tensor] | None, noise_seed: int | None, batch_size: int, progress: bool,
+                 branch_overrides: list[torch.Tensor] | None, from_prefix: bool) -> RoutedRun:
+    """`run_routed` with its noise already drawn: per cell, one row per input."""
+    device = model.device
     starts = range(0, len(inputs), batch_size)
 
     def run_batch(start: int) -> tuple[torch.Tensor, ...]:
@@ -130,6 +139,47 @@ def run_routed(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, tau:
     return RoutedRun(labels=labels.cpu(), predictions=probabilities.argmax(dim=1), probabilities=probabilities,
                      mflops=mflops, active_params=params, path_masks=masks, branch_weights=weights,
                      tau=tau, threshold=threshold, noise_seed=noise_seed)
+
+
+def paths_that_change(base: RoutedRun, threshold: float) -> torch.Tensor:
+    """(N,) bool: the instances of `base` (a run without branch overrides) whose path may differ at `threshold`.
+
+    An instance's weights in a cell depend only on its input and the branches it ran in earlier cells. Where
+    its recorded weights select, at the new threshold, exactly the branches it ran, cell after cell, it runs
+    the same path through the same numbers; only the others need running again.
+    """
+    return ((base.branch_weights >= threshold) != base.path_masks).any(dim=1)
+
+
+@torch.inference_mode()
+def rerun_at_threshold(model: DRNet, inputs: torch.Tensor, base: RoutedRun, threshold: float, *,
+                       batch_size: int = EVAL_BATCH_SIZE, from_prefix: bool = False) -> RoutedRun:
+    """`run_routed` at `base`'s tau and noise and another threshold, running only the instances whose path
+    changes (`paths_that_change`): a small threshold step re-routes a few percent of a set. When most paths
+    change, a full run.
+
+    inputs: those `base` ran (or their `prefix_features`, with `from_prefix`); `base` ran without branch
+    overrides. Paths, costs and predictions are those of a full run; probabilities agree to float rounding,
+    as a branch's output for one instance can differ in the last bits with the sub-batch it runs in.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    changed = paths_that_change(base, threshold).nonzero().squeeze(1)
+    if len(changed) > len(base.labels) // 2:  # gathering the rest would cost more than it saves
+        return run_routed(model, inputs, base.labels, tau=base.tau, threshold=threshold, noise_seed=base.noise_seed,
+                          batch_size=batch_size, from_prefix=from_prefix)
+    fields = {name: getattr(base, name).clone() for name in
+              ("predictions", "probabilities", "mflops", "active_params", "path_masks", "branch_weights")}
+    if len(changed):
+        noise = None
+        if base.noise_seed is not None:
+            noise = [rows[changed.to(rows.device)] for rows in model.sample_noise(len(base.labels), base.noise_seed)]
+        rerun = _run_batches(model, inputs[changed], base.labels[changed], tau=base.tau, threshold=threshold,
+                             noise=noise, noise_seed=base.noise_seed, batch_size=batch_size, progress=False,
+                             branch_overrides=None, from_prefix=from_prefix)
+        for name, values in fields.items():
+            values[changed] = getattr(rerun, name)
+    return RoutedRun(labels=base.labels, tau=base.tau, threshold=threshold, noise_seed=base.noise_seed, **fields)
 
 
 def summarize(run: RoutedRun, model: DRNet, dataset: str, class_names: tuple[str, ...]) -> dict:

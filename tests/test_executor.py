@@ -245,3 +245,24 @@ def test_a_run_from_prefix_features_equals_a_run_from_the_images(noise_seed) -> 
                             from_prefix=True)
         assert torch.equal(direct.probabilities, cached.probabilities)
         assert torch.equal(direct.path_masks, cached.path_masks) and torch.equal(direct.mflops, cached.mflops)
+
+
+@pytest.mark.parametrize("tau, noise_seed", [(0.25, None), (1.0, None), (1.0, 7)])
+def test_a_threshold_step_reruns_only_changed_paths_and_matches_a_full_run(tau, noise_seed) -> None:
+    from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
+    from drnet_core.data import load_test_set, to_model_input
+    from drnet_core.evaluate import paths_that_change, rerun_at_threshold, run_routed
+
+    model, _ = load_checkpoint(SHIPPED_CHECKPOINT, fold_batch_norms=True)
+    images = load_test_set().subset(800)
+    inputs = to_model_input(images.images)
+    base = run_routed(model, inputs, images.labels, tau=tau, threshold=0.3, noise_seed=noise_seed)
+    assert not paths_that_change(base, 0.3).any()
+    for threshold in (0.29, 0.31, 0.45, 0.0):
+        stepped = rerun_at_threshold(model, inputs, base, threshold)
+        full = run_routed(model, inputs, images.labels, tau=tau, threshold=threshold, noise_seed=noise_seed)
+        assert stepped.threshold == threshold and stepped.noise_seed == noise_seed
+        assert torch.equal(stepped.path_masks, full.path_masks) and torch.equal(stepped.mflops, full.mflops)
+        assert torch.equal(stepped.predictions, full.predictions)
+        torch.testing.assert_close(stepped.probabilities, full.probabilities, rtol=0, atol=1e-5)
+        torch.testing.assert_close(stepped.branch_weights, full.branch_weights, rtol=0, atol=1e-5)
