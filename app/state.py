@@ -199,21 +199,29 @@ def run_summary(settings: Settings, run: RoutedRun) -> dict:
     return summarize(run, model, limited_set(settings).name, settings.class_names)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def _threshold_sweep(path: str, sha256: str, dataset_name: str, limit: int, tau: float, noise_seed: int | None,
-                     set_name: str, class_names: tuple[str, ...]) -> list[dict]:
+@st.cache_data(show_spinner=False, max_entries=256)
+def routed_summary(path: str, sha256: str, dataset_name: str, limit: int, tau: float, threshold: float,
+                   noise_seed: int | None, set_name: str, class_names: tuple[str, ...]) -> dict:
     model, _ = model_and_meta(path, sha256)
-    return [summarize(routed(path, sha256, dataset_name, limit, tau, threshold, noise_seed), model, set_name,
-                      class_names) for threshold in SWEEP_THRESHOLDS]
+    return summarize(routed(path, sha256, dataset_name, limit, tau, threshold, noise_seed), model, set_name,
+                     class_names)
 
 
 def threshold_sweep(settings: Settings) -> list[dict]:
-    """Summaries of the evaluation set at every `SWEEP_THRESHOLDS` value, at the sidebar's tau and noise."""
-    with st.spinner(f"Sweeping {len(SWEEP_THRESHOLDS)} thresholds over {settings.eval_limit:,} images at tau "
-                    f"{settings.tau:g}…", show_time=True):
-        return _threshold_sweep(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name,
-                                settings.eval_limit, settings.tau, settings.noise_seed, limited_set(settings).name,
-                                settings.class_names)
+    """Summaries of the evaluation set at every `SWEEP_THRESHOLDS` value, at the sidebar's tau and noise.
+
+    One threshold at a time, with a progress bar: between two, a newer slider value can stop the run.
+    """
+    text = f"Sweeping {len(SWEEP_THRESHOLDS)} thresholds over {settings.eval_limit:,} images at tau {settings.tau:g}…"
+    progress = st.progress(0.0, text=text)
+    rows = []
+    for done, threshold in enumerate(SWEEP_THRESHOLDS, start=1):
+        rows.append(routed_summary(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name,
+                                   settings.eval_limit, settings.tau, threshold, settings.noise_seed,
+                                   limited_set(settings).name, settings.class_names))
+        progress.progress(done / len(SWEEP_THRESHOLDS), text=text)
+    progress.empty()
+    return rows
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

@@ -62,7 +62,7 @@ POLL_S = 0.1
 # their finish time, the page's numbers being up once its script has finished).
 TARGETS = (
     {"name": "slider step on /tradeoff, numbers updated", "limit_s": 1.0, "strict": False,
-     "measures": ("tradeoff_b_threshold", "tradeoff_b_tau", "tradeoff_a_threshold")},
+     "measures": ("tradeoff_b_threshold", "tradeoff_b_tau", "tradeoff_a_threshold", "tradeoff_a_tau")},
     {"name": "slider step on Inspect, numbers updated", "limit_s": 0.5, "strict": False,
      "measures": ("inspect_threshold", "inspect_tau")},
     {"name": "warm page visit", "limit_s": 2.0, "strict": True,
@@ -91,6 +91,8 @@ SLIDER_STEPS = (
     ("tradeoff_a_threshold", TRADEOFF, "Selection threshold", True, setting_watch("A")),
     ("inspect_threshold", INSPECT, "Selection threshold", True, INSPECT_WATCH),
     ("inspect_tau", INSPECT, "Gumbel temperature tau", True, INSPECT_WATCH),
+    # Last: a new tau makes /tradeoff sweep its curve again, after the numbers.
+    ("tradeoff_a_tau", TRADEOFF, "Gumbel temperature tau", True, setting_watch("A")),
 )
 
 # Written into the report, so that its figures can be read without this file.
