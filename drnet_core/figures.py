@@ -319,7 +319,10 @@ def gumbel_demo_figure(table: pd.DataFrame, branch_names: tuple[str, ...], thres
     # Named ticks only: plotly's own log ticks label 0.05 as "5" and 0.2 as "2".
     ticks = [value for value in (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50)
              if table["tau"].min() <= value <= table["tau"].max()] if len(table) else []
-    figure.update_xaxes(title="temperature tau", type="log", tickvals=ticks or None,
+    # The range pinned to the curve (in exponents, as a log axis takes it): left to itself, plotly stretched
+    # it to 1e-64 for the threshold's label at the plot's left edge.
+    span = [float(np.log10(table["tau"].min())), float(np.log10(table["tau"].max()))] if len(table) else None
+    figure.update_xaxes(title="temperature tau", type="log", range=span, tickvals=ticks or None,
                         ticktext=[f"{value:g}" for value in ticks] or None)
     figure.update_yaxes(title="recalibrated weight", range=[0, 1.02])
     return _style(figure, title, height=400, legend=dict(orientation="h", y=-0.22))

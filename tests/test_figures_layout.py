@@ -127,3 +127,11 @@ def test_tau_sensitivity_is_near_zero_for_a_saturated_connection():
     balanced = explorer.connection_tau_sensitivity(np.array([1.0, 0.5, 0.0, -0.5]), taus)
     assert saturated < 0.01 < balanced
     assert balanced <= 2 * (1 - 1 / 4) + 1e-9
+
+
+def test_the_tau_curve_spans_its_taus_on_the_log_axis():
+    taus = np.geomspace(0.05, 5.0, 30)
+    table = explorer.gumbel_softmax_demo(np.array([0.0, 1.0, 2.0, 5.0]), taus, threshold=0.3)
+    figure = figures.gumbel_demo_figure(table, ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "identity"), 0.3, 1.0)
+    # A log axis takes its range in exponents; without one, plotly stretched it to 1e-64.
+    assert list(figure.layout.xaxis.range) == pytest.approx([np.log10(0.05), np.log10(5.0)])

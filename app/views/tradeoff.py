@@ -93,7 +93,9 @@ def compare_settings() -> None:
                          [f"#{i}: {a} → {b}" if a != b else f"#{i}: {a}, {n} branches"
                           for i, a, b, n in zip(shown["index"], shown["predicted A"], shown["predicted B"],
                                                 shown["branches changed"])])
-        st.dataframe(flips.drop(columns=["position"]), hide_index=True, height=280, key="flip_table",
+        # "change" says whether the prediction changed: its check-box column would only push the table wider.
+        st.dataframe(flips.drop(columns=["position", "prediction changed"]), hide_index=True, height=280,
+                     key="flip_table",
                      column_config={"MFLOPs A": st.column_config.NumberColumn(format="%.3f"),
                                     "MFLOPs B": st.column_config.NumberColumn(format="%.3f")})
 
