@@ -65,7 +65,7 @@ with left:
     c.image(state.enlarge(prepared.pixels, 4), caption="model input 28×28" + (" (inverted)" if prepared.inverted else ""),
             width="stretch")
 with right:
-    m1, m2, m3 = st.columns(3)
+    m1, m2, m3 = st.columns([3, 2, 2])  # a class name such as "T-shirt/top" needs the room at 1280 px
     m1.metric("Prediction", classes[result.prediction])
     m1.caption(f"{result.confidence:.1%} confident")
     m2.metric("Executed MFLOPs", f"{result.mflops:.3f}")
