@@ -17,7 +17,7 @@ for entry in ([str(ROOT)] if (ROOT / "drnet_core").is_dir() else []) + [str(APP)
     if entry not in sys.path:
         sys.path.insert(0, entry)
 
-import state  # noqa: E402  (needs the paths above)
+import sidebar  # noqa: E402  (needs the paths above)
 from navigation import VIEWS  # noqa: E402
 from drnet_core.runtime import configure_cpu_memory, use_every_core_in_this_thread  # noqa: E402
 
@@ -31,7 +31,7 @@ PAGES = [st.Page(view.path, title=view.title, icon=view.icon, url_path=view.url_
 
 page = st.navigation(PAGES)
 try:
-    st.session_state["_settings"] = state.sidebar()
+    st.session_state["_settings"] = sidebar.sidebar()
 except Exception as error:  # the shipped checkpoint or data itself is unusable: say so, never a traceback
     st.error(f"The explorer cannot start: {error}")
     st.stop()

@@ -28,11 +28,9 @@ every change of the watched values, so the figures do not depend on how often th
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -550,14 +548,8 @@ def held_keys(driver, repeats: int, timeout: float) -> dict:
             "stale_at_end": sum(s["stale_at_end"] for s in samples)}
 
 
-@contextlib.contextmanager
 def browser():
-    driver, profile = chromium.new_chromium("1500,1150", page_load_timeout=300, profile_prefix="drnet-bench-")
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+    return chromium.chromium("1500,1150", page_load_timeout=300, profile_prefix="drnet-bench-")
 
 
 def seconds(summary: dict | None) -> str:

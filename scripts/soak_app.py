@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import statistics
 import sys
 import threading
@@ -49,7 +48,7 @@ for entry in (str(ROOT), str(ROOT / "tests")):
     if entry not in sys.path:
         sys.path.insert(0, entry)
 
-from chromium import new_chromium, serve_app, wait_until_stable  # noqa: E402
+from chromium import chromium, serve_app, wait_until_stable  # noqa: E402
 
 INSPECT_TAU = 2.0  # at this tau the first gallery image's executed MFLOPs differ at thresholds 0.05, 0.15, …, 0.45
 TRADEOFF_TAU, TRADEOFF_TAU_B = 2.0, 1.0
@@ -345,8 +344,7 @@ def soak(sessions: int = 10, minutes: float = 3.0, eval_limit: int = 500, pace: 
 
     with serve_app({"DRNET_EVAL_LIMIT": str(eval_limit)}) as (url, server):
         log(f"server at {url}, pid {server.pid}")
-        driver, profile = new_chromium("1400,1000", page_load_timeout=LOAD_TIMEOUT_S, profile_prefix="drnet-soak-")
-        try:
+        with chromium("1400,1000", page_load_timeout=LOAD_TIMEOUT_S, profile_prefix="drnet-soak-") as driver:
             with ServerMonitor(url, server.pid, sample_every) as monitor:
                 warm_up_started = time.monotonic()
                 # Warm-up: every tab opened at once, so the server computes while the browser draws; then
@@ -378,9 +376,6 @@ def soak(sessions: int = 10, minutes: float = 3.0, eval_limit: int = 500, pace: 
                     time.sleep(max(0.0, pace - (time.monotonic() - turn_started)))
                 soak_s = time.monotonic() - soak_started
                 server_exit = server.poll()
-        finally:
-            driver.quit()
-            shutil.rmtree(profile, ignore_errors=True)
 
     verdict = levels_off(monitor.samples, rss_tolerance)
     report = {

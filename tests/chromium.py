@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -73,8 +74,9 @@ def serve_app(env: dict[str, str] | None = None, log=None):
             log.close()
 
 
-def new_chromium(window_size: str, page_load_timeout: float, profile_prefix: str):
-    """(driver, profile folder): a fresh headless browser with its own user-data dir."""
+@contextlib.contextmanager
+def chromium(window_size: str, page_load_timeout: float, profile_prefix: str):
+    """A fresh headless browser with its own user-data dir, yielded as its driver; quit and removed on exit."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -86,8 +88,12 @@ def new_chromium(window_size: str, page_load_timeout: float, profile_prefix: str
                  f"--user-data-dir={profile}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(page_load_timeout)
-    return driver, profile
+    try:
+        driver.set_page_load_timeout(page_load_timeout)
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 def wait_until_stable(driver, is_ready, settle: float, timeout: float, poll: float = 0.4) -> str:

@@ -6,13 +6,12 @@ chromedriver is missing (`apt-get install chromium chromium-driver`). No traffic
 """
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from chromium import AVAILABLE, MISSING_REASON, new_chromium, serve_app, wait_until_stable
+from chromium import AVAILABLE, MISSING_REASON, chromium, serve_app, wait_until_stable
 
 from app.navigation import VIEWS
 
@@ -33,12 +32,8 @@ def server():
 
 @pytest.fixture(scope="module")
 def browser():
-    driver, profile = new_chromium("1500,1150", page_load_timeout=120, profile_prefix="drnet-chromium-")
-    try:
+    with chromium("1500,1150", page_load_timeout=120, profile_prefix="drnet-chromium-") as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def wait_idle(driver, timeout: float = 240, showing: str | None = None) -> str:

@@ -4,12 +4,11 @@ filters round-trip through the URL. Skipped when chromium or chromedriver is mis
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from chromium import AVAILABLE, MISSING_REASON, new_chromium, serve_app, wait_until_stable
+from chromium import AVAILABLE, MISSING_REASON, chromium, serve_app, wait_until_stable
 
 from drnet_core.data import FASHION_CLASSES
 
@@ -26,12 +25,8 @@ def server():
 
 @pytest.fixture(scope="module")
 def browser():
-    driver, profile = new_chromium(f"{WIDTH},2400", page_load_timeout=180, profile_prefix="drnet-layout-")
-    try:
+    with chromium(f"{WIDTH},2400", page_load_timeout=180, profile_prefix="drnet-layout-") as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def visit(driver, url: str) -> str:

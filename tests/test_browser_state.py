@@ -8,7 +8,6 @@ chromium / chromedriver.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from chromium import AVAILABLE, MISSING_REASON, new_chromium, serve_app, wait_until_stable
+from chromium import AVAILABLE, MISSING_REASON, chromium, serve_app, wait_until_stable
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 500
@@ -33,12 +32,8 @@ def server():
 
 @pytest.fixture(scope="module")
 def browser():
-    driver, profile = new_chromium("1280,1400", page_load_timeout=180, profile_prefix="drnet-state-")
-    try:
+    with chromium("1280,1400", page_load_timeout=180, profile_prefix="drnet-state-") as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def settled(driver, showing: str | None = None) -> str:

@@ -1,6 +1,6 @@
 """Numeric extremes at the core level: every slider extreme gives finite, defined results.
 
-The tau range is read from the app's sidebar slider (app/state.py) so the test follows the app;
+The tau range is read from the app's sidebar slider (app/sidebar.py) so the test follows the app;
 without the app it falls back to a wide range. Both a tiny model with deliberately spread router
 logits and the shipped checkpoint are exercised, on ordinary, all-black and all-white inputs.
 """
@@ -28,7 +28,7 @@ SEEDS = (0, 1, 12345, 2**31 - 1)
 
 def app_tau_range() -> tuple[float, float]:
     """(min, max) of the app's tau slider, or (0.05, 10.0) when the app is not there."""
-    source = ROOT / "app" / "state.py"
+    source = ROOT / "app" / "sidebar.py"
     if source.is_file():
         found = re.search(r'slider\(\s*"[^"]*tau[^"]*",\s*([0-9.eE+-]+),\s*([0-9.eE+-]+)', source.read_text())
         if found:
