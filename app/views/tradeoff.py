@@ -6,8 +6,8 @@ import streamlit as st
 
 import state
 from drnet_core import figures, tradeoff
-from drnet_core.runtime import use_every_core_in_this_thread
 from drnet_core.evaluate import SWEEP_THRESHOLDS
+from drnet_core.runtime import use_every_core_in_this_thread
 
 settings = state.current_settings()
 model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
@@ -39,10 +39,10 @@ def metric_row(label: str, summary: dict, other: dict) -> None:
 
 
 # A fragment: moving setting B's sliders reruns only this part, not the sidebar and checkpoint checks.
-# The numbers come first; the threshold sweep (cached per tau) and the figures follow them.
+# The numbers come first; the threshold sweep (each threshold's summary cached) and the figures follow.
 @st.fragment
 def compare_settings() -> None:
-    use_every_core_in_this_thread()  # a fragment's rerun runs in a thread of its own
+    use_every_core_in_this_thread()  # a fragment's rerun can run in a thread of its own
     b_tau, b_threshold = st.columns(2)
     tau_b = b_tau.slider("Setting B: tau", 0.1, 4.0, step=0.05, persist_state="session",
                          key=state.bound("tau_b", 1.0, low=0.1, high=4.0))
