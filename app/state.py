@@ -183,17 +183,20 @@ def time_table(path: str, sha256: str, dataset_name: str) -> TimeTable:
     return measure_time_table(model, inputs, tau=default_setting(meta)[0])
 
 
-def run_summary(settings: Settings, run: RoutedRun) -> dict:
-    model, _ = model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
-    return summarize(run, model, limited_set(settings).name, settings.class_names)
-
-
 @st.cache_data(show_spinner=False, max_entries=256)
 def routed_summary(path: str, sha256: str, dataset_name: str, limit: int, tau: float, threshold: float,
                    noise_seed: int | None, set_name: str, class_names: tuple[str, ...]) -> dict:
     model, _ = model_and_meta(path, sha256)
     return summarize(routed(path, sha256, dataset_name, limit, tau, threshold, noise_seed), model, set_name,
                      class_names)
+
+
+def setting_summary(settings: Settings, tau: float | None = None, threshold: float | None = None) -> dict:
+    """`summarize` of the evaluation set at the sidebar setting (or the given tau/threshold), cached."""
+    return routed_summary(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name,
+                          settings.eval_limit, settings.tau if tau is None else tau,
+                          settings.threshold if threshold is None else threshold, settings.noise_seed,
+                          limited_set(settings).name, settings.class_names)
 
 
 def threshold_sweep(settings: Settings) -> list[dict]:
@@ -205,9 +208,7 @@ def threshold_sweep(settings: Settings) -> list[dict]:
     progress = st.progress(0.0, text=text)
     rows = []
     for done, threshold in enumerate(SWEEP_THRESHOLDS, start=1):
-        rows.append(routed_summary(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name,
-                                   settings.eval_limit, settings.tau, threshold, settings.noise_seed,
-                                   limited_set(settings).name, settings.class_names))
+        rows.append(setting_summary(settings, threshold=threshold))
         progress.progress(done / len(SWEEP_THRESHOLDS), text=text)
     progress.empty()
     return rows
@@ -272,6 +273,12 @@ def current_settings() -> Settings:
 
 
 # ---- display helpers ------------------------------------------------------------------------------
+
+def nonzero_delta(text: str) -> str | None:
+    """A formatted change ("+0.70%", "-1.234") as a metric's delta, or None when it rounds to nothing:
+    Streamlit would draw an arrow for "+0.000"."""
+    return None if float(text.strip("+-%")) == 0 else text
+
 
 def enlarge(pixels, scale: int = 4) -> Image.Image:
     """A crisp, enlarged copy of a small grayscale image (browsers blur small images when scaling)."""

@@ -149,7 +149,7 @@ def counterfactual_tab() -> None:
     c2.metric("Confidence", f"{changed.confidence:.1%}")
     cost_change = changed.mflops - result.mflops
     c3.metric("Executed MFLOPs", f"{changed.mflops:.3f}",
-              None if round(cost_change, 3) == 0 else f"{cost_change:+.3f}", delta_color="inverse")
+              state.nonzero_delta(f"{cost_change:+.3f}"), delta_color="inverse")
     diff = routing_graph.path_diff_graph(model, result.executed, changed.executed, result.weights, changed.weights)
     st.plotly_chart(routing_graph.path_diff_figure(diff, "Router's path (A) vs. counterfactual path (B)",
                                                    "router", "counterfactual"), key="counterfactual_diff")

@@ -18,18 +18,13 @@ st.title("Temperature & threshold")
 st.caption(f"Setting A is the sidebar's; setting B is chosen here. Both are evaluated on {evaluated.name}.")
 
 
-def difference(text: str) -> str | None:
-    """A metric's delta, or None when the change rounds to nothing (Streamlit would draw an arrow for it)."""
-    return None if float(text.strip("+-%")) == 0 else text
-
-
 def metric_row(label: str, summary: dict, other: dict) -> None:
     st.markdown(f"**{label}** · tau {summary['tau']:g}, threshold {summary['threshold']:g}")
     c1, c2, c3, c4, c5 = st.columns(5)
     accuracy_change = summary['accuracy'] - other['accuracy']
-    c1.metric("Accuracy", f"{summary['accuracy']:.2%}", difference(f"{accuracy_change:+.2%}"))
+    c1.metric("Accuracy", f"{summary['accuracy']:.2%}", state.nonzero_delta(f"{accuracy_change:+.2%}"))
     cost_change = summary['mean_mflops'] - other['mean_mflops']
-    c2.metric("Mean MFLOPs", f"{summary['mean_mflops']:.3f}", difference(f"{cost_change:+.3f}"),
+    c2.metric("Mean MFLOPs", f"{summary['mean_mflops']:.3f}", state.nonzero_delta(f"{cost_change:+.3f}"),
               delta_color="inverse")
     c3.metric("FLOPs vs dense", f"{summary['mflops_fraction_of_dense']:.1%}")
     c3.caption(f"dense: {summary['dense_mflops']:.2f} MFLOPs")
@@ -52,7 +47,7 @@ def compare_settings() -> None:
 
     run_a = state.routed_run(settings)
     run_b = state.routed_run(settings, tau=tau_b, threshold=threshold_b)
-    summary_a, summary_b = state.run_summary(settings, run_a), state.run_summary(settings, run_b)
+    summary_a, summary_b = state.setting_summary(settings), state.setting_summary(settings, tau_b, threshold_b)
     for label, run in (("A", run_a), ("B", run_b)):
         no_branch = int((run.path_masks.sum(dim=1) == 0).sum())
         if no_branch:
