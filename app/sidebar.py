@@ -41,10 +41,15 @@ def bundled_sha256(path: str) -> str:
 def _uploaded_checkpoint() -> tuple[str, str, str] | None:
     """The checkpoint uploaded now, or the one this session (or its link) uploaded before, if still stored."""
     upload = st.file_uploader("DRNet checkpoint (.pt)", key="checkpoint_upload")
-    if upload is not None:
+    # Stored once per uploaded file rather than on every rerun while the uploader holds it; again only if
+    # other sessions' uploads have evicted it meanwhile.
+    stored = (upload is not None and st.session_state.get("_uploaded_file_id") == upload.file_id
+              and upload_store().path_for(st.session_state["_uploaded_sha"]) is not None)
+    if upload is not None and not stored:
         path = upload_store().put(upload.getvalue())
         st.session_state["_uploaded_sha"] = path.stem
         st.session_state["_uploaded_name"] = upload.name
+        st.session_state["_uploaded_file_id"] = upload.file_id
     digest = st.session_state.get("_uploaded_sha")
     if not digest:
         st.query_params.pop(CHECKPOINT_PARAM, None)
