@@ -95,7 +95,7 @@ TRAIN_OVERRIDES = {"epochs": int, "seed": int, "batch_size": int, "lr": float, "
                    "balance_weight": float, "train_threshold": float, "threshold_warmup_epochs": float,
                    "tau_start": tau_arg, "tau_end": tau_arg, "limit": int, "val_size": int, "cost_measure": str,
                    "phase": str, "random_paths": int, "random_path_keep": float, "target_mflops": float,
-                   "budget_weight": float, "gate_weight": float}
+                   "budget_weight": float, "gate_weight": float, "random_erasing": float}
 CHOICES = {"cost_measure": COST_MEASURES, "phase": TRAIN_PHASES}
 
 

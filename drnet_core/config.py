@@ -102,6 +102,9 @@ class TrainConfig:
     # Held out from the training split to choose tau/threshold; the test split is never used.
     val_size: int = 5000
     augment: bool = True
+    # Probability that random erasing (Zhong et al. 2020) blanks a rectangle of a training image,
+    # on top of the shifts and flips; 0 turns it off.
+    random_erasing: float = 0.0
     seed: int = 0
     limit: int | None = None  # use only the first N training images (smoke runs, tests)
     # Start from this checkpoint's weights (same architecture) with a fresh optimizer and schedule:
@@ -115,6 +118,8 @@ class TrainConfig:
             raise ValueError(f"phase must be one of {TRAIN_PHASES}, got {self.phase!r}")
         if self.phase == "routers" and not (self.target_mflops or 0) > 0:
             raise ValueError("the routers phase needs a target_mflops > 0 for its budget term")
+        if not 0.0 <= self.random_erasing <= 1.0:
+            raise ValueError(f"random_erasing must be in [0, 1], got {self.random_erasing}")
         if not 0.0 < self.random_path_keep < 1.0:
             raise ValueError(f"random_path_keep must be in (0, 1), got {self.random_path_keep}")
 

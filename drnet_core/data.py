@@ -8,6 +8,7 @@ assets/, and every report names the set it used.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -247,8 +248,10 @@ def to_model_input(images: torch.Tensor, dataset: str = "fashion-mnist") -> torc
     return ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
 
 
-def augment(batch: torch.Tensor, generator: torch.Generator | None = None, pad: int = 2) -> torch.Tensor:
-    """Random translation by up to `pad` pixels and random horizontal flip, batched.
+def augment(batch: torch.Tensor, generator: torch.Generator | None = None, pad: int = 2,
+            erase_probability: float = 0.0) -> torch.Tensor:
+    """Random translation by up to `pad` pixels, random horizontal flip and, with
+    `erase_probability`, random erasing (Zhong et al. 2020), batched.
 
     Padding uses the border value so a shifted garment does not gain an artificial frame.
     """
@@ -260,4 +263,30 @@ def augment(batch: torch.Tensor, generator: torch.Generator | None = None, pad: 
     flip = torch.rand(n, generator=generator) < 0.5
     cols = torch.where(flip.view(n, 1), cols.flip(1), cols)
     gathered = padded[torch.arange(n).view(n, 1, 1), :, rows.view(n, height, 1), cols.view(n, 1, width)]
-    return gathered.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # (N, C, H, W)
+    shifted = gathered.permute(0, 3, 1, 2)  # (N, C, H, W)
+    if erase_probability > 0:
+        shifted = random_erase(shifted, erase_probability, generator)
+    return shifted.contiguous(memory_format=torch.channels_last)
+
+
+def random_erase(batch: torch.Tensor, probability: float, generator: torch.Generator | None = None,
+                 area: tuple[float, float] = (0.02, 0.33), aspect: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+    """Random erasing (Zhong et al., AAAI 2020): with `probability`, one rectangle of each image,
+    covering `area` of it at an aspect ratio in `aspect`, is replaced by Gaussian noise.
+
+    The input is normalised, so noise of mean 0 and std 1 matches the data's own statistics.
+    """
+    n, channels, height, width = batch.shape
+    fraction = torch.empty(n).uniform_(*area, generator=generator)
+    log_ratio = torch.empty(n).uniform_(math.log(aspect[0]), math.log(aspect[1]), generator=generator)
+    ratio = log_ratio.exp()
+    box_h = (fraction * height * width * ratio).sqrt().round().clamp(1, height)
+    box_w = (fraction * height * width / ratio).sqrt().round().clamp(1, width)
+    top = (torch.rand(n, generator=generator) * (height - box_h + 1)).floor()
+    left = (torch.rand(n, generator=generator) * (width - box_w + 1)).floor()
+    chosen = torch.rand(n, generator=generator) < probability
+    ys, xs = torch.arange(height).view(1, height, 1), torch.arange(width).view(1, 1, width)
+    inside = ((ys >= top.view(n, 1, 1)) & (ys < (top + box_h).view(n, 1, 1))
+              & (xs >= left.view(n, 1, 1)) & (xs < (left + box_w).view(n, 1, 1)) & chosen.view(n, 1, 1))
+    noise = torch.randn(batch.shape, generator=generator, dtype=batch.dtype)
+    return torch.where(inside.unsqueeze(1), noise, batch)

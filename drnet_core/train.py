@@ -133,7 +133,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
             batch = batch.to(ctx.device, non_blocking=True)
             labels = labels.to(ctx.device, non_blocking=True)
             if train_config.augment:
-                batch = augment(batch.cpu(), augment_rng).to(ctx.device) if ctx.device.type != "cpu" else augment(batch, augment_rng)
+                batch = augment(batch.cpu(), augment_rng, erase_probability=train_config.random_erasing).to(ctx.device)
             optimizer.zero_grad(set_to_none=True)
             result = training_step(wrapped, model, batch, labels, tau=tau, threshold=threshold, config=train_config,
                                    branch_costs=branch_costs, generator=path_rng)
