@@ -15,7 +15,7 @@ from drnet_core import cli
 from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, save_checkpoint, sha256_of
 from drnet_core.config import PRESETS, ModelConfig
 from drnet_core.data import (FASHION_CLASSES, DatasetError, augment, load_fashion_mnist, load_shipped_subset,
-                             load_test_set, to_model_input)
+                             load_test_set, random_erase, to_model_input)
 from drnet_core.evaluate import DEFAULT_SELECTION_RULE, choose_default_setting, run_routed
 from drnet_core.model import DRNet
 from drnet_core.train import branch_subset_state, train
@@ -73,6 +73,21 @@ def test_inputs_are_normalised_and_augmentation_keeps_shape():
     moved = augment(x, torch.Generator().manual_seed(0))
     assert moved.shape == x.shape and not torch.equal(moved, x)
     assert augment(x, torch.Generator().manual_seed(0)).equal(moved)
+
+
+def test_random_erasing_replaces_one_rectangle_per_chosen_image():
+    batch = torch.full((64, 1, 28, 28), 7.0)
+    erased = random_erase(batch, 1.0, torch.Generator().manual_seed(0))
+    changed = erased != 7.0
+    for image in changed[:, 0]:
+        rows, cols = image.any(dim=1).nonzero().squeeze(1), image.any(dim=0).nonzero().squeeze(1)
+        assert len(rows) and len(cols)
+        # One solid rectangle: every pixel inside its bounding box changed, none outside it.
+        assert image[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+        assert int(image.sum()) == len(rows) * len(cols) <= 0.33 * 28 * 28 + 28
+    assert random_erase(batch, 0.0, torch.Generator().manual_seed(0)).equal(batch)
+    some = random_erase(batch, 0.5, torch.Generator().manual_seed(1))
+    assert 16 < int((some != 7.0).flatten(1).any(dim=1).sum()) < 48
 
 
 def tiny_training(tmp_path, epochs=1):
