@@ -36,7 +36,7 @@ from .cost import TimeTable, forced_off, measure_branch_ms, median_seconds, sync
 from .data import augment, load_split, load_test_set, to_model_input
 from .evaluate import EVAL_BATCH_SIZE, default_setting, run_routed
 from .model import DRNet, RoutingTrace
-from .objectives import STEPS, enter_training_mode, optimizer_for
+from .phases import enter_training_mode, optimizer_for, phase_named
 from .router import recalibrate
 from .runtime import huge_pages_asked, system_huge_pages
 
@@ -226,7 +226,7 @@ def training_speed(model_config, train_config: TrainConfig, images: torch.Tensor
                    device: torch.device, steps: int, warmup: int = 2) -> dict:
     """Images/s of training steps (augment, the training phase's step, SGD) of a fresh model.
 
-    The step is `drnet_core.train`'s own (`objectives.STEPS`), at the post-warm-up training threshold,
+    The step is `drnet_core.train`'s own (`phases.PHASES`), at the post-warm-up training threshold,
     the slow part of an epoch.
     """
     torch.manual_seed(train_config.seed)
@@ -234,7 +234,7 @@ def training_speed(model_config, train_config: TrainConfig, images: torch.Tensor
     enter_training_mode(model, train_config.phase)
     optimizer = optimizer_for(model, train_config)
     generator = torch.Generator().manual_seed(train_config.seed)
-    training_step = STEPS[train_config.phase]
+    training_step = phase_named(train_config.phase).step
     batch_size = train_config.batch_size
     tau = (train_config.tau_start * train_config.tau_end) ** 0.5
 

@@ -20,13 +20,13 @@ import sys
 import torch
 
 from .checkpoint import CheckpointError
-from .commands import (CHOICES, PROGRESS_SETTINGS, TRAIN_OVERRIDES, branch_names_arg, cmd_app, cmd_baseline,
-                       cmd_bench, cmd_evaluate, cmd_select_default, cmd_subset, cmd_sweep, cmd_trace, cmd_train,
-                       float_list, positive_int, tau_arg, threshold_arg)
-from .config import PRESETS
+from .commands import (BASELINE_TRAIN_FLAGS, PROGRESS_SETTINGS, cmd_app, cmd_baseline, cmd_bench, cmd_evaluate,
+                       cmd_select_default, cmd_subset, cmd_sweep, cmd_trace, cmd_train)
+from .config import PRESETS, TrainConfig
 from .data import DatasetError
 from .evaluate import EVAL_BATCH_SIZE, SWEEP_TAUS, SWEEP_THRESHOLDS
 from .monitor import DEFAULT_ROUTING_EVERY
+from .options import add_config_flags, branch_names_arg, float_list, positive_int, tau_arg, threshold_arg
 from .runtime import configure_cpu_memory
 
 log = logging.getLogger("drnet_core")
@@ -54,12 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default="fashion", choices=sorted(PRESETS), help="model and training preset")
     train.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10"])
     train.add_argument("--output", required=True, help="checkpoint path (its resume file sits beside it)")
-    for name, kind in TRAIN_OVERRIDES.items():
-        choices = CHOICES.get(name)
-        train.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, choices=choices,
-                           help="override the preset's value")
-    train.add_argument("--init-from", default=None, help="start from this checkpoint's weights (same preset) with a "
-                       "fresh optimizer and schedule: fine-tune a finished run")
+    add_config_flags(train, TrainConfig)
     train.add_argument("--branches", type=branch_names_arg, default=None,
                        help="comma-separated branch types every connection holds (default: the preset's); with "
                        "--init-from, a subset of the parent's: a branch-type ablation of a trained network")
@@ -136,8 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: the shipped one)")
     baseline.add_argument("--branches", help="static-cells: comma-separated branch per connection, cell after cell")
     baseline.add_argument("--target-mflops", type=float, default=None, help="plain-cnn: cost to aim at")
-    for name in ("epochs", "limit", "val-size"):
-        baseline.add_argument(f"--{name}", type=int, default=None, help="override the preset's value")
+    add_config_flags(baseline, TrainConfig, only=BASELINE_TRAIN_FLAGS)
     baseline.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
     baseline.add_argument("--no-progress", action="store_true", help="no progress bar (--progress off)")
     progress_options(baseline)

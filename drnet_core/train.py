@@ -44,7 +44,7 @@ from .distributed import DistributedContext, run_routed_sharded, state_fingerpri
 from .held_out import finalize, split_train_val
 from .model import DRNet
 from .monitor import DEFAULT_ROUTING_EVERY, TrainingMonitor
-from .objectives import STEPS, enter_training_mode, optimizer_for
+from .phases import enter_training_mode, optimizer_for, phase_named
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
     augment_rng = torch.Generator().manual_seed(train_config.seed * 1000 + ctx.rank)
     path_rng = torch.Generator()
     monitor = TrainingMonitor(log_dir if ctx.is_main else None, model, log_every)  # TensorBoard scalars
-    training_step = STEPS[train_config.phase]
+    training_step = phase_named(train_config.phase).step
     for epoch in range(start_epoch, train_config.epochs):
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
