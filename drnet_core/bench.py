@@ -33,7 +33,7 @@ import torch
 
 from .config import TrainConfig
 from .cost import TimeTable, forced_off, measure_branch_ms, median_seconds, synchronize
-from .data import augment, load_split, load_test_set, to_model_input
+from .data import augment, dataset_of, load_evaluation_set, load_split, to_model_input
 from .evaluate import EVAL_BATCH_SIZE, default_setting, run_routed
 from .model import DRNet, RoutingTrace
 from .phases import enter_training_mode, optimizer_for, phase_named
@@ -266,8 +266,8 @@ def run_bench(model: DRNet, meta: dict, *, data_dir: str | None = None, eval_ima
     default_tau, default_threshold = default_setting(meta)
     tau = float(default_tau if tau is None else tau)
     threshold = float(default_threshold if threshold is None else threshold)
-    dataset = meta.get("dataset", "fashion-mnist")
-    test = load_test_set(data_dir) if dataset == "fashion-mnist" else load_split(dataset, "test", data_dir)
+    dataset = dataset_of(meta)
+    test = load_evaluation_set(dataset, data_dir)
     test = test.subset(eval_images)
     inputs = to_model_input(test.images, dataset)
     # Cold first: nothing has run through the model yet in this process.

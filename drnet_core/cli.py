@@ -23,7 +23,7 @@ from .checkpoint import CheckpointError
 from .commands import (BASELINE_TRAIN_FLAGS, PROGRESS_SETTINGS, cmd_app, cmd_baseline, cmd_bench, cmd_evaluate,
                        cmd_select_default, cmd_subset, cmd_sweep, cmd_trace, cmd_train)
 from .config import PRESETS, TrainConfig
-from .data import DatasetError
+from .data import DATASETS, DEFAULT_DATASET, DatasetError
 from .evaluate import EVAL_BATCH_SIZE, SWEEP_TAUS, SWEEP_THRESHOLDS
 from .monitor import DEFAULT_ROUTING_EVERY
 from .options import add_config_flags, branch_names_arg, float_list, positive_int, tau_arg, threshold_arg
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a DRNet; rerun the same command to resume")
     train.add_argument("--preset", default="fashion", choices=sorted(PRESETS), help="model and training preset")
-    train.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10"])
+    train.add_argument("--dataset", default=DEFAULT_DATASET, choices=list(DATASETS), help="what to train on "
+                       "(default: %(default)s)")
     train.add_argument("--output", required=True, help="checkpoint path (its resume file sits beside it)")
     add_config_flags(train, TrainConfig)
     train.add_argument("--branches", type=branch_names_arg, default=None,

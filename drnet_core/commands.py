@@ -37,15 +37,15 @@ def show_progress(args, *, auto: bool = True) -> bool:
 
 
 def _eval_set(args, meta: dict):
-    from .data import load_split, load_test_set, to_model_input
+    from .data import dataset_of, load_evaluation_set, to_model_input
 
-    dataset = meta.get("dataset", "fashion-mnist")
+    dataset = dataset_of(meta)
     if getattr(args, "split", "test") == "held-out":
         from .held_out import held_out_set
 
         test = held_out_set(meta, args.data_dir)
     else:
-        test = load_test_set(args.data_dir) if dataset == "fashion-mnist" else load_split(dataset, "test", args.data_dir)
+        test = load_evaluation_set(dataset, args.data_dir)
     test = test.subset(args.limit)
     return test, to_model_input(test.images, dataset)
 
