@@ -34,7 +34,8 @@ import torch
 from .config import TrainConfig
 from .cost import TimeTable, forced_off, measure_branch_ms, median_seconds, synchronize
 from .data import augment, dataset_of, load_evaluation_set, load_split, to_model_input
-from .evaluate import EVAL_BATCH_SIZE, default_setting, run_routed
+from .defaults import BATCH_SIZE
+from .evaluate import default_setting, run_routed
 from .model import DRNet, RoutingTrace
 from .phases import enter_training_mode, optimizer_for, phase_named
 from .router import recalibrate
@@ -254,8 +255,8 @@ def training_speed(model_config, train_config: TrainConfig, images: torch.Tensor
 
 
 def run_bench(model: DRNet, meta: dict, *, data_dir: str | None = None, eval_images: int | None = None,
-              single_images: int = 100, big_batch: int = 256, warmup: int = 2, repeats: int = 5,
-              train_steps: int = 5, eval_batch_size: int = EVAL_BATCH_SIZE,
+              single_images: int = 100, big_batch: int = BATCH_SIZE, warmup: int = 2, repeats: int = 5,
+              train_steps: int = 5, eval_batch_size: int = BATCH_SIZE,
               train_config: TrainConfig | None = None, tau: float | None = None,
               threshold: float | None = None) -> dict:
     """Every figure of the benchmark, in one dict. `model` in eval mode; `meta` its checkpoint metadata.

@@ -24,7 +24,8 @@ from .commands import (BASELINE_TRAIN_FLAGS, PROGRESS_SETTINGS, cmd_app, cmd_bas
                        cmd_select_default, cmd_subset, cmd_sweep, cmd_trace, cmd_train)
 from .config import PRESETS, TrainConfig
 from .data import DATASETS, DEFAULT_DATASET, DatasetError
-from .evaluate import EVAL_BATCH_SIZE, SWEEP_TAUS, SWEEP_THRESHOLDS
+from .defaults import BATCH_SIZE
+from .evaluate import SWEEP_TAUS, SWEEP_THRESHOLDS
 from .monitor import DEFAULT_ROUTING_EVERY
 from .options import add_config_flags, branch_names_arg, float_list, positive_int, tau_arg, threshold_arg
 from .runtime import configure_cpu_memory
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "under torchrun)")
 
     def batch_options(sub):
-        sub.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE,
+        sub.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
                          help="images per forward pass (under torchrun, each process takes whole batches)")
 
     def data_options(sub):
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=positive_int, default=2, help="untimed calls before each timing")
     bench.add_argument("--repeats", type=positive_int, default=5, help="timed calls; the median is reported")
     bench.add_argument("--single-images", type=positive_int, default=100, help="images timed one at a time")
-    bench.add_argument("--big-batch", type=positive_int, default=256,
+    bench.add_argument("--big-batch", type=positive_int, default=BATCH_SIZE,
                        help="the large batch size timed beside batch 1 (a GPU needs thousands to be busy)")
     bench.add_argument("--train-steps", type=positive_int, default=5, help="timed training steps")
     bench.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="test split, or the training images the checkpoint's run held out")
     trace.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
     trace.add_argument("--output", required=True, help="file to write: F.parquet or F.csv (metadata: F.parquet.json)")
-    trace.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="images per forward pass")
+    trace.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, help="images per forward pass")
     progress_options(trace)
     data_options(trace)
     trace.set_defaults(func=cmd_trace)

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from .config import ModelConfig, TrainConfig
 from .cost import measure_branch_ms
 from .data import DEFAULT_DATASET, DatasetError, ImageSet, augment, dataset_named, load_split, to_model_input
+from .defaults import BATCH_SIZE
 from .distributed import DistributedContext, run_routed_sharded, state_fingerprint
 from .held_out import finalize, split_train_val
 from .model import DRNet
@@ -294,7 +295,7 @@ def branch_time_table(model: torch.nn.Module, state: dict | None, ctx: Distribut
     table = (state or {}).get("branch_ms")
     if table is None and ctx.is_main and isinstance(model, DRNet):
         table = [measure_branch_ms(cell).tolist() for cell in model.cells]
-        log.info("branch milliseconds at batch 256, per cell (%s): %s", ", ".join(model.config.branches),
+        log.info("branch milliseconds at batch %d, per cell (%s): %s", BATCH_SIZE, ", ".join(model.config.branches),
                  [[round(ms, 3) for ms in cell_table[0]] for cell_table in table])
     if ctx.distributed:
         table = ctx.broadcast_object(table)
