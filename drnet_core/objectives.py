@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .cell import forcing
-from .config import TrainConfig
-from .model import DRNet, RoutingTrace
+
+if TYPE_CHECKING:  # for annotations only: a TrainConfig checks its phase against the registry of these steps
+    from .config import TrainConfig
+    from .model import DRNet, RoutingTrace
 
 
 @dataclass

@@ -7,7 +7,10 @@ statistics; `train` offers it, refuses a config its check refuses, and trains ex
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +25,7 @@ from drnet_core.options import flag_name
 from helpers import tiny_model, write_fake_fashion
 
 TOY = "head"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def head_step(wrapped, model, batch, labels, *, tau, threshold, config, branch_costs=None, generator=None):
@@ -110,3 +114,11 @@ def test_a_flag_parses_with_the_fields_type_and_an_unset_flag_keeps_the_preset()
     assert (args.limit, args.tau_end, args.augment, args.lr) == (7, 0.25, False, None)
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--output", "x.pt", "--tau-end", "0"])
+
+
+@pytest.mark.parametrize("first", ["drnet_core.model", "drnet_core.objectives", "drnet_core.phases"])
+def test_the_registry_imports_whichever_module_comes_first(first):
+    # A TrainConfig checks its phase against the registry, and the presets build TrainConfigs on import.
+    result = subprocess.run([sys.executable, "-c", f"import {first}; import drnet_core.config"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
