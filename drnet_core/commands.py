@@ -1,6 +1,7 @@
-"""What each command of `python -m drnet_core` does: argument types and one `cmd_*` function per command.
+"""What each command of `python -m drnet_core` does: one `cmd_*` function per command.
 
-The parser that maps the command line onto them is `drnet_core.cli`.
+The parser that maps the command line onto them is `drnet_core.cli`; argument types and the flags
+derived from the config dataclasses are in `drnet_core.options`.
 """
 from __future__ import annotations
 

@@ -111,9 +111,10 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
         if ctx.is_main:
             log.info("resumed from %s at epoch %d", resume_path, start_epoch)
     branch_ms = branch_time_table(model, state, ctx) if train_config.cost_measure == "time" else None
-    loop = EpochLoop(model, replicated(model, ctx), optimizer, scheduler, data.loader, train_config, ctx,
-                     TrainingMonitor(log_dir if ctx.is_main else None, model, log_every),  # TensorBoard scalars
-                     branch_cost_tensors(branch_ms, ctx.device), progress and ctx.is_main)
+    loop = EpochLoop(model=model, wrapped=replicated(model, ctx), optimizer=optimizer, scheduler=scheduler,
+                     loader=data.loader, config=train_config, ctx=ctx,
+                     monitor=TrainingMonitor(log_dir if ctx.is_main else None, model, log_every),  # TensorBoard
+                     branch_costs=branch_cost_tensors(branch_ms, ctx.device), show_progress=progress and ctx.is_main)
     for epoch in range(start_epoch, train_config.epochs):
         record = loop.train_epoch(epoch)
         record.update(validation_figures(model, data, train_config, ctx))
