@@ -14,6 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from drnet_core.checkpoint import BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, CheckpointError, sha256_of
+from drnet_core.defaults import TAU_MAX, TAU_MIN
 from drnet_core.evaluate import default_setting
 from drnet_core.upload_store import DIGEST, UploadStore, UploadTooLarge
 from state import Settings, bound, evaluation_set, model_and_meta, publish
@@ -142,7 +143,7 @@ def sidebar() -> Settings:
     st.session_state["_defaults_of"] = sha
 
     st.sidebar.subheader("Routing")
-    st.sidebar.slider("Gumbel temperature tau", 0.1, 4.0, step=0.05, key=bound("tau", default_tau, low=0.1, high=4.0),
+    st.sidebar.slider("Gumbel temperature tau", TAU_MIN, TAU_MAX, step=0.05, key=bound("tau", default_tau, low=TAU_MIN, high=TAU_MAX),
                       help="softmax((logits + noise) / tau): low tau sharpens the branch weights, high tau flattens them.")
     st.sidebar.slider("Selection threshold", 0.0, 1.0, step=0.01,
                       key=bound("threshold", default_threshold, low=0.0, high=1.0),

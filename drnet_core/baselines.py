@@ -30,7 +30,7 @@ from .cell import cell_connections
 from .checkpoint import CheckpointError, read_verified_checkpoint
 from .config import ModelConfig, known_keys_only
 from .cost import module_macs, module_params
-from .evaluate import EVAL_BATCH_SIZE
+from .defaults import BATCH_SIZE
 from .model import ClassifierHead, ConvNormRelu, DRNet, Reduction, RoutingTrace, checkpoint_filter_fn
 from .ops import build_branch
 
@@ -241,7 +241,7 @@ def build_baseline(config: BaselineConfig) -> StaticBaseline:
 
 @torch.inference_mode()
 def most_picked_branches(model: DRNet, inputs: torch.Tensor, *, tau: float, threshold: float,
-                         batch_size: int = EVAL_BATCH_SIZE) -> tuple[str, ...]:
+                         batch_size: int = BATCH_SIZE) -> tuple[str, ...]:
     """Per connection, the branch the router executed for the most instances (ties: registry order)."""
     counts = [torch.zeros(c, b, dtype=torch.long) for c, b in model.routing_shape()]
     for start in range(0, len(inputs), batch_size):

@@ -33,10 +33,11 @@ import torch
 
 from .config import TrainConfig
 from .cost import TimeTable, forced_off, measure_branch_ms, median_seconds, synchronize
-from .data import augment, load_split, load_test_set, to_model_input
-from .evaluate import EVAL_BATCH_SIZE, default_setting, run_routed
+from .data import augment, dataset_of, load_evaluation_set, load_split, to_model_input
+from .defaults import BATCH_SIZE
+from .evaluate import default_setting, run_routed
 from .model import DRNet, RoutingTrace
-from .objectives import STEPS, enter_training_mode, optimizer_for
+from .phases import enter_training_mode, optimizer_for, phase_named
 from .router import recalibrate
 from .runtime import huge_pages_asked, system_huge_pages
 
@@ -226,7 +227,7 @@ def training_speed(model_config, train_config: TrainConfig, images: torch.Tensor
                    device: torch.device, steps: int, warmup: int = 2) -> dict:
     """Images/s of training steps (augment, the training phase's step, SGD) of a fresh model.
 
-    The step is `drnet_core.train`'s own (`objectives.STEPS`), at the post-warm-up training threshold,
+    The step is `drnet_core.train`'s own (`phases.PHASES`), at the post-warm-up training threshold,
     the slow part of an epoch.
     """
     torch.manual_seed(train_config.seed)
@@ -234,7 +235,7 @@ def training_speed(model_config, train_config: TrainConfig, images: torch.Tensor
     enter_training_mode(model, train_config.phase)
     optimizer = optimizer_for(model, train_config)
     generator = torch.Generator().manual_seed(train_config.seed)
-    training_step = STEPS[train_config.phase]
+    training_step = phase_named(train_config.phase).step
     batch_size = train_config.batch_size
     tau = (train_config.tau_start * train_config.tau_end) ** 0.5
 
@@ -254,8 +255,8 @@ def training_speed(model_config, train_config: TrainConfig, images: torch.Tensor
 
 
 def run_bench(model: DRNet, meta: dict, *, data_dir: str | None = None, eval_images: int | None = None,
-              single_images: int = 100, big_batch: int = 256, warmup: int = 2, repeats: int = 5,
-              train_steps: int = 5, eval_batch_size: int = EVAL_BATCH_SIZE,
+              single_images: int = 100, big_batch: int = BATCH_SIZE, warmup: int = 2, repeats: int = 5,
+              train_steps: int = 5, eval_batch_size: int = BATCH_SIZE,
               train_config: TrainConfig | None = None, tau: float | None = None,
               threshold: float | None = None) -> dict:
     """Every figure of the benchmark, in one dict. `model` in eval mode; `meta` its checkpoint metadata.
@@ -266,8 +267,8 @@ def run_bench(model: DRNet, meta: dict, *, data_dir: str | None = None, eval_ima
     default_tau, default_threshold = default_setting(meta)
     tau = float(default_tau if tau is None else tau)
     threshold = float(default_threshold if threshold is None else threshold)
-    dataset = meta.get("dataset", "fashion-mnist")
-    test = load_test_set(data_dir) if dataset == "fashion-mnist" else load_split(dataset, "test", data_dir)
+    dataset = dataset_of(meta)
+    test = load_evaluation_set(dataset, data_dir)
     test = test.subset(eval_images)
     inputs = to_model_input(test.images, dataset)
     # Cold first: nothing has run through the model yet in this process.

@@ -72,6 +72,14 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def write_atomically(payload: dict, path: Path) -> None:
+    """torch.save through a temporary file renamed into place: an interrupted write never leaves a
+    half-written file under the real name, and a reader sees the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
 def save_checkpoint(path: str | os.PathLike, model: DRNet, meta: dict, *, write_sha256: bool = True) -> Path:
     if folding.is_folded(model):
         raise ValueError("a network with folded batch norms is for inference only and cannot be saved as a checkpoint")
@@ -83,12 +91,16 @@ def save_checkpoint(path: str | os.PathLike, model: DRNet, meta: dict, *, write_
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "meta": {**meta, "torch_version": str(torch.__version__)},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # never leave a half-written checkpoint under the real name
+    write_atomically(payload, path)
     if write_sha256:
         Path(str(path) + ".sha256").write_text(f"{sha256_of(path)}  {path.name}\n")
     return path
+
+
+def total_epochs(meta: dict) -> int | None:
+    """Epochs since random initialisation behind a checkpoint, its warm-start parents' included;
+    a checkpoint from before warm starts records only its own."""
+    return meta.get("total_epochs", meta.get("epochs"))
 
 
 # ---- reading the file ----------------------------------------------------------------------------

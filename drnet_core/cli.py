@@ -20,13 +20,14 @@ import sys
 import torch
 
 from .checkpoint import CheckpointError
-from .commands import (CHOICES, PROGRESS_SETTINGS, TRAIN_OVERRIDES, branch_names_arg, cmd_app, cmd_baseline,
-                       cmd_bench, cmd_evaluate, cmd_select_default, cmd_subset, cmd_sweep, cmd_trace, cmd_train,
-                       float_list, positive_int, tau_arg, threshold_arg)
-from .config import PRESETS
-from .data import DatasetError
-from .evaluate import EVAL_BATCH_SIZE, SWEEP_TAUS, SWEEP_THRESHOLDS
+from .commands import (BASELINE_TRAIN_FLAGS, PROGRESS_SETTINGS, cmd_app, cmd_baseline, cmd_bench, cmd_evaluate,
+                       cmd_select_default, cmd_subset, cmd_sweep, cmd_trace, cmd_train)
+from .config import PRESETS, TrainConfig
+from .data import DATASETS, DEFAULT_DATASET, DatasetError
+from .defaults import BATCH_SIZE
+from .evaluate import SWEEP_TAUS, SWEEP_THRESHOLDS
 from .monitor import DEFAULT_ROUTING_EVERY
+from .options import add_config_flags, branch_names_arg, float_list, positive_int, tau_arg, threshold_arg
 from .runtime import configure_cpu_memory
 
 log = logging.getLogger("drnet_core")
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "under torchrun)")
 
     def batch_options(sub):
-        sub.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE,
+        sub.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
                          help="images per forward pass (under torchrun, each process takes whole batches)")
 
     def data_options(sub):
@@ -52,14 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a DRNet; rerun the same command to resume")
     train.add_argument("--preset", default="fashion", choices=sorted(PRESETS), help="model and training preset")
-    train.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10"])
+    train.add_argument("--dataset", default=DEFAULT_DATASET, choices=list(DATASETS), help="what to train on "
+                       "(default: %(default)s)")
     train.add_argument("--output", required=True, help="checkpoint path (its resume file sits beside it)")
-    for name, kind in TRAIN_OVERRIDES.items():
-        choices = CHOICES.get(name)
-        train.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, choices=choices,
-                           help="override the preset's value")
-    train.add_argument("--init-from", default=None, help="start from this checkpoint's weights (same preset) with a "
-                       "fresh optimizer and schedule: fine-tune a finished run")
+    add_config_flags(train, TrainConfig)
     train.add_argument("--branches", type=branch_names_arg, default=None,
                        help="comma-separated branch types every connection holds (default: the preset's); with "
                        "--init-from, a subset of the parent's: a branch-type ablation of a trained network")
@@ -117,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=positive_int, default=2, help="untimed calls before each timing")
     bench.add_argument("--repeats", type=positive_int, default=5, help="timed calls; the median is reported")
     bench.add_argument("--single-images", type=positive_int, default=100, help="images timed one at a time")
-    bench.add_argument("--big-batch", type=positive_int, default=256,
+    bench.add_argument("--big-batch", type=positive_int, default=BATCH_SIZE,
                        help="the large batch size timed beside batch 1 (a GPU needs thousands to be busy)")
     bench.add_argument("--train-steps", type=positive_int, default=5, help="timed training steps")
     bench.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
@@ -136,8 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: the shipped one)")
     baseline.add_argument("--branches", help="static-cells: comma-separated branch per connection, cell after cell")
     baseline.add_argument("--target-mflops", type=float, default=None, help="plain-cnn: cost to aim at")
-    for name in ("epochs", "limit", "val-size"):
-        baseline.add_argument(f"--{name}", type=int, default=None, help="override the preset's value")
+    add_config_flags(baseline, TrainConfig, only=BASELINE_TRAIN_FLAGS)
     baseline.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
     baseline.add_argument("--no-progress", action="store_true", help="no progress bar (--progress off)")
     progress_options(baseline)
@@ -158,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="test split, or the training images the checkpoint's run held out")
     trace.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
     trace.add_argument("--output", required=True, help="file to write: F.parquet or F.csv (metadata: F.parquet.json)")
-    trace.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="images per forward pass")
+    trace.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, help="images per forward pass")
     progress_options(trace)
     data_options(trace)
     trace.set_defaults(func=cmd_trace)

@@ -1,10 +1,10 @@
-"""What each command of `python -m drnet_core` does: argument types and one `cmd_*` function per command.
+"""What each command of `python -m drnet_core` does: one `cmd_*` function per command.
 
-The parser that maps the command line onto them is `drnet_core.cli`.
+The parser that maps the command line onto them is `drnet_core.cli`; argument types and the flags
+derived from the config dataclasses are in `drnet_core.options`.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -15,56 +15,16 @@ from pathlib import Path
 
 
 from .checkpoint import default_device, load_checkpoint
-from .config import COST_MEASURES, TRAIN_PHASES, preset
+from .config import TrainConfig, preset
 from .evaluate import default_setting
+from .options import config_overrides
 
 log = logging.getLogger("drnet_core")
 
 
-def float_list(text: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def tau_arg(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"tau must be > 0, got {text}")
-    return value
-
-
-def threshold_arg(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"threshold must be in [0, 1], got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def branch_names_arg(text: str) -> tuple[str, ...]:
-    from .ops import OPS
-
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in OPS]
-    if unknown or not names or len(set(names)) < len(names):
-        problem = (f"unknown {', '.join(map(repr, unknown))}" if unknown else
-                   "no branch named" if not names else "a branch named twice")
-        raise argparse.ArgumentTypeError(f"{problem}; expected comma-separated branch types from: {', '.join(OPS)}")
-    return names
-
-
 PROGRESS_SETTINGS = ("auto", "on", "off")
+# The training settings `baseline` takes from the command line; the rest are the preset's, as for the DRNet.
+BASELINE_TRAIN_FLAGS = ("epochs", "limit", "val_size")
 
 
 def show_progress(args, *, auto: bool = True) -> bool:
@@ -78,25 +38,17 @@ def show_progress(args, *, auto: bool = True) -> bool:
 
 
 def _eval_set(args, meta: dict):
-    from .data import load_split, load_test_set, to_model_input
+    from .data import dataset_of, load_evaluation_set, to_model_input
 
-    dataset = meta.get("dataset", "fashion-mnist")
+    dataset = dataset_of(meta)
     if getattr(args, "split", "test") == "held-out":
         from .held_out import held_out_set
 
         test = held_out_set(meta, args.data_dir)
     else:
-        test = load_test_set(args.data_dir) if dataset == "fashion-mnist" else load_split(dataset, "test", args.data_dir)
+        test = load_evaluation_set(dataset, args.data_dir)
     test = test.subset(args.limit)
     return test, to_model_input(test.images, dataset)
-
-
-TRAIN_OVERRIDES = {"epochs": int, "seed": int, "batch_size": int, "lr": float, "cost_weight": float,
-                   "balance_weight": float, "train_threshold": float, "threshold_warmup_epochs": float,
-                   "tau_start": tau_arg, "tau_end": tau_arg, "limit": int, "val_size": int, "cost_measure": str,
-                   "phase": str, "random_paths": int, "random_path_keep": float, "target_mflops": float,
-                   "budget_weight": float, "gate_weight": float, "random_erasing": float}
-CHOICES = {"cost_measure": COST_MEASURES, "phase": TRAIN_PHASES}
 
 
 def cmd_train(args) -> int:
@@ -104,11 +56,8 @@ def cmd_train(args) -> int:
 
     chosen = preset(args.preset)
     model_config = replace(chosen.model, branches=args.branches) if args.branches else chosen.model
-    overrides = {key: getattr(args, key) for key in TRAIN_OVERRIDES if getattr(args, key) is not None}
-    if args.init_from:
-        overrides["init_from"] = args.init_from
     try:
-        train_config = chosen.train.__class__(**{**chosen.train.to_dict(), **overrides})
+        train_config = replace(chosen.train, **config_overrides(args, TrainConfig))
         meta = train(model_config, train_config, args.output, dataset=args.dataset, data_dir=args.data_dir,
                      progress=show_progress(args), evaluate_test=not args.skip_test, log_dir=args.log_dir,
                      log_every=args.log_every)
@@ -227,8 +176,7 @@ def cmd_baseline(args) -> int:
     from .train import train
 
     chosen = preset(args.preset)
-    overrides = {key: getattr(args, key) for key in ("epochs", "limit", "val_size") if getattr(args, key) is not None}
-    train_config = chosen.train.__class__(**{**chosen.train.to_dict(), **overrides})
+    train_config = replace(chosen.train, **config_overrides(args, TrainConfig, BASELINE_TRAIN_FLAGS))
     base = chosen.model.to_dict()
     if args.kind == "static-cells":
         if args.branches:

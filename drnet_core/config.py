@@ -8,17 +8,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from .ops import OPS
+from .options import tau_arg
 
 COST_MEASURES = ("macs", "time")
-# What a training run optimises (drnet_core.train, docs/MODEL.md):
-#   joint     every weight, against cross-entropy plus the cost and balance terms;
-#   supernet  every weight, by the sandwich rule: the dense path learns from the labels and, in the same
-#             step, the cheapest path and random paths learn from the dense path (in-place distillation),
-#             so that any path a router may pick is a good network;
-#   routers   only the RouterNets, with every branch and batch norm frozen, against cross-entropy, a
-#             target-budget term and gate supervision that ties each instance's cost to its difficulty.
-TRAIN_PHASES = ("joint", "supernet", "routers")
-
 # Every registered branch type, in the registry's order (which is the router's logit order).
 DEFAULT_BRANCHES = tuple(OPS)
 
@@ -60,64 +52,76 @@ class ModelConfig:
         return cls(**values)
 
 
+def described(default, help: str, **extra):
+    """A config field whose `help` (and optional `choices`, a tuple or a function returning one, and
+    `parse`, the command-line parser) make its command-line flag (`drnet_core.options`)."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def phase_names() -> tuple[str, ...]:
+    from .phases import PHASES  # here, not above: the registry imports the network, which imports this module
+
+    return tuple(PHASES)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 24
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    label_smoothing: float = 0.1
-    # Gumbel-Softmax temperature, annealed geometrically from start to end over training.
-    tau_start: float = 1.5
-    tau_end: float = 0.5
-    # Branches whose recalibrated weight is below this are skipped while training too, so the
-    # network learns to live with sparse routing. It ramps up from 0 (dense) over the warm-up.
-    train_threshold: float = 0.2
-    threshold_warmup_epochs: float = 2.0
-    # Weight of the expected-cost term (expected branch cost / worst case, in [0, 1]).
-    cost_weight: float = 0.05
-    # What that cost is: "macs", the branch multiply-adds (the paper's FLOPs), or "time", each branch's
-    # milliseconds measured at the start of training on the training machine (`cost.measure_branch_ms`;
-    # the table is kept in the resume file and the checkpoint). Under "macs" pooling and identity
-    # are free; under "time" they cost what they cost.
-    cost_measure: str = "macs"
-    # Weight of the branch-usage balance term (0 when a batch spreads its weight evenly over the
-    # branches, 1 when every instance leans on the same one). Off for the shipped model: at 0.05
-    # (with cost weight 0.02) it multiplied the distinct paths but cost accuracy; see docs/MODEL.md.
-    balance_weight: float = 0.0
-    phase: str = "joint"
-    # supernet: random paths per step besides the dense and the cheapest; each branch of each connection
-    # is kept with probability `random_path_keep`, independently per instance.
-    random_paths: int = 1
-    random_path_keep: float = 0.5
+    epochs: int = described(24, "epochs to train")
+    batch_size: int = described(128, "images per step (under torchrun, per process)")
+    lr: float = described(0.05, "peak learning rate of the cosine schedule")
+    momentum: float = described(0.9, "SGD (Nesterov) momentum")
+    weight_decay: float = described(3e-4, "SGD weight decay")
+    label_smoothing: float = described(0.1, "label smoothing of the cross-entropy")
+    # Annealed geometrically from start to end over training.
+    tau_start: float = described(1.5, "Gumbel-Softmax temperature at the start of training", parse=tau_arg)
+    tau_end: float = described(0.5, "Gumbel-Softmax temperature at the end of training", parse=tau_arg)
+    # Branches below it are skipped while training too, so the network learns to live with sparse
+    # routing. It ramps up from 0 (dense) over the warm-up.
+    train_threshold: float = described(0.2, "selection threshold while training, after the warm-up")
+    threshold_warmup_epochs: float = described(2.0, "epochs over which the threshold ramps up from 0")
+    # The expected cost term is the expected branch cost / worst case, in [0, 1].
+    cost_weight: float = described(0.05, "weight of the expected-cost term")
+    # "macs": the branch multiply-adds (the paper's FLOPs); "time": each branch's milliseconds measured
+    # at the start of training on the training machine (`cost.measure_branch_ms`; the table is kept in
+    # the resume file and the checkpoint). Under "macs" pooling and identity are free; under "time"
+    # they cost what they cost.
+    cost_measure: str = described("macs", "what the cost term counts: multiply-adds or measured time",
+                                  choices=COST_MEASURES)
+    # The balance term is 0 when a batch spreads its weight evenly over the branches, 1 when every
+    # instance leans on the same one. Off for the shipped model: at 0.05 (with cost weight 0.02) it
+    # multiplied the distinct paths but cost accuracy; see docs/MODEL.md.
+    balance_weight: float = described(0.0, "weight of the branch-usage balance term")
+    phase: str = described("joint", "what the run trains (drnet_core.phases)", choices=phase_names)
+    # supernet: each branch of each connection is kept with probability `random_path_keep`,
+    # independently per instance.
+    random_paths: int = described(1, "supernet: random paths per step besides the dense and the cheapest")
+    random_path_keep: float = described(0.5, "supernet: probability that a random path keeps a branch")
     # routers: (mean executed MFLOPs / target_mflops - 1)^2 weighted by budget_weight. A two-sided target,
     # not a linear price, which would drive every instance to the cheapest path.
-    target_mflops: float | None = None
-    budget_weight: float = 1.0
-    # routers: binary cross-entropy between each instance's expected cost fraction and whether the
-    # cheapest path misclassifies it (DS-Net's gate supervision): easy inputs are pulled to cheap paths,
-    # hard ones to costly paths.
-    gate_weight: float = 0.0
-    # Held out from the training split to choose tau/threshold; the test split is never used.
-    val_size: int = 5000
-    augment: bool = True
-    # Probability that random erasing (Zhong et al. 2020) blanks a rectangle of a training image,
-    # on top of the shifts and flips; 0 turns it off.
-    random_erasing: float = 0.0
-    seed: int = 0
-    limit: int | None = None  # use only the first N training images (smoke runs, tests)
-    # Start from this checkpoint's weights (same architecture) with a fresh optimizer and schedule:
-    # continuing a finished run under a new objective costs a fraction of training from scratch.
-    init_from: str | None = None
+    target_mflops: float | None = described(None, "routers: the mean executed MFLOPs the budget term aims at")
+    budget_weight: float = described(1.0, "routers: weight of the budget term")
+    # Binary cross-entropy between each instance's expected cost fraction and whether the cheapest
+    # path misclassifies it (DS-Net's gate supervision): easy inputs are pulled to cheap paths, hard
+    # ones to costly paths.
+    gate_weight: float = described(0.0, "routers: weight of the gate supervision")
+    # The test split is never used to choose tau/threshold.
+    val_size: int = described(5000, "training images held out to choose the default tau and threshold")
+    augment: bool = described(True, "random shifts and flips of the training images")
+    # Zhong et al. 2020, on top of the shifts and flips.
+    random_erasing: float = described(0.0, "probability that random erasing blanks a rectangle of a training "
+                                           "image (0: off)")
+    seed: int = described(0, "seed of the initial weights, the data order and the augmentation")
+    limit: int | None = described(None, "use only the first N training images (smoke runs, tests)")
+    # Continuing a finished run under a new objective costs a fraction of training from scratch.
+    init_from: str | None = described(None, "start from this checkpoint's weights (same preset) with a fresh "
+                                            "optimizer and schedule: fine-tune a finished run")
 
     def __post_init__(self):
         if self.cost_measure not in COST_MEASURES:
             raise ValueError(f"cost_measure must be one of {COST_MEASURES}, got {self.cost_measure!r}")
-        if self.phase not in TRAIN_PHASES:
-            raise ValueError(f"phase must be one of {TRAIN_PHASES}, got {self.phase!r}")
-        if self.phase == "routers" and not (self.target_mflops or 0) > 0:
-            raise ValueError("the routers phase needs a target_mflops > 0 for its budget term")
+        from .phases import phase_named  # see phase_names
+
+        phase_named(self.phase).check(self)
         if not 0.0 <= self.random_erasing <= 1.0:
             raise ValueError(f"random_erasing must be in [0, 1], got {self.random_erasing}")
         if not 0.0 < self.random_path_keep < 1.0:

@@ -22,6 +22,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .defaults import BATCH_SIZE
+
 
 def _conv_out(size: int, conv: nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d, axis: int) -> int:
     def pick(value):
@@ -78,7 +80,7 @@ def median_seconds(fn: Callable[[], object], *, warmup: int, repeats: int, devic
 
 
 @torch.inference_mode()
-def measure_branch_ms(cell: nn.Module, batch_size: int = 256, repeats: int = 15, warmup: int = 3) -> torch.Tensor:
+def measure_branch_ms(cell: nn.Module, batch_size: int = BATCH_SIZE, repeats: int = 15, warmup: int = 3) -> torch.Tensor:
     """(connections, branches) milliseconds one executed branch costs the eval executor at `batch_size`.
 
     Each branch is timed as the sparse executor runs it: the branch on a channels_last batch of the

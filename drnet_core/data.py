@@ -13,6 +13,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,11 +27,8 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
-# Per-channel statistics of the training splits, so inputs are roughly zero-mean, unit-variance.
-NORMALISATION = {
-    "fashion-mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-}
+# Checkpoints written before CIFAR-10 was supported name no dataset: they are Fashion-MNIST's.
+DEFAULT_DATASET = "fashion-mnist"
 
 _FASHION_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -47,7 +45,7 @@ class ImageSet:
     images: torch.Tensor  # (N, H, W) or (N, H, W, 3) uint8
     labels: torch.Tensor  # (N,) int64
     name: str             # what the set is, for every report that uses it
-    dataset: str = "fashion-mnist"
+    dataset: str = DEFAULT_DATASET
     indices: torch.Tensor | None = None  # positions in the original split, when a subset
 
     def __len__(self) -> int:
@@ -228,21 +226,60 @@ def load_cifar10(split: str, data_dir: str | os.PathLike | None) -> ImageSet:
                     f"CIFAR-10 {split} split ({len(stacked):,} images)", dataset="cifar10")
 
 
+def load_cifar10_test(data_dir: str | os.PathLike | None) -> ImageSet:
+    return load_cifar10("test", data_dir)
+
+
+# ---- the registry ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Dataset:
+    load: Callable[..., ImageSet]  # (split, data_dir) -> the split's images
+    load_test: Callable[..., ImageSet]  # (data_dir) -> the set evaluations report on
+    # Per-channel mean and standard deviation of the training split, so that inputs are roughly
+    # zero-mean, unit-variance.
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]]
+    input_shape: tuple[int, int, int]  # (channels, height, width) of every image
+    class_names: tuple[str, ...]
+    preset: str  # the preset (config.PRESETS) whose network takes these images
+
+
+DATASETS: dict[str, Dataset] = {
+    # Evaluation falls back to the shipped test subset where the full test split is not installed.
+    "fashion-mnist": Dataset(load_fashion_mnist, load_test_set, ((0.2860,), (0.3530,)), (1, 28, 28),
+                             FASHION_CLASSES, "fashion"),
+    "cifar10": Dataset(load_cifar10, load_cifar10_test, ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+                       (3, 32, 32), CIFAR10_CLASSES, "cifar10-mobile"),
+}
+
+
+def dataset_named(name: str) -> Dataset:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def dataset_of(meta: dict) -> str:
+    """The dataset a checkpoint was trained on, from its metadata."""
+    return meta.get("dataset", DEFAULT_DATASET)
+
+
 def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None = None) -> ImageSet:
-    if dataset == "fashion-mnist":
-        return load_fashion_mnist(split, data_dir)
-    if dataset == "cifar10":
-        return load_cifar10(split, data_dir)
-    raise ValueError(f"unknown dataset {dataset!r}; choose fashion-mnist or cifar10")
+    return dataset_named(dataset).load(split, data_dir)
+
+
+def load_evaluation_set(dataset: str, data_dir: str | os.PathLike | None = None) -> ImageSet:
+    """The test split evaluations report on (Fashion-MNIST: the shipped subset where the split is missing)."""
+    return dataset_named(dataset).load_test(data_dir)
 
 
 # ---- tensors ---------------------------------------------------------------------------------
 
-def to_model_input(images: torch.Tensor, dataset: str = "fashion-mnist") -> torch.Tensor:
+def to_model_input(images: torch.Tensor, dataset: str = DEFAULT_DATASET) -> torch.Tensor:
     """uint8 (N, H, W) or (N, H, W, 3) -> normalised float (N, C, H, W)."""
     x = images.float().div_(255.0)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-    mean, std = NORMALISATION[dataset]
+    mean, std = dataset_named(dataset).normalisation
     mean_t = torch.tensor(mean).view(1, -1, 1, 1)
     std_t = torch.tensor(std).view(1, -1, 1, 1)
     return ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)

@@ -22,17 +22,14 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .evaluate import EVAL_BATCH_SIZE, RoutedRun, run_routed
+from .defaults import BATCH_SIZE
+from .evaluate import RoutedRun, run_routed
 from .model import DRNet
 
 log = logging.getLogger(__name__)
 
 # Per-instance fields of a RoutedRun, concatenated across ranks; the rest are the shared settings.
 _INSTANCE_FIELDS = tuple(f.name for f in fields(RoutedRun) if f.name not in ("tau", "threshold", "noise_seed"))
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 class DistributedContext:
     """This process's place among the workers: rank and world size from torchrun, or 1 process.
 
@@ -170,7 +167,7 @@ class _ShardModel:
 
 
 def run_routed_sharded(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, tau: float, threshold: float,
-                       noise_seed: int | None = None, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False,
+                       noise_seed: int | None = None, batch_size: int = BATCH_SIZE, progress: bool = False,
                        branch_overrides: list[torch.Tensor] | None = None,
                        ctx: DistributedContext | None = None) -> RoutedRun:
     """`evaluate.run_routed` with the set split across the ranks of `ctx`; every rank gets the full run.
@@ -197,7 +194,7 @@ def run_routed_sharded(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor,
 
 
 def sweep_sharded(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, taus, thresholds, *,
-                  progress: bool = False, batch_size: int = EVAL_BATCH_SIZE,
+                  progress: bool = False, batch_size: int = BATCH_SIZE,
                   ctx: DistributedContext | None = None) -> list[dict]:
     """`evaluate.sweep` with every setting's evaluation split across the ranks; same rows on every rank."""
     from .evaluate import sweep, sweep_row

@@ -12,11 +12,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .defaults import BATCH_SIZE
 from .model import DRNet
-
-# Images per forward pass when evaluating: large enough to keep a CPU busy, small enough that the
-# executor's buffers (a 32x14x14 float map of 256 images is 6.4 MB) are reused rather than refetched.
-EVAL_BATCH_SIZE = 256
 
 # The grid of settings a sweep evaluates by default: the training run's held-out sweep, which chooses
 # the default setting, the CLI's `sweep` and the app's trade-off curve.
@@ -71,7 +68,7 @@ def batch_workers(device: torch.device, batches: int) -> int:
 
 
 @torch.inference_mode()
-def prefix_features(model: DRNet, inputs: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
+def prefix_features(model: DRNet, inputs: torch.Tensor, batch_size: int = BATCH_SIZE) -> torch.Tensor:
     """`model.shared_prefix` of every input, on the CPU, batch by batch as `run_routed` would compute it.
 
     The same batches give the same numbers: a run from these features equals a run from the images.
@@ -82,7 +79,7 @@ def prefix_features(model: DRNet, inputs: torch.Tensor, batch_size: int = EVAL_B
 
 @torch.inference_mode()
 def run_routed(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, tau: float, threshold: float,
-               noise_seed: int | None = None, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False,
+               noise_seed: int | None = None, batch_size: int = BATCH_SIZE, progress: bool = False,
                branch_overrides: list[torch.Tensor] | None = None, from_prefix: bool = False) -> RoutedRun:
     """inputs: normalised (N, C, H, W) on any device, or with `from_prefix` their `prefix_features`;
     batches are moved to the model's device.
@@ -153,7 +150,7 @@ def paths_that_change(base: RoutedRun, threshold: float) -> torch.Tensor:
 
 @torch.inference_mode()
 def rerun_at_threshold(model: DRNet, inputs: torch.Tensor, base: RoutedRun, threshold: float, *,
-                       batch_size: int = EVAL_BATCH_SIZE, from_prefix: bool = False) -> RoutedRun:
+                       batch_size: int = BATCH_SIZE, from_prefix: bool = False) -> RoutedRun:
     """`run_routed` at `base`'s tau and noise and another threshold, running only the instances whose path
     changes (`paths_that_change`): a small threshold step re-routes a few percent of a set. When most paths
     change, a full run.
@@ -224,7 +221,7 @@ def sweep_row(run: RoutedRun, model: DRNet) -> dict:
 
 
 def sweep(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, taus, thresholds, *,
-          progress: bool = False, batch_size: int = EVAL_BATCH_SIZE) -> list[dict]:
+          progress: bool = False, batch_size: int = BATCH_SIZE) -> list[dict]:
     """One row per (tau, threshold): accuracy, mean/relative MFLOPs, active params, paths, CV."""
     grid = [(float(t), float(h)) for t in taus for h in thresholds]
     return [sweep_row(run_routed(model, inputs, labels, tau=tau, threshold=threshold, batch_size=batch_size), model)

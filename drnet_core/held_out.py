@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, total_epochs
 from .config import ModelConfig, TrainConfig
-from .data import CIFAR10_CLASSES, FASHION_CLASSES, DatasetError, ImageSet, load_split, to_model_input
+from .data import DatasetError, ImageSet, dataset_named, dataset_of, load_split, to_model_input
 from .distributed import DistributedContext, run_routed_sharded, sweep_sharded
 from .evaluate import SWEEP_TAUS, SWEEP_THRESHOLDS, choose_default_setting, selection_rule, summarize
 from .model import DRNet
@@ -32,7 +32,7 @@ def split_train_val(images: ImageSet, val_size: int, seed: int) -> tuple[torch.T
 def training_split(meta: dict, data_dir: str | None = None) -> tuple[ImageSet, torch.Tensor]:
     """The training images a checkpoint's run saw, and the indices of those it held out (never trained on)."""
     train_config = TrainConfig.from_dict(meta.get("train_config") or {})
-    full_train = load_split(meta.get("dataset", "fashion-mnist"), "train", data_dir)
+    full_train = load_split(dataset_of(meta), "train", data_dir)
     if train_config.limit:
         full_train = full_train.subset(train_config.limit)
     return full_train, split_train_val(full_train, train_config.val_size, train_config.seed)[1]
@@ -60,7 +60,7 @@ def reselect_default(checkpoint: str | os.PathLike, output: str | os.PathLike, *
     """
     model, meta = load_checkpoint(checkpoint)
     train_config = TrainConfig.from_dict(meta.get("train_config") or {})
-    dataset = meta.get("dataset", "fashion-mnist")
+    dataset = dataset_of(meta)
     full_train, val_idx = training_split(meta, data_dir)
     return finalize(model, model.config, train_config, Path(output), meta.get("history", []), full_train,
                     to_model_input(full_train.images, dataset), val_idx, dataset=dataset, data_dir=data_dir,
@@ -80,7 +80,7 @@ def finalize(model: DRNet, model_config: ModelConfig, train_config: TrainConfig,
     is_main = ctx is None or ctx.is_main
     progress = progress and is_main
     model.eval()
-    class_names = FASHION_CLASSES if dataset == "fashion-mnist" else CIFAR10_CLASSES
+    class_names = dataset_named(dataset).class_names
     val_inputs, val_labels = inputs[val_idx], full_train.labels[val_idx]
     default = {"tau": train_config.tau_end, "threshold": train_config.train_threshold}
     val_rows: list[dict] = []
@@ -94,7 +94,7 @@ def finalize(model: DRNet, model_config: ModelConfig, train_config: TrainConfig,
         "class_names": list(class_names),
         "epochs": len(history),
         # Epochs since random initialisation: a warm-started run adds its parent's.
-        "total_epochs": len(history) + (int(parent.get("total_epochs") or parent["epochs"] or 0) if parent else 0),
+        "total_epochs": len(history) + (int(total_epochs(parent) or 0) if parent else 0),
         "seed": train_config.seed,
         "train_config": train_config.to_dict(),
         "train_images": len(full_train) - len(val_idx),

@@ -29,10 +29,11 @@ import torch
 from PIL import Image, ImageOps
 
 from .data import to_model_input
+from .defaults import MAX_UPLOAD_MB
 
 logger = logging.getLogger(__name__)
 
-MAX_UPLOAD_BYTES: int = 10 * 1024 * 1024  # equals server.maxUploadSize = 10 (MB) in .streamlit/config.toml
+MAX_UPLOAD_BYTES: int = MAX_UPLOAD_MB * 2**20
 MAX_PIXELS: int = 40_000_000  # 40 megapixels: any real photo fits; a bomb declaring more is refused unread
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 IMAGE_SIZE = 28
@@ -41,7 +42,7 @@ IMAGE_SIZE = 28
 WORKING_SIZE = 1024
 
 _IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "jpe", "jfif", "webp", "bmp", "gif")
-_ACCEPTED_TEXT = "Accepted: PNG, JPEG, WebP, BMP or GIF images up to 10 MB and 40 megapixels."
+_ACCEPTED_TEXT = f"Accepted: PNG, JPEG, WebP, BMP or GIF images up to {MAX_UPLOAD_MB} MB and 40 megapixels."
 
 # Signatures of the accepted formats (what the bytes are, whatever the name says).
 _IMAGE_SIGNATURES = (
@@ -143,7 +144,7 @@ def _check_size(data: bytes, filename: str | None) -> None:
         raise EmptyUpload(f"{_describe(filename)} is empty (0 bytes). {_ACCEPTED_TEXT}")
     if len(data) > MAX_UPLOAD_BYTES:
         raise UploadTooLarge(f"{_describe(filename)} is {len(data) / 2**20:.1f} MB, over the "
-                             f"{MAX_UPLOAD_BYTES // 2**20} MB upload limit. {_ACCEPTED_TEXT}")
+                             f"{MAX_UPLOAD_MB} MB upload limit. {_ACCEPTED_TEXT}")
 
 
 def _as_bytes(data) -> bytes:

@@ -14,20 +14,23 @@
 
 Each step function runs its forwards and backwards (several paths means several backward passes,
 which frees each path's graph before the next is built) and returns a `StepResult`; the caller steps
-the optimizer that `optimizer_for` built.
+the optimizer that `phases.optimizer_for` built. `drnet_core.phases` registers each step function
+with what its phase trains.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .cell import forcing
-from .config import TrainConfig
-from .model import DRNet, RoutingTrace
+
+if TYPE_CHECKING:  # for annotations only: a TrainConfig checks its phase against the registry of these steps
+    from .config import TrainConfig
+    from .model import DRNet, RoutingTrace
 
 
 @dataclass
@@ -36,29 +39,6 @@ class StepResult:
     logits: torch.Tensor  # (B, classes) of the path the step reports: routed (joint, routers) or dense
     trace: RoutingTrace
     cost_fraction: float  # batch mean of the expected cost fraction
-
-
-def trainable_parameters(model: nn.Module, phase: str) -> list[nn.Parameter]:
-    """The parameters `phase` trains; the others stop requiring gradients."""
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(phase != "routers" or ".router." in name)
-    return [parameter for parameter in model.parameters() if parameter.requires_grad]
-
-
-def optimizer_for(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum over the parameters `config.phase` trains."""
-    return torch.optim.SGD(trainable_parameters(model, config.phase), lr=config.lr, momentum=config.momentum,
-                           nesterov=True, weight_decay=config.weight_decay)
-
-
-def enter_training_mode(model: nn.Module, phase: str) -> None:
-    """model.train(), except that the routers phase keeps batch norms on their running statistics:
-    the branches they normalise are frozen, and routing changes which instances reach them."""
-    model.train()
-    if phase == "routers":
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
 
 
 def cheapest_path(model: DRNet) -> list[torch.Tensor]:
@@ -147,5 +127,3 @@ def router_step(wrapped, model, batch, labels, *, tau, threshold, config: TrainC
     loss.backward()
     return StepResult(loss.item(), logits.detach(), trace, float(cost_fraction.mean().detach()))
 
-
-STEPS = {"joint": joint_step, "supernet": supernet_step, "routers": router_step}

@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -39,12 +39,15 @@ from tqdm.auto import tqdm
 
 from .config import ModelConfig, TrainConfig
 from .cost import measure_branch_ms
-from .data import DatasetError, ImageSet, augment, load_split, to_model_input
+from .data import DEFAULT_DATASET, DatasetError, ImageSet, augment, dataset_named, load_split, to_model_input
+from .defaults import BATCH_SIZE
 from .distributed import DistributedContext, run_routed_sharded, state_fingerprint
 from .held_out import finalize, split_train_val
 from .model import DRNet
 from .monitor import DEFAULT_ROUTING_EVERY, TrainingMonitor
-from .objectives import STEPS, enter_training_mode, optimizer_for
+from .objectives import StepResult
+from .phases import enter_training_mode, optimizer_for, phase_named
+from .resume import read_resume_state, restore_rng, resume_path_for, rng_states_per_rank, write_resume_state
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +62,28 @@ def threshold_at(config: TrainConfig, epoch_float: float) -> float:
     return config.train_threshold * min(1.0, epoch_float / config.threshold_warmup_epochs)
 
 
+def global_rng_seed(seed: int, rank: int) -> int:
+    """Seed of the global RNG, which draws the initial weights and the training Gumbel noise: one per
+    process, so the replicas draw different noise (DistributedDataParallel starts every replica from
+    rank 0's weights, so the initial weights are the same anyway)."""
+    return seed + rank
+
+
+def epoch_augment_seed(seed: int, rank: int, epoch: int) -> int:
+    """Seed of one process's augmentation in one epoch. Reseeded every epoch, so that a resumed run draws
+    the same shifts, flips and erasures as one that never stopped; the prime 100003, far above any epoch
+    count, keeps the processes' seeds apart."""
+    return seed * 1000 + rank * 100003 + epoch
+
+
+def epoch_path_seed(seed: int, rank: int, epoch: int) -> int:
+    """Seed of one process's random supernet paths in one epoch, reseeded for the same reason: one above
+    the same epoch's augmentation seed, so that paths and augmentation do not draw the same numbers."""
+    return epoch_augment_seed(seed, rank, epoch) + 1
+
+
 def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os.PathLike, *,
-          dataset: str = "fashion-mnist", data_dir: str | None = None, device: torch.device | None = None,
+          dataset: str = DEFAULT_DATASET, data_dir: str | None = None, device: torch.device | None = None,
           progress: bool = True, select_defaults: bool = True, evaluate_test: bool = True,
           model: torch.nn.Module | None = None, log_dir: str | os.PathLike | None = None,
           log_every: int = DEFAULT_ROUTING_EVERY) -> dict:
@@ -74,116 +97,194 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
     ctx.quiet_other_ranks()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    resume_path = output.with_name(output.name + ".resume.pt")
-    torch.manual_seed(train_config.seed + ctx.rank)
-
-    full_train = load_split(dataset, "train", data_dir)
-    if train_config.limit:
-        full_train = full_train.subset(train_config.limit)
-    check_input_fits(full_train, model_config)
-    train_idx, val_idx = split_train_val(full_train, train_config.val_size, train_config.seed)
-    inputs = to_model_input(full_train.images, dataset)
-    train_set = TensorDataset(inputs[train_idx], full_train.labels[train_idx])
-    sampler = (DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                  seed=train_config.seed, drop_last=True)
-               if ctx.world_size > 1 else RandomSampler(train_set, generator=torch.Generator().manual_seed(train_config.seed)))
-    loader = DataLoader(train_set, batch_size=train_config.batch_size, sampler=sampler, drop_last=True)
-
+    resume_path = resume_path_for(output)
+    torch.manual_seed(global_rng_seed(train_config.seed, ctx.rank))
+    data = training_data(dataset, data_dir, model_config, train_config, ctx)
     model = (DRNet(model_config) if model is None else model).to(ctx.device)
     parent = warm_start(model, model_config, train_config.init_from) if train_config.init_from else None
     optimizer = optimizer_for(model, train_config)
-    steps_per_epoch = len(loader)
-    total_steps = max(1, train_config.epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    scheduler = cosine_schedule(optimizer, train_config.epochs * len(data.loader))
     start_epoch, history = 0, []
     state = read_resume_state(resume_path, model_config, train_config, ctx)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = state["epoch"], state["history"]
-        restore_rng(state, ctx, train_config.seed)
+        start_epoch, history = continue_from(state, model, optimizer, scheduler, ctx, train_config.seed)
         if ctx.is_main:
             log.info("resumed from %s at epoch %d", resume_path, start_epoch)
     branch_ms = branch_time_table(model, state, ctx) if train_config.cost_measure == "time" else None
-    branch_costs = None if branch_ms is None else [torch.tensor(t, dtype=torch.float64, device=ctx.device)
-                                                    for t in branch_ms]
-
-    # Skipped branches get no gradient in a step, hence find_unused_parameters.
-    wrapped = (DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
-                                       find_unused_parameters=True) if ctx.world_size > 1 else model)
-    augment_rng = torch.Generator().manual_seed(train_config.seed * 1000 + ctx.rank)
-    path_rng = torch.Generator()
-    monitor = TrainingMonitor(log_dir if ctx.is_main else None, model, log_every)  # TensorBoard scalars
-    training_step = STEPS[train_config.phase]
+    loop = EpochLoop(model=model, wrapped=replicated(model, ctx), optimizer=optimizer, scheduler=scheduler,
+                     loader=data.loader, config=train_config, ctx=ctx,
+                     monitor=TrainingMonitor(log_dir if ctx.is_main else None, model, log_every),  # TensorBoard
+                     branch_costs=branch_cost_tensors(branch_ms, ctx.device), show_progress=progress and ctx.is_main)
     for epoch in range(start_epoch, train_config.epochs):
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        augment_rng.manual_seed(train_config.seed * 1000 + ctx.rank * 100003 + epoch)
-        path_rng.manual_seed(train_config.seed * 1000 + ctx.rank * 100003 + epoch + 1)
-        enter_training_mode(model, train_config.phase)
-        sums = [0.0, 0.0, 0.0, 0.0]  # loss, correct, count, cost fraction
-        started = time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{train_config.epochs}", disable=not (progress and ctx.is_main))
-        for step, (batch, labels) in enumerate(bar):
-            epoch_float = epoch + step / steps_per_epoch
-            tau = tau_at(train_config, epoch_float / max(train_config.epochs, 1))
-            threshold = threshold_at(train_config, epoch_float)
-            batch = batch.to(ctx.device, non_blocking=True)
-            labels = labels.to(ctx.device, non_blocking=True)
-            if train_config.augment:
-                batch = augment(batch.cpu(), augment_rng, erase_probability=train_config.random_erasing).to(ctx.device)
-            optimizer.zero_grad(set_to_none=True)
-            result = training_step(wrapped, model, batch, labels, tau=tau, threshold=threshold, config=train_config,
-                                   branch_costs=branch_costs, generator=path_rng)
-            optimizer.step()
-            scheduler.step()
-            n = len(labels)
-            sums[0] += result.loss * n
-            sums[1] += float((result.logits.argmax(1) == labels).sum())
-            sums[2] += n
-            sums[3] += result.cost_fraction * n
-            monitor.record_step(epoch * steps_per_epoch + step, result.trace, loss=result.loss,
-                                expected_cost=result.cost_fraction, tau=tau, threshold=threshold,
-                                lr=optimizer.param_groups[0]["lr"])
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}",
-                                cost=f"{sums[3] / sums[2]:.3f}", tau=f"{tau:.2f}", thr=f"{threshold:.2f}")
-        loss_sum, correct, count, cost_sum = ctx.all_reduce_sum(sums)
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / count, "train_accuracy": correct / count,
-                  "expected_cost_fraction": cost_sum / count, "seconds": time.perf_counter() - started,
-                  "images_per_second": count / (time.perf_counter() - started)}
-        # Every rank now holds rank 0's parameters and batch-norm statistics, so the sharded
-        # validation below evaluates one model, the one rank 0 saves.
-        ctx.broadcast_buffers(model)
-        model.eval()
-        val_inputs, val_labels = inputs[val_idx], full_train.labels[val_idx]
-        val = run_routed_sharded(model, val_inputs, val_labels, tau=train_config.tau_end,
-                                 threshold=train_config.train_threshold, ctx=ctx)
-        record.update(val_accuracy=float(val.correct.float().mean()), val_mean_mflops=float(val.mflops.mean()))
+        record = loop.train_epoch(epoch)
+        record.update(validation_figures(model, data, train_config, ctx))
         history.append(record)
-        monitor.record_epoch(epoch + 1, record, tau=tau_at(train_config, (epoch + 1) / max(train_config.epochs, 1)),
-                             lr=optimizer.param_groups[0]["lr"])
+        loop.monitor.record_epoch(epoch + 1, record, lr=optimizer.param_groups[0]["lr"],
+                                  tau=tau_at(train_config, (epoch + 1) / max(train_config.epochs, 1)))
         rng_states = rng_states_per_rank(ctx)
         if ctx.is_main:
             log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
-            torch.save({"model_config": model_config.to_dict(), "train_config": train_config.to_dict(),
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
-                        "branch_ms": branch_ms, "rng": torch.get_rng_state(), **rng_states}, resume_path.with_name(resume_path.name + ".tmp"))
-            os.replace(resume_path.with_name(resume_path.name + ".tmp"), resume_path)
+            write_resume_state(resume_path, model_config=model_config, train_config=train_config, model=model,
+                               optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1, history=history,
+                               branch_ms=branch_ms, rng_states=rng_states)
         ctx.barrier()
-
-    monitor.close()
-    replicas = replica_report(model, ctx)
-    meta = finalize(model, model_config, train_config, output, history, full_train, inputs, val_idx,
+    loop.monitor.close()
+    meta = finalize(model, model_config, train_config, output, history, data.full_train, data.inputs, data.val_idx,
                     dataset=dataset, data_dir=data_dir, select_defaults=select_defaults,
-                    evaluate_test=evaluate_test, progress=progress, ctx=ctx, replicas=replicas, parent=parent,
-                    branch_ms=branch_ms)
+                    evaluate_test=evaluate_test, progress=progress, ctx=ctx, replicas=replica_report(model, ctx),
+                    parent=parent, branch_ms=branch_ms)
     ctx.barrier()
     ctx.close()
     return meta if ctx.is_main else {}
+
+
+@dataclass
+class TrainingData:
+    full_train: ImageSet     # the training split (its first `limit` images, if limited)
+    inputs: torch.Tensor     # all of it as model input, (N, C, H, W)
+    train_idx: torch.Tensor  # the images trained on
+    val_idx: torch.Tensor    # the images held out to validate and to choose the default setting
+    loader: DataLoader       # batches of the trained-on images, in this process's order
+
+
+def training_data(dataset: str, data_dir: str | None, model_config, config: TrainConfig,
+                  ctx: DistributedContext) -> TrainingData:
+    full_train = load_split(dataset, "train", data_dir)
+    if config.limit:
+        full_train = full_train.subset(config.limit)
+    check_input_fits(full_train, model_config)
+    train_idx, val_idx = split_train_val(full_train, config.val_size, config.seed)
+    inputs = to_model_input(full_train.images, dataset)
+    train_set = TensorDataset(inputs[train_idx], full_train.labels[train_idx])
+    # The data order depends on the seed alone (and, under torchrun, on the epoch: see set_epoch).
+    sampler = (DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                  seed=config.seed, drop_last=True)
+               if ctx.world_size > 1 else RandomSampler(train_set, generator=torch.Generator().manual_seed(config.seed)))
+    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True)
+    return TrainingData(full_train, inputs, train_idx, val_idx, loader)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate falls from its peak to 0 along half a cosine over `steps` steps."""
+    total = max(1, steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+
+
+def continue_from(state: dict, model, optimizer, scheduler, ctx: DistributedContext, seed: int) -> tuple[int, list]:
+    """Load a resume file's state; returns (the epoch to start at, the history so far)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng(state, ctx, seed)
+    return state["epoch"], state["history"]
+
+
+def replicated(model: torch.nn.Module, ctx: DistributedContext) -> torch.nn.Module:
+    """The model every step runs: under torchrun, wrapped to average gradients across the processes."""
+    if ctx.world_size == 1:
+        return model
+    # Skipped branches get no gradient in a step, hence find_unused_parameters.
+    return DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
+                                   find_unused_parameters=True)
+
+
+def branch_cost_tensors(branch_ms: list | None, device: torch.device) -> list[torch.Tensor] | None:
+    """The "time" cost table as per-cell tensors (None under "macs": the model's own multiply-adds)."""
+    return None if branch_ms is None else [torch.tensor(t, dtype=torch.float64, device=device) for t in branch_ms]
+
+
+@dataclass
+class EpochSums:
+    """An epoch's running sums over its steps (per-image means times the batch size), per process."""
+    loss: float = 0.0
+    correct: float = 0.0
+    images: float = 0.0
+    cost_fraction: float = 0.0
+
+    def add(self, result: StepResult, labels: torch.Tensor) -> None:
+        batch = len(labels)
+        self.loss += result.loss * batch
+        self.correct += float((result.logits.argmax(1) == labels).sum())
+        self.images += batch
+        self.cost_fraction += result.cost_fraction * batch
+
+    def summed_over_processes(self, ctx: DistributedContext) -> "EpochSums":
+        return EpochSums(*ctx.all_reduce_sum([self.loss, self.correct, self.images, self.cost_fraction]))
+
+    def means(self) -> dict:
+        return {"train_loss": self.loss / self.images, "train_accuracy": self.correct / self.images,
+                "expected_cost_fraction": self.cost_fraction / self.images}
+
+
+@dataclass
+class EpochLoop:
+    """What every epoch of a run uses: the network, the optimisation, the batches and the log."""
+    model: torch.nn.Module
+    wrapped: torch.nn.Module  # the model, or its DistributedDataParallel wrapper under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: DataLoader
+    config: TrainConfig
+    ctx: DistributedContext
+    monitor: TrainingMonitor
+    branch_costs: list[torch.Tensor] | None
+    show_progress: bool
+    augment_rng: torch.Generator = field(default_factory=torch.Generator)
+    path_rng: torch.Generator = field(default_factory=torch.Generator)
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over this process's batches; returns the epoch's record, summed over every process."""
+        config, steps = self.config, len(self.loader)
+        if isinstance(self.loader.sampler, DistributedSampler):
+            self.loader.sampler.set_epoch(epoch)
+        self.augment_rng.manual_seed(epoch_augment_seed(config.seed, self.ctx.rank, epoch))
+        self.path_rng.manual_seed(epoch_path_seed(config.seed, self.ctx.rank, epoch))
+        enter_training_mode(self.model, config.phase)
+        sums, started = EpochSums(), time.perf_counter()
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not self.show_progress)
+        for step, (batch, labels) in enumerate(bar):
+            epoch_float = epoch + step / steps
+            tau, threshold = tau_at(config, epoch_float / max(config.epochs, 1)), threshold_at(config, epoch_float)
+            labels = labels.to(self.ctx.device, non_blocking=True)
+            result = self.train_step(batch, labels, tau, threshold)
+            sums.add(result, labels)
+            self.monitor.record_step(epoch * steps + step, result.trace, loss=result.loss,
+                                     expected_cost=result.cost_fraction, tau=tau, threshold=threshold,
+                                     lr=self.optimizer.param_groups[0]["lr"])
+            if step % 20 == 0:
+                means = sums.means()
+                bar.set_postfix(loss=f"{means['train_loss']:.3f}", acc=f"{means['train_accuracy']:.3f}",
+                                cost=f"{means['expected_cost_fraction']:.3f}", tau=f"{tau:.2f}", thr=f"{threshold:.2f}")
+        totals = sums.summed_over_processes(self.ctx)
+        seconds = time.perf_counter() - started
+        return {"epoch": epoch + 1, **totals.means(), "seconds": seconds, "images_per_second": totals.images / seconds}
+
+    def train_step(self, batch: torch.Tensor, labels: torch.Tensor, tau: float, threshold: float) -> StepResult:
+        """Augment one batch, run the phase's step on it and step the optimizer and the schedule."""
+        config, device = self.config, self.ctx.device
+        batch = batch.to(device, non_blocking=True)
+        if config.augment:
+            batch = augment(batch.cpu(), self.augment_rng, erase_probability=config.random_erasing).to(device)
+        self.optimizer.zero_grad(set_to_none=True)
+        result = phase_named(config.phase).step(self.wrapped, self.model, batch, labels, tau=tau, threshold=threshold,
+                                                config=config, branch_costs=self.branch_costs,
+                                                generator=self.path_rng)
+        self.optimizer.step()
+        self.scheduler.step()
+        return result
+
+
+def validation_figures(model: torch.nn.Module, data: TrainingData, config: TrainConfig,
+                       ctx: DistributedContext) -> dict:
+    """Accuracy and mean executed MFLOPs on the held-out images, at the end-of-training setting."""
+    # Every rank now holds rank 0's parameters and batch-norm statistics, so the sharded
+    # validation below evaluates one model, the one rank 0 saves.
+    ctx.broadcast_buffers(model)
+    model.eval()
+    val = run_routed_sharded(model, data.inputs[data.val_idx], data.full_train.labels[data.val_idx],
+                             tau=config.tau_end, threshold=config.train_threshold, ctx=ctx)
+    return {"val_accuracy": float(val.correct.float().mean()), "val_mean_mflops": float(val.mflops.mean())}
 
 
 def branch_time_table(model: torch.nn.Module, state: dict | None, ctx: DistributedContext) -> list:
@@ -195,7 +296,7 @@ def branch_time_table(model: torch.nn.Module, state: dict | None, ctx: Distribut
     table = (state or {}).get("branch_ms")
     if table is None and ctx.is_main and isinstance(model, DRNet):
         table = [measure_branch_ms(cell).tolist() for cell in model.cells]
-        log.info("branch milliseconds at batch 256, per cell (%s): %s", ", ".join(model.config.branches),
+        log.info("branch milliseconds at batch %d, per cell (%s): %s", BATCH_SIZE, ", ".join(model.config.branches),
                  [[round(ms, 3) for ms in cell_table[0]] for cell_table in table])
     if ctx.distributed:
         table = ctx.broadcast_object(table)
@@ -212,7 +313,7 @@ def warm_start(model: torch.nn.Module, model_config, path: str) -> dict:
     starts from the full network). A fine-tuned model is the parent's network trained further, never
     a silent reshape.
     """
-    from .checkpoint import load_checkpoint, sha256_of
+    from .checkpoint import load_checkpoint, sha256_of, total_epochs
 
     parent, meta = load_checkpoint(path)
     if replace(parent.config, branches=model_config.branches) != model_config:
@@ -224,7 +325,7 @@ def warm_start(model: torch.nn.Module, model_config, path: str) -> dict:
                          f"{', '.join(parent.config.branches)}); --branches may only drop branch types")
     model.load_state_dict(branch_subset_state(parent, model_config.branches))
     return {"path": str(path), "sha256": sha256_of(path), "epochs": meta.get("epochs"),
-            "total_epochs": meta.get("total_epochs", meta.get("epochs")),
+            "total_epochs": total_epochs(meta),
             "train_config": meta.get("train_config"), "history": meta.get("history", []),
             "test_default": meta.get("test_default"), "branches": list(parent.config.branches)}
 
@@ -261,58 +362,10 @@ def check_input_fits(images: ImageSet, model_config) -> None:
     channels = 1 if len(shape) == 2 else shape[2]
     size = shape[:2]
     if channels != config.in_channels or size != (config.image_size, config.image_size):
-        hint = "--preset cifar10-mobile" if images.dataset == "cifar10" else "--preset fashion"
         raise DatasetError(f"{images.name} holds {size[0]}x{size[1]} images with {channels} channel(s), but the model "
                            f"expects {config.image_size}x{config.image_size} with {config.in_channels}; "
-                           f"train {images.dataset} with a matching preset ({hint}).")
-
-
-def read_resume_state(resume_path: Path, model_config, train_config: TrainConfig,
-                      ctx: DistributedContext) -> dict | None:
-    """The resume file's contents, or None to start afresh.
-
-    With several processes rank 0 reads it and sends it to the others, so the file need only exist
-    where rank 0 runs and every replica resumes from the same state.
-    """
-    state, problem = None, None
-    if ctx.is_main and resume_path.is_file():
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        # from_dict fills fields added since the file was written with their defaults.
-        saved_train = TrainConfig.from_dict(state["train_config"]).to_dict()
-        if state["model_config"] != model_config.to_dict() or saved_train != train_config.to_dict():
-            state, problem = None, f"{resume_path} belongs to a run with a different config; delete it to start afresh."
-    if ctx.distributed:
-        state, problem = ctx.broadcast_object((state, problem))
-    if problem:
-        raise ValueError(problem)
-    return state
-
-
-def rng_states_per_rank(ctx: DistributedContext) -> dict:
-    """Every rank's RNG state for the resume file (several processes only).
-
-    Each rank draws its own Gumbel noise; resuming all of them from rank 0's state would make
-    the ranks draw identical noise. One process keeps the file as it always was ("rng" alone).
-    """
-    if not ctx.distributed:
-        return {}
-    mine = {"cpu": torch.get_rng_state()}
-    if ctx.device.type == "cuda":
-        mine["cuda"] = torch.cuda.get_rng_state(ctx.device)
-    return {"rng_per_rank": ctx.all_gather_object(mine)}
-
-
-def restore_rng(state: dict, ctx: DistributedContext, seed: int) -> None:
-    per_rank = state.get("rng_per_rank")
-    if per_rank is not None and len(per_rank) == ctx.world_size:
-        mine = per_rank[ctx.rank]
-        torch.set_rng_state(mine["cpu"])
-        if "cuda" in mine and ctx.device.type == "cuda":
-            torch.cuda.set_rng_state(mine["cuda"], ctx.device)
-        return
-    torch.set_rng_state(state["rng"])
-    if ctx.rank:  # a file from another number of processes: give the other ranks their own noise
-        torch.manual_seed(seed + ctx.rank + 1_000_003 * int(state["epoch"]))
+                           f"train {images.dataset} with a matching preset "
+                           f"(--preset {dataset_named(images.dataset).preset}).")
 
 
 def replica_report(model: torch.nn.Module, ctx: DistributedContext) -> dict | None:

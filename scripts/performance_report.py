@@ -26,8 +26,9 @@ from drnet_core.runtime import configure_cpu_memory  # noqa: E402
 from drnet_core.bench import machine_info  # noqa: E402
 from drnet_core.cost import median_seconds  # noqa: E402
 from drnet_core.checkpoint import (BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, default_device, load_checkpoint,  # noqa: E402
-                                   sha256_of)
+                                   sha256_of, total_epochs)
 from drnet_core.data import load_test_set, to_model_input  # noqa: E402
+from drnet_core.defaults import BATCH_SIZE  # noqa: E402
 from drnet_core.evaluate import default_setting, run_routed  # noqa: E402
 from drnet_core.payoff import (acceptance, baseline_kind, comparison_row, cost_against_difficulty,  # noqa: E402
                                random_control_row, routing_health)
@@ -41,11 +42,11 @@ def measured_latency(model, inputs: torch.Tensor, *, tau: float, threshold: floa
                      repeats: int) -> dict:
     device = model.device
     singles = [inputs[i:i + 1].to(device) for i in range(single_images)]
-    batch = inputs[:256].to(device)
+    batch = inputs[:BATCH_SIZE].to(device)
     one = median_seconds(lambda: [model(x, tau=tau, threshold=threshold) for x in singles], warmup=1,
                          repeats=repeats, device=device) / len(singles)
     many = median_seconds(lambda: model(batch, tau=tau, threshold=threshold), warmup=1, repeats=repeats, device=device)
-    return {"latency_batch_1_ms": 1e3 * one, "latency_batch_256_ms": 1e3 * many}
+    return {"latency_batch_1_ms": 1e3 * one, f"latency_batch_{BATCH_SIZE}_ms": 1e3 * many}
 
 
 def evaluate_row(model, inputs, labels, *, name: str, kind: str, tau: float, threshold: float, epochs,
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         model, meta = load_checkpoint(checkpoint, device=device, fold_batch_norms=True)
         model_name = "DRNet " + (Path(checkpoint).stem if checkpoint else "(shipped)")
         tau, defaults[model_name] = default_setting(meta)
-        epochs = meta.get("total_epochs", meta.get("epochs"))
+        epochs = total_epochs(meta)
         checks = {}
         for threshold in sorted(set(args.thresholds) | {defaults[model_name]} - {None}):
             row, run = evaluate_row(model, inputs, test.labels, name=f"{model_name} threshold {threshold:g}",
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         kind = baseline_kind(baseline.config.kind)
         name = {"static": "static cells", "plain": "plain CNN"}[kind] + f" ({Path(path).stem})"
         row, _ = evaluate_row(baseline, inputs, test.labels, name=name, kind=kind, tau=1.0, threshold=0.0,
-                              epochs=baseline_meta.get("total_epochs", baseline_meta.get("epochs")),
+                              epochs=total_epochs(baseline_meta),
                               single_images=args.single_images, repeats=args.repeats)
         row.update(checkpoint=str(Path(path).relative_to(ROOT) if Path(path).is_absolute() else path),
                    config=baseline.config.to_dict())

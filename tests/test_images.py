@@ -17,11 +17,11 @@ import torch
 from PIL import Image, ImageDraw, ImageFile
 
 from drnet_core import images
-from drnet_core.data import NORMALISATION
+from drnet_core.data import DATASETS
 from drnet_core.images import (CorruptImage, EmptyUpload, ImageRejected, ImageTooLarge, UnsupportedFormat,
                                UploadTooLarge)
 
-MEAN, STD = NORMALISATION["fashion-mnist"][0][0], NORMALISATION["fashion-mnist"][1][0]
+(MEAN,), (STD,) = DATASETS["fashion-mnist"].normalisation
 LOW, HIGH = (0.0 - MEAN) / STD, (1.0 - MEAN) / STD
 ACCEPTED = "accepted"
 

@@ -9,8 +9,8 @@ import torch
 from drnet_core import cli
 from drnet_core.config import PRESETS, TrainConfig
 from drnet_core.evaluate import RoutedRun, choose_default_setting, run_routed
-from drnet_core.objectives import (cheapest_path, enter_training_mode, executed_mflops_straight_through,
-                                   random_path, router_step, supernet_step, trainable_parameters)
+from drnet_core.objectives import cheapest_path, executed_mflops_straight_through, random_path, router_step, supernet_step
+from drnet_core.phases import enter_training_mode, trainable_parameters
 from drnet_core.payoff import acceptance, cost_against_difficulty, random_routing_run, routing_health
 
 from helpers import tiny_model

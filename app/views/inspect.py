@@ -8,6 +8,7 @@ import streamlit as st
 
 import state
 from drnet_core import attribution, explorer, figures, routing_graph
+from drnet_core.defaults import MAX_UPLOAD_MB, TAU_MAX, TAU_MIN
 
 settings = state.current_settings()
 model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
@@ -38,7 +39,7 @@ with left:
     invert = {"Auto": None, "Invert": True, "Keep": False}[invert_choice]
     prepared, true_class, name = None, None, ""
     if source == "Upload":
-        upload = st.file_uploader("PNG, JPEG, WebP, BMP or GIF (first frame), up to 10 MB", key="upload")
+        upload = st.file_uploader(f"PNG, JPEG, WebP, BMP or GIF (first frame), up to {MAX_UPLOAD_MB} MB", key="upload")
         if upload is None:
             st.info("Choose a picture to upload, or switch to the gallery.")
         else:
@@ -194,8 +195,8 @@ def compare_tab() -> None:
         label_b = gallery_name(other)
     else:
         t_col, h_col = st.columns(2)
-        tau_b = t_col.slider("tau for B", 0.1, 4.0, step=0.05, persist_state="session",
-                             key=state.bound("cmp_tau", 1.0, low=0.1, high=4.0))
+        tau_b = t_col.slider("tau for B", TAU_MIN, TAU_MAX, step=0.05, persist_state="session",
+                             key=state.bound("cmp_tau", 1.0, low=TAU_MIN, high=TAU_MAX))
         threshold_b = h_col.slider("threshold for B", 0.0, 1.0, step=0.01, persist_state="session",
                                    key=state.bound("cmp_threshold", 0.3, low=0.0, high=1.0))
         other_result = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, key, prepared.model_input,

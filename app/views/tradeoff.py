@@ -6,6 +6,7 @@ import streamlit as st
 
 import state
 from drnet_core import figures, tradeoff
+from drnet_core.defaults import TAU_MAX, TAU_MIN
 from drnet_core.evaluate import SWEEP_THRESHOLDS
 from drnet_core.runtime import use_every_core_in_this_thread
 
@@ -39,8 +40,8 @@ def metric_row(label: str, summary: dict, other: dict) -> None:
 def compare_settings() -> None:
     use_every_core_in_this_thread()  # a fragment's rerun can run in a thread of its own
     b_tau, b_threshold = st.columns(2)
-    tau_b = b_tau.slider("Setting B: tau", 0.1, 4.0, step=0.05, persist_state="session",
-                         key=state.bound("tau_b", 1.0, low=0.1, high=4.0))
+    tau_b = b_tau.slider("Setting B: tau", TAU_MIN, TAU_MAX, step=0.05, persist_state="session",
+                         key=state.bound("tau_b", 1.0, low=TAU_MIN, high=TAU_MAX))
     threshold_b = b_threshold.slider("Setting B: threshold", 0.0, 1.0, step=0.01, persist_state="session",
                                      key=state.bound("threshold_b", 0.1, low=0.0, high=1.0))
     state.publish("tau_b", "threshold_b")
