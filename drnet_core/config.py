@@ -115,6 +115,11 @@ class TrainConfig:
     # Continuing a finished run under a new objective costs a fraction of training from scratch.
     init_from: str | None = described(None, "start from this checkpoint's weights (same preset) with a fresh "
                                             "optimizer and schedule: fine-tune a finished run")
+    # A network learns more from a stronger network's full output distribution than from labels alone
+    # (Hinton et al. 2015); the static controls learn from the DRNet's own dense path this way.
+    teacher: str | None = described(None, "distil from this finished DRNet checkpoint's dense path too: each step "
+                                          "adds teacher_weight x KL(teacher || student) to its label loss")
+    teacher_weight: float = described(1.0, "weight of the distillation term when --teacher is given")
 
     def __post_init__(self):
         if self.cost_measure not in COST_MEASURES:

@@ -77,33 +77,42 @@ def executed_mflops_straight_through(model: DRNet, trace: RoutingTrace) -> torch
     return executed + expected - expected.detach()
 
 
+def label_loss(logits: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
+               teacher_probs: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy with label smoothing, plus distillation from an external teacher when there is one."""
+    loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+    if teacher_probs is not None:
+        loss = loss + config.teacher_weight * F.kl_div(F.log_softmax(logits, dim=1), teacher_probs, reduction="batchmean")
+    return loss
+
+
 def joint_step(wrapped, model, batch, labels, *, tau, threshold, config: TrainConfig, branch_costs=None,
-               generator=None) -> StepResult:
+               generator=None, teacher_probs=None) -> StepResult:
     logits, trace = wrapped(batch, tau=tau, threshold=threshold)
     cost = model.expected_cost_fraction(trace, branch_costs).mean()
-    loss = (F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+    loss = (label_loss(logits, labels, config, teacher_probs)
             + config.cost_weight * cost + config.balance_weight * model.branch_usage_imbalance(trace))
     loss.backward()
     return StepResult(loss.item(), logits.detach(), trace, float(cost.detach()))
 
 
 def supernet_step(wrapped, model, batch, labels, *, tau, threshold, config: TrainConfig, branch_costs=None,
-                  generator=None) -> StepResult:
+                  generator=None, teacher_probs=None) -> StepResult:
     # Gradients of all paths add up, but a DistributedDataParallel model must average them only once.
     later_sync = wrapped.no_sync if hasattr(wrapped, "no_sync") else contextlib.nullcontext
     sub_paths = [cheapest_path(model)] + [random_path(model, len(batch), config.random_path_keep, generator)
                                           for _ in range(config.random_paths)]
     with later_sync():
         logits, trace = wrapped(batch, tau=tau, threshold=0.0)
-        full_loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+        full_loss = label_loss(logits, labels, config, teacher_probs)
         full_loss.backward()
-    teacher = F.softmax(logits.detach(), dim=1)
+    dense_probs = F.softmax(logits.detach(), dim=1)
     total = full_loss.item()
     for index, overrides in enumerate(sub_paths):
         last = index == len(sub_paths) - 1
         with contextlib.nullcontext() if last else later_sync():
             sub_logits, _ = wrapped(batch, tau=tau, threshold=0.0, branch_overrides=overrides)
-            distill = F.kl_div(F.log_softmax(sub_logits, dim=1), teacher, reduction="batchmean")
+            distill = F.kl_div(F.log_softmax(sub_logits, dim=1), dense_probs, reduction="batchmean")
             distill.backward()
         total += distill.item()
     cost = float(model.expected_cost_fraction(trace, branch_costs).mean().detach())
@@ -111,12 +120,12 @@ def supernet_step(wrapped, model, batch, labels, *, tau, threshold, config: Trai
 
 
 def router_step(wrapped, model, batch, labels, *, tau, threshold, config: TrainConfig, branch_costs=None,
-                generator=None) -> StepResult:
+                generator=None, teacher_probs=None) -> StepResult:
     logits, trace = wrapped(batch, tau=tau, threshold=threshold)
     mflops = executed_mflops_straight_through(model, trace)
     budget = (mflops.mean() / config.target_mflops - 1).square()
     cost_fraction = model.expected_cost_fraction(trace, branch_costs)
-    loss = (F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+    loss = (label_loss(logits, labels, config, teacher_probs)
             + config.budget_weight * budget + config.balance_weight * model.branch_usage_imbalance(trace))
     if config.gate_weight:
         with torch.no_grad():

@@ -19,7 +19,7 @@ from .objectives import StepResult, joint_step, router_step, supernet_step
 if TYPE_CHECKING:
     from .config import TrainConfig
 
-# (wrapped, model, batch, labels, *, tau, threshold, config, branch_costs, generator) -> StepResult:
+# (wrapped, model, batch, labels, *, tau, threshold, config, branch_costs, generator, teacher_probs) -> StepResult:
 # runs the forwards and backwards of one batch; the training loop steps the optimizer.
 StepFunction = Callable[..., StepResult]
 

@@ -37,11 +37,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, TensorDataset
 from tqdm.auto import tqdm
 
+from .checkpoint import load_checkpoint
 from .config import ModelConfig, TrainConfig
 from .cost import measure_branch_ms
 from .data import DEFAULT_DATASET, DatasetError, ImageSet, augment, dataset_named, load_split, to_model_input
 from .defaults import BATCH_SIZE
 from .distributed import DistributedContext, run_routed_sharded, state_fingerprint
+from .evaluate import default_setting
 from .held_out import finalize, split_train_val
 from .model import DRNet
 from .monitor import DEFAULT_ROUTING_EVERY, TrainingMonitor
@@ -74,6 +76,13 @@ def epoch_augment_seed(seed: int, rank: int, epoch: int) -> int:
     the same shifts, flips and erasures as one that never stopped; the prime 100003, far above any epoch
     count, keeps the processes' seeds apart."""
     return seed * 1000 + rank * 100003 + epoch
+
+
+def epoch_order_seed(seed: int, epoch: int) -> int:
+    """Seed of one epoch's data order (one process; torchrun's sampler has its own `set_epoch`): reseeded
+    every epoch, so that a resumed run visits the images in the order one that never stopped would; the
+    prime 10000019 sets these seeds far apart from the augmentation and path seeds."""
+    return 10_000_019 * (seed + 1) + epoch
 
 
 def epoch_path_seed(seed: int, rank: int, epoch: int) -> int:
@@ -112,7 +121,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, output: str | os
             log.info("resumed from %s at epoch %d", resume_path, start_epoch)
     branch_ms = branch_time_table(model, state, ctx) if train_config.cost_measure == "time" else None
     loop = EpochLoop(model=model, wrapped=replicated(model, ctx), optimizer=optimizer, scheduler=scheduler,
-                     loader=data.loader, config=train_config, ctx=ctx,
+                     loader=data.loader, config=train_config, ctx=ctx, teacher=load_teacher(train_config, ctx.device),
                      monitor=TrainingMonitor(log_dir if ctx.is_main else None, model, log_every),  # TensorBoard
                      branch_costs=branch_cost_tensors(branch_ms, ctx.device), show_progress=progress and ctx.is_main)
     for epoch in range(start_epoch, train_config.epochs):
@@ -156,7 +165,7 @@ def training_data(dataset: str, data_dir: str | None, model_config, config: Trai
     train_idx, val_idx = split_train_val(full_train, config.val_size, config.seed)
     inputs = to_model_input(full_train.images, dataset)
     train_set = TensorDataset(inputs[train_idx], full_train.labels[train_idx])
-    # The data order depends on the seed alone (and, under torchrun, on the epoch: see set_epoch).
+    # The data order depends on the seed and the epoch alone (`epoch_order_seed`; under torchrun, set_epoch).
     sampler = (DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                   seed=config.seed, drop_last=True)
                if ctx.world_size > 1 else RandomSampler(train_set, generator=torch.Generator().manual_seed(config.seed)))
@@ -230,6 +239,7 @@ class EpochLoop:
     monitor: TrainingMonitor
     branch_costs: list[torch.Tensor] | None
     show_progress: bool
+    teacher: Teacher | None = None
     augment_rng: torch.Generator = field(default_factory=torch.Generator)
     path_rng: torch.Generator = field(default_factory=torch.Generator)
 
@@ -238,6 +248,8 @@ class EpochLoop:
         config, steps = self.config, len(self.loader)
         if isinstance(self.loader.sampler, DistributedSampler):
             self.loader.sampler.set_epoch(epoch)
+        else:
+            self.loader.sampler.generator.manual_seed(epoch_order_seed(config.seed, epoch))
         self.augment_rng.manual_seed(epoch_augment_seed(config.seed, self.ctx.rank, epoch))
         self.path_rng.manual_seed(epoch_path_seed(config.seed, self.ctx.rank, epoch))
         enter_training_mode(self.model, config.phase)
@@ -266,13 +278,33 @@ class EpochLoop:
         batch = batch.to(device, non_blocking=True)
         if config.augment:
             batch = augment(batch.cpu(), self.augment_rng, erase_probability=config.random_erasing).to(device)
+        teacher_probs = None if self.teacher is None else self.teacher.probabilities(batch)
         self.optimizer.zero_grad(set_to_none=True)
         result = phase_named(config.phase).step(self.wrapped, self.model, batch, labels, tau=tau, threshold=threshold,
                                                 config=config, branch_costs=self.branch_costs,
-                                                generator=self.path_rng)
+                                                generator=self.path_rng, teacher_probs=teacher_probs)
         self.optimizer.step()
         self.scheduler.step()
         return result
+
+
+@dataclass
+class Teacher:
+    """A finished DRNet whose dense path (threshold 0, at its default tau) a run distils from."""
+    model: DRNet
+    tau: float
+
+    @torch.no_grad()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.model(batch, tau=self.tau, threshold=0.0)
+        return torch.softmax(logits, dim=1)
+
+
+def load_teacher(config: TrainConfig, device: torch.device) -> Teacher | None:
+    if config.teacher is None:
+        return None
+    model, meta = load_checkpoint(config.teacher, device=device, fold_batch_norms=True)
+    return Teacher(model, default_setting(meta)[0])
 
 
 def validation_figures(model: torch.nn.Module, data: TrainingData, config: TrainConfig,

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import drnet_core.train
 from drnet_core import cli
 from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, save_checkpoint, sha256_of
 from drnet_core.config import PRESETS, ModelConfig
 from drnet_core.data import (FASHION_CLASSES, DatasetError, augment, load_fashion_mnist, load_shipped_subset,
                              load_test_set, random_erase, to_model_input)
+from drnet_core.distributed import state_fingerprint
 from drnet_core.evaluate import DEFAULT_SELECTION_RULE, choose_default_setting, run_routed
 from drnet_core.model import DRNet
 from drnet_core.train import branch_subset_state, train
@@ -119,6 +121,50 @@ def test_training_resumes_and_writes_a_checkpoint_with_metadata(tmp_path):
         assert key in loaded
     assert loaded["test_dense"]["mean_mflops"] == pytest.approx(model.dense_mflops())
     assert (tmp_path / "model.pt.sha256").read_text().split()[0] == sha256_of(output)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_to_the_weights_of_one_that_never_stopped(tmp_path, monkeypatch):
+    data, model_config, train_config = tiny_training(tmp_path, epochs=3)
+    train_config = replace(train_config, phase="supernet", random_erasing=0.5)
+    straight = train(model_config, train_config, tmp_path / "straight.pt", data_dir=str(data), progress=False,
+                     select_defaults=False, evaluate_test=False)
+    write = drnet_core.train.write_resume_state
+
+    def write_then_stop(path, **state):
+        write(path, **state)
+        if state["epoch"] == 1:
+            raise Interrupted
+
+    monkeypatch.setattr(drnet_core.train, "write_resume_state", write_then_stop)
+    with pytest.raises(Interrupted):
+        train(model_config, train_config, tmp_path / "resumed.pt", data_dir=str(data), progress=False,
+              select_defaults=False, evaluate_test=False)
+    monkeypatch.setattr(drnet_core.train, "write_resume_state", write)
+    train(model_config, train_config, tmp_path / "resumed.pt", data_dir=str(data), progress=False,
+          select_defaults=False, evaluate_test=False)
+    assert ([round(r["train_loss"], 6) for r in load_checkpoint(tmp_path / "resumed.pt")[1]["history"]]
+            == [round(r["train_loss"], 6) for r in straight["history"]])
+    assert (state_fingerprint(load_checkpoint(tmp_path / "resumed.pt")[0])
+            == state_fingerprint(load_checkpoint(tmp_path / "straight.pt")[0]))
+
+
+def test_a_teacher_adds_its_distillation_term_and_a_bad_one_is_named(tmp_path):
+    data, model_config, train_config = tiny_training(tmp_path, epochs=1)
+    teacher = tmp_path / "teacher.pt"
+    train(model_config, train_config, teacher, data_dir=str(data), progress=False, evaluate_test=False)
+    plain = train(model_config, train_config, tmp_path / "plain.pt", data_dir=str(data), progress=False,
+                  select_defaults=False, evaluate_test=False)
+    taught = train(model_config, replace(train_config, teacher=str(teacher)), tmp_path / "taught.pt",
+                   data_dir=str(data), progress=False, select_defaults=False, evaluate_test=False)
+    # Same data, noise and initial weights: only the KL term (>= 0, and > 0 unless the two agree) differs.
+    assert taught["history"][0]["train_loss"] > plain["history"][0]["train_loss"]
+    result = run_cli("train", "--preset", "tiny", "--teacher", str(tmp_path / "missing.pt"), "--output",
+                     str(tmp_path / "x.pt"), "--data-dir", str(data), "--no-progress")
+    assert result.returncode != 0 and "missing.pt" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_init_from_starts_at_the_parent_weights_and_records_it(tmp_path):
