@@ -28,7 +28,8 @@ TOY = "head"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def head_step(wrapped, model, batch, labels, *, tau, threshold, config, branch_costs=None, generator=None):
+def head_step(wrapped, model, batch, labels, *, tau, threshold, config, branch_costs=None, generator=None,
+              teacher_probs=None):
     logits, trace = wrapped(batch, tau=tau, threshold=threshold)
     loss = F.cross_entropy(logits, labels)
     loss.backward()
