@@ -77,7 +77,8 @@ def filter_table(table: pd.DataFrame, *, classes=None, correctness: str = "all",
     if classes:
         keep &= table["true"].isin(list(classes)).to_numpy()
     if correctness != "all":
-        keep &= (table["correct"] == (correctness == "correct")).to_numpy()
+        # An unlabelled input (batch audits) is neither right nor wrong: it stays out of both.
+        keep &= (table["correct"] == (correctness == "correct")).fillna(False).to_numpy(dtype=bool)
     if mflops_range is not None:
         low, high = mflops_range
         keep &= ((table["mflops"] >= low) & (table["mflops"] <= high)).to_numpy()
@@ -105,7 +106,7 @@ def cost_by_correctness(table: pd.DataFrame) -> pd.DataFrame:
     answers cost more?"""
     rows = []
     for outcome, correct in (("correct", True), ("incorrect", False)):
-        part = table[table["correct"] == correct]
+        part = table[(table["correct"] == correct).fillna(False).to_numpy(dtype=bool)]
         if not len(part):  # a filter on answers leaves one group; an empty row would read as a measurement
             continue
         row = {"outcome": outcome, "n": len(part), "mean MFLOPs": float(part["mflops"].mean()),
