@@ -54,7 +54,7 @@ class Gathered:
             self.skipped.append(Skipped(source, str(error)))
             return
         self.inputs += [NamedInput(m.name, source, m.data, member_folder(m.name)) for m in members]
-        self.skipped += [Skipped(f"{source}:{s.name}", s.reason) for s in skipped]
+        self.skipped += skipped  # named by their path in the archive, as the audited members are
 
     def add_file(self, data: bytes, name: str, source: str, folder: str = "") -> None:
         if is_zip(data):

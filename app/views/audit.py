@@ -74,14 +74,20 @@ def cost_range_filter(table, column):
         column.markdown(f"Every input costs **{low:.3f} MFLOPs** at this setting.")
         return low, high
     if "audit_range" not in st.session_state:
+        # Streamlit drops a widget's state in a run that does not draw it (no upload yet): only the first
+        # drawing takes the range from the URL, later ones start from the whole range.
         start = st.session_state[state.bound("mflops_min", low, low=low, high=high)]
         end = st.session_state[state.bound("mflops_max", high, low=low, high=high)]
         st.session_state["audit_range"] = (min(start, end), max(start, end))
+        st.session_state.setdefault("audit_range_bounds", (low, high))
     kept = st.session_state["audit_range"]
-    if not (low <= kept[0] <= kept[1] <= high):
+    if st.session_state.get("audit_range_bounds") != (low, high) or not (low <= kept[0] <= kept[1] <= high):
         st.session_state["audit_range"] = (low, high)  # the setting or the set changed the costs: reset
-    cost_range = column.slider("Cost range (MFLOPs)", low, high, step=max((high - low) / 200, 1e-6),
-                               format="%.3f", key="audit_range")
+        st.session_state["audit_range_bounds"] = (low, high)
+    step = max((high - low) / 200, 1e-6)
+    chosen = column.slider("Cost range (MFLOPs)", low, high, step=step, format="%.3f", key="audit_range")
+    # The slider snaps to its steps from the low end, which can land a rounding error short of the costliest row.
+    cost_range = (low if chosen[0] - low < step / 2 else chosen[0], high if high - chosen[1] < step / 2 else chosen[1])
     st.session_state["mflops_min"], st.session_state["mflops_max"] = (float(end) for end in cost_range)
     state.publish("mflops_min", "mflops_max")
     return cost_range
