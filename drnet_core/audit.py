@@ -174,7 +174,7 @@ def provenance(checkpoint_sha256: str, run: RoutedRun, dataset: str, *, checkpoi
 
 def csv_file_name(checkpoint_name: str, tau: float, threshold: float, what: str = "audit") -> str:
     """A download's name saying what it holds: drnet_<what>_<checkpoint>_tau<tau>_threshold<threshold>.csv."""
-    slug = re.sub(r"[^a-z0-9]+", "-", checkpoint_name.lower()).strip("-") or "checkpoint"
+    slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\.pt$", "", checkpoint_name.lower())).strip("-") or "checkpoint"
     return f"drnet_{what}_{slug}_tau{tau:g}_threshold{threshold:g}.csv"
 
 

@@ -188,8 +188,10 @@ def costs_tab() -> None:
     costliest_section(filtered, pixels)
     figures_section(filtered, tuple(class_list))
     times = state.time_table(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name)
+    whole = (float(table["mflops"].min()), float(table["mflops"].max()))
+    narrowed = None if tuple(cost_range) == whole else cost_range  # the whole range filters nothing
     origin = audit.provenance(settings.checkpoint_sha, run, set_name, checkpoint_name=settings.checkpoint_name,
-                              filters=audit.describe_filters(chosen, correctness, cost_range),
+                              filters=audit.describe_filters(chosen, correctness, narrowed),
                               timing_machine=audit.machine_description(times.device))
     # Written when the button is clicked: a page run would otherwise build and send the CSV every time.
     st.download_button("Download per-instance results (CSV)", lambda: audit.to_csv(filtered.drop(columns=["position"]), origin),
