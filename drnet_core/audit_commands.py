@@ -102,7 +102,10 @@ def cmd_sponge(args) -> int:
                  rows[-1]["forced_accuracy"])
     if args.figure:
         figure = sponge_sweep_figure(rows)
-        (figure.write_image if args.figure.endswith(".png") else figure.write_html)(args.figure)
+        if args.figure.endswith(".png"):
+            figure.write_image(args.figure)  # needs plotly's image export (kaleido)
+        else:
+            figure.write_html(args.figure, include_plotlyjs="cdn")  # a small file; plotly.js from its CDN
     output = {"checkpoint": checkpoint_name(args.checkpoint), "checkpoint_sha256": sha, "tau": tau,
               "threshold": threshold, "dataset": test.name, "steps": args.steps or SPONGE_STEPS,
               "restarts": args.restarts or SPONGE_RESTARTS, "seed": args.seed, "method": args.method,
