@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
@@ -160,7 +161,16 @@ def describe_filters(classes=None, correctness: str = "all", mflops_range: tuple
     return "; ".join(parts) or "none"
 
 
-def provenance(checkpoint_sha256: str, run: RoutedRun, dataset: str, *, checkpoint_name: str = "",
+@dataclass(frozen=True)
+class Setting:
+    """The routing setting of rows that did not come from one `RoutedRun` (a batch audit's command line)."""
+
+    tau: float
+    threshold: float
+    noise_seed: int | None = None
+
+
+def provenance(checkpoint_sha256: str, run: RoutedRun | Setting, dataset: str, *, checkpoint_name: str = "",
                filters: str = "none", timing_machine: str = "") -> dict:
     """The `PROVENANCE_COLUMNS` of a run: checkpoint (name and sha256), setting, noise seed (empty without
     noise), evaluation set, filters applied, when (UTC) and by which version, and the machine behind

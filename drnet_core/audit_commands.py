@@ -65,7 +65,7 @@ def cmd_audit(args) -> int:
     table = audit_inputs(model, prepared, class_names, tau=tau, threshold=threshold, calibration=calibration)
     name = checkpoint_name(args.checkpoint)
     if args.csv:
-        run_like = type("Setting", (), {"tau": tau, "threshold": threshold, "noise_seed": None})
+        run_like = audit.Setting(tau, threshold)
         sources = ", ".join(str(p) for p in args.paths)
         origin_row = audit.provenance(sha, run_like, f"your images: {sources}", checkpoint_name=name)
         Path(args.csv).write_bytes(audit.to_csv(table, origin_row))

@@ -15,7 +15,6 @@ Needs the shipped checkpoint's stored calibration (`python -m drnet_core calibra
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import subprocess
 import sys

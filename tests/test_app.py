@@ -422,3 +422,14 @@ def test_inspect_warns_of_an_unfamiliar_upload_and_searches_its_worst_case():
     at = start(tab="Worst case", sponge_eps="2")
     assert_clean(at)
     assert "Forced MFLOPs" in metrics(at)
+
+
+def test_audit_worst_case_tab_draws_the_sweep_against_the_dense_ceiling():
+    at = start("views/audit.py", audit_tab="Worst case", sponge_limit="10")
+    at.multiselect(key="sponge_budgets").set_value([4]).run()
+    at.toggle(key="sponge_run").set_value(True).run()
+    assert_clean(at)
+    sweep = next(frame.value for frame in at.dataframe if "forced_mean_mflops" in frame.value)
+    assert len(sweep) == 1 and sweep["forced_mean_mflops"][0] >= sweep["clean_mean_mflops"][0]
+    chart = next(c for c in at.get("plotly_chart") if "How much cost can a perturbation force" in c.proto.spec)
+    assert "the ceiling" in chart.proto.spec

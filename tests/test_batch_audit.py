@@ -147,7 +147,7 @@ def test_batch_csv_carries_inputs_flags_and_full_provenance(tmp_path):
     write_image_folder(tmp_path / "set")
     prepared = batch_audit.prepare_set(batch_audit.gather_paths([tmp_path / "set"]), FASHION_CLASSES)
     table = batch_audit.audit_inputs(tiny_model(), prepared, FASHION_CLASSES, tau=1.0, threshold=0.3, calibration=None)
-    run_like = type("Setting", (), {"tau": 1.0, "threshold": 0.3, "noise_seed": None})
+    run_like = audit.Setting(1.0, 0.3)
     origin = audit.provenance("ab" * 32, run_like, "your images", checkpoint_name="Shipped",
                               filters=audit.describe_filters(["Coat"], "correct"), timing_machine="")
     frame = pd.read_csv(io.BytesIO(audit.to_csv(table, origin)), keep_default_na=False)

@@ -50,7 +50,7 @@ def uploaded_table():
     if table is None:
         st.error("None of the uploaded files is a usable image.")
         return None
-    run_like = type("Setting", (), {"tau": settings.tau, "threshold": settings.threshold, "noise_seed": None})
+    run_like = audit.Setting(settings.tau, settings.threshold)
     return table, pixels, audit_rows.uploads_name(uploads), run_like
 
 
