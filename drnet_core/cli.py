@@ -7,6 +7,9 @@
   bench     wall-clock cost of dense vs routed inference, router overhead, training speed
   baseline  train a static baseline (fixed-branch cells or a plain CNN) the way the DRNet trains
   trace     one row per image (prediction, cost, path, every branch's weight) as Parquet or CSV
+  audit     your own images (files, folders, zips): prediction, cost, path, unfamiliar-input flag
+  calibrate-ood  fit the unfamiliar-input warning on held-out training images
+  sponge    the worst mean cost an L-infinity-bounded perturbation can force
   app       serve the Streamlit app
 
 Installed with pip, `drnet <command>` is the same command.
@@ -20,6 +23,7 @@ import sys
 import torch
 
 from .checkpoint import CheckpointError
+from .audit_commands import add_audit_parsers
 from .commands import (BASELINE_TRAIN_FLAGS, PROGRESS_SETTINGS, cmd_app, cmd_baseline, cmd_bench, cmd_evaluate,
                        cmd_select_default, cmd_subset, cmd_sweep, cmd_trace, cmd_train)
 from .config import PRESETS, TrainConfig
@@ -158,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     progress_options(trace)
     data_options(trace)
     trace.set_defaults(func=cmd_trace)
+
+    add_audit_parsers(commands, data_options)
 
     app = commands.add_parser("app", help="serve the Streamlit app (as `make run` does)")
     app.add_argument("--port", type=positive_int, default=8501, help="port (default: %(default)s)")

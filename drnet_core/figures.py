@@ -253,7 +253,7 @@ def cost_per_class_figure(table: pd.DataFrame, title: str = "Mean executed MFLOP
 def cost_vs_error_figure(table: pd.DataFrame, title: str = "Do wrong answers cost more?") -> go.Figure:
     figure = go.Figure()
     for outcome, correct, color in (("correct", True, GOOD), ("incorrect", False, WARN)):
-        part = table[table["correct"] == correct]
+        part = table[(table["correct"] == correct).fillna(False).to_numpy(dtype=bool)]
         if not len(part):  # no empty box for a group the filters left out
             continue
         figure.add_trace(go.Box(y=part["mflops"], name=f"{outcome} ({len(part):,})", marker_color=color,

@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -369,3 +370,66 @@ def test_attribution_reconciles_expected_and_executed_cost():
     executed = metrics(at)["Executed MFLOPs"]
     text = markdown_text(at)
     assert f"**Executed {executed} MFLOPs** = " in text and "always-on" in text and "**Expected " in text
+
+
+def zip_of(entries: dict[str, bytes]) -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_audit_takes_an_uploaded_zip_marks_unfamiliar_rows_and_lists_skipped_members():
+    from drnet_core.data import load_shipped_subset
+
+    garments = load_shipped_subset()
+    entries = {}
+    for position in range(6):
+        buffer = io.BytesIO()
+        Image.fromarray(garments.images[position].numpy()).save(buffer, format="PNG")
+        name = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                "Ankle boot")[int(garments.labels[position])]
+        entries[f"{name}/{position}.png"] = buffer.getvalue()
+    noise = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).integers(0, 256, (64, 64))).astype("uint8")).save(noise, format="PNG")
+    entries["noise/noise.png"] = noise.getvalue()
+    entries["../escape.png"] = noise.getvalue()
+    entries["notes.txt"] = b"not an image"
+    at = start("views/audit.py")
+    at.radio(key="audit_source").set_value("Your images").run()
+    assert_clean(at)
+    at.file_uploader(key="audit_upload").upload("mine.zip", zip_of(entries), "application/zip").run()
+    assert_clean(at)
+    shown = metrics(at)
+    assert shown["Inputs shown"] == "7" and shown["Unfamiliar"] != "–"
+    table = next(frame.value for frame in at.dataframe if "input" in frame.value and "ood" in frame.value)
+    assert bool(table.set_index("input").loc["noise/noise.png", "ood"]) is True
+    skipped = next(frame.value for frame in at.dataframe if "why" in frame.value)
+    assert set(skipped["input"]) == {"../escape.png", "notes.txt"}
+    assert any("familiar" in str(frame.value.to_dict()) for frame in at.dataframe)
+
+
+def test_inspect_warns_of_an_unfamiliar_upload_and_searches_its_worst_case():
+    at = start(source="Upload")
+    noise = io.BytesIO()
+    Image.fromarray((np.random.default_rng(1).integers(0, 256, (64, 64))).astype("uint8")).save(noise, format="PNG")
+    at.file_uploader(key="upload").upload("noise.png", noise.getvalue(), "image/png").run()
+    assert_clean(at)
+    assert any("Unfamiliar input" in warning.value for warning in at.warning)
+    at = start(tab="Worst case", sponge_eps="2")
+    assert_clean(at)
+    assert "Forced MFLOPs" in metrics(at)
+
+
+def test_audit_worst_case_tab_draws_the_sweep_against_the_dense_ceiling():
+    at = start("views/audit.py", audit_tab="Worst case", sponge_limit="10")
+    at.multiselect(key="sponge_budgets").set_value([4]).run()
+    at.toggle(key="sponge_run").set_value(True).run()
+    assert_clean(at)
+    sweep = next(frame.value for frame in at.dataframe if "forced_mean_mflops" in frame.value)
+    assert len(sweep) == 1 and sweep["forced_mean_mflops"][0] >= sweep["clean_mean_mflops"][0]
+    chart = next(c for c in at.get("plotly_chart") if "How much cost can a perturbation force" in c.proto.spec)
+    assert "the ceiling" in chart.proto.spec

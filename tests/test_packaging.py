@@ -77,9 +77,10 @@ def test_wheel_installs_offline_with_every_dependency_already_present(installed)
     assert [name for name in added if not name.startswith("drnet")] == ["installed_dependencies.pth"]
     packaged = site_packages(installed) / "drnet_core"
     for shipped in ("assets/drnet_fashion.pt", "assets/drnet_fashion.pt.sha256", "assets/fashion_mnist_test_subset.npz",
-                    "assets/baselines/plain_cnn.pt", "app/streamlit_app.py", "app/views/audit.py",
+                    "assets/baselines/plain_cnn.pt", "app/streamlit_app.py", "app/views/audit.py", "app/audit_rows.py",
                     "streamlit_config/config.toml"):
         assert (packaged / shipped).is_file(), shipped
+    assert list((packaged / "assets" / "ood").glob("*.npz")), "the shipped calibration of the unfamiliar-input warning"
 
 
 def test_installed_drnet_evaluates_from_outside_the_checkout_like_the_checkout(installed, tmp_path):

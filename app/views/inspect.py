@@ -6,8 +6,9 @@ import math
 
 import streamlit as st
 
+import audit_rows
 import state
-from drnet_core import attribution, explorer, figures, routing_graph
+from drnet_core import attribution, explorer, figures, routing_graph, sponge
 from drnet_core.defaults import MAX_UPLOAD_MB, TAU_MAX, TAU_MIN
 
 settings = state.current_settings()
@@ -77,6 +78,19 @@ with right:
         st.warning(f"At tau {settings.tau:g} and threshold {settings.threshold:g} no branch runs for this image: every "
                    "cell passes its input through unchanged, and the prediction comes from the stem, reductions and "
                    "head alone.")
+    calibration, calibration_origin = audit_rows.ood_calibration(settings.checkpoint_path, settings.checkpoint_sha)
+    unfamiliarity = audit_rows.image_ood_score(settings.checkpoint_path, settings.checkpoint_sha, key,
+                                               prepared.model_input)
+    if calibration is None:
+        st.caption(f"Unfamiliar-input warning unavailable: {calibration_origin}.")
+    elif calibration.flags([unfamiliarity])[0]:
+        st.warning(f"**Unfamiliar input.** This picture is unlike the images the network was trained on "
+                   f"(unfamiliarity {unfamiliarity:.0f}; {calibration.held_out_tpr:.0%} of held-out Fashion-MNIST "
+                   f"images score at most {calibration.score_threshold:.0f}). Its label and its cost say little "
+                   "about a garment: the network gives every input one of its ten classes.", icon=":material/warning:")
+    else:
+        st.caption(f"Familiar input: unfamiliarity {unfamiliarity:.0f}, within the {calibration.score_threshold:.0f} "
+                   "that 95% of held-out Fashion-MNIST images stay under.")
     st.plotly_chart(figures.probabilities_figure(result.probabilities, classes, true_class), key="probabilities")
 
 
@@ -216,9 +230,36 @@ def compare_tab() -> None:
         key="compare_diff")
 
 
+def worst_case_tab() -> None:
+    st.markdown("**How costly can this image be made?** Gradient ascent on the routers' cost changes each pixel by "
+                "at most eps (of the 0–255 range), then a real routed run measures what the changed image costs.")
+    eps = st.select_slider("Budget eps (x 1/255)", [1, 2, 4, 8, 16, 32], persist_state="session",
+                           key=state.bound("sponge_eps", 8, options=[1, 2, 4, 8, 16, 32]))
+    state.publish("sponge_eps")
+    forced = audit_rows.sponge_one(settings.checkpoint_path, settings.checkpoint_sha, key, prepared.pixels,
+                                   eps / 255, settings.tau, settings.threshold)
+    forced_input = sponge.normalise(forced.forced_pixels)
+    changed = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, f"{key}-sponge-{eps}", forced_input,
+                               settings.tau, settings.threshold, None)
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Forced MFLOPs", f"{float(forced.forced_mflops[0]):.3f}",
+              state.nonzero_delta(f"{float(forced.forced_mflops[0] - forced.clean_mflops[0]):+.3f}"),
+              delta_color="inverse")
+    c1.caption(f"from {float(forced.clean_mflops[0]):.3f}; dense {forced.dense_mflops:.2f} is the ceiling")
+    c2.metric("Prediction after", classes[changed.prediction])
+    c2.caption("unchanged" if changed.prediction == result.prediction else f"was {classes[result.prediction]}")
+    c3.image(state.enlarge((forced.forced_pixels[0, 0] * 255).round().byte(), 4),
+             caption=f"perturbed image (eps {eps}/255)", width="stretch")
+    diff = routing_graph.path_diff_graph(model, result.executed, changed.executed, result.weights, changed.weights)
+    st.plotly_chart(routing_graph.path_diff_figure(diff, "This image's path (A) vs. the perturbed image's path (B)",
+                                                   "original", "perturbed"), key="sponge_diff")
+    st.caption("The search and the measurement use the sidebar's tau and threshold, without noise. "
+               "`python -m drnet_core sponge` runs it over the test split at the checkpoint's default setting.")
+
+
 TABS = {"Routing path": routing_path_tab, "Branch weights": branch_weights_tab, "Cost": cost_tab,
         "Attribution": attribution_tab, "Counterfactual": counterfactual_tab,
-        "Same image, different paths": noise_tab, "Compare": compare_tab}
+        "Same image, different paths": noise_tab, "Compare": compare_tab, "Worst case": worst_case_tab}
 # Only the open tab runs, so a slider step pays for what is on screen; the open tab is in the URL.
 for tab, draw in zip(st.tabs(list(TABS), key="tab", bind="query-params"), TABS.values()):
     if tab.open:
