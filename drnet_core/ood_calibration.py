@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DatasetError, to_model_input
+from .data import DatasetError, dataset_of, to_model_input
 from .evaluate import default_setting
 from .held_out import training_split
 from .model import DRNet
@@ -70,7 +70,7 @@ def calibrate(model: DRNet, meta: dict, checkpoint_sha256: str, *, data_dir: str
     if not len(held_out_idx):
         raise DatasetError("this checkpoint's run held out no training images, so the warning has nothing to "
                            "calibrate on without touching the test split")
-    dataset = meta.get("dataset", "fashion-mnist")
+    dataset = dataset_of(meta)
     trained = torch.ones(len(full_train), dtype=torch.bool)
     trained[held_out_idx] = False
     fit_idx = trained.nonzero().squeeze(1)
