@@ -27,7 +27,7 @@ import serve_replicas  # noqa: E402
 COOKIE = "drnet_replica"
 UPLOADED = ROOT / "assets" / "drnet_fashion_small.pt"
 
-pytestmark = [pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON),
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON),
               pytest.mark.skipif(shutil.which("nginx") is None and not Path(serve_replicas.NGINX).exists(),
                                  reason="nginx is not installed (apt-get install nginx-light)")]
 
