@@ -3,9 +3,11 @@
 A server's sessions evaluate in threads of one process and share its cores. Every evaluation batch
 (`evaluate.run_routed`) takes its threads' worth of the process's cores from the gate and gives them
 back when the batch is done, so work yields between units of a few tens of milliseconds. Waiting batches
-are served interactive first, then heavy, first come first served within each: a session's single-setting
-evaluation (a slider step) waits for at most the batches already running, however many sweeps, budget
-searches or curves other sessions have queued.
+are served interactive first, then heavy; within each, the batch of the run with the fewest batches left
+goes first (shortest remaining work first), then the earlier arrival. So a session's slider step waits for
+at most the batches already running, however many sweeps, budget searches or curves other sessions have
+queued; and a threshold step, which re-routes a few batches' worth of images, is not held behind another
+session's tau step, which routes the whole set. The price: a long run can wait while short ones keep coming.
 
 Work is interactive unless the calling thread marks it heavy:
 
@@ -48,22 +50,23 @@ def available_cpus() -> int:
 
 class ComputeGate:
     """`capacity` tokens (cores); a waiter is served when its tokens are free and no waiter ranks before it
-    (a lower priority number first, then the earlier arrival)."""
+    (a lower priority number first, then less work left, then the earlier arrival)."""
 
     def __init__(self, capacity: int):
         if capacity < 1:
             raise ValueError(f"a compute gate needs at least one token, got {capacity}")
         self.capacity = capacity
         self._free = capacity
-        self._waiting: set[tuple[int, int]] = set()
+        self._waiting: set[tuple[int, int, int]] = set()  # (priority, work left, ticket)
         self._tickets = itertools.count()
         self._condition = threading.Condition()
 
     @contextlib.contextmanager
-    def slot(self, tokens: int = 1, priority: int | None = None):
-        """Hold `tokens` (at most the capacity) for the body; `priority` defaults to the thread's mark."""
+    def slot(self, tokens: int = 1, priority: int | None = None, work_left: int = 1):
+        """Hold `tokens` (at most the capacity) for the body; `priority` defaults to the thread's mark;
+        `work_left`: the units (batches) the caller's job has left, this one included."""
         tokens = max(1, min(tokens, self.capacity))
-        rank = (current_priority() if priority is None else priority, next(self._tickets))
+        rank = (current_priority() if priority is None else priority, work_left, next(self._tickets))
         with self._condition:
             self._waiting.add(rank)
             try:
@@ -82,7 +85,7 @@ class ComputeGate:
     def waiting(self) -> dict[str, int]:
         """How many batches wait, per priority (for monitoring and tests)."""
         with self._condition:
-            ranks = [priority for priority, _ in self._waiting]
+            ranks = [rank[0] for rank in self._waiting]
         return {"interactive": ranks.count(INTERACTIVE), "heavy": ranks.count(HEAVY)}
 
 

@@ -49,6 +49,33 @@ def test_an_interactive_batch_goes_before_heavy_batches_that_queued_earlier():
     assert order == ["interactive", "heavy 1", "heavy 2"]
 
 
+def test_among_interactive_batches_the_run_with_less_work_left_goes_first():
+    gate = ComputeGate(capacity=1)
+    order, release = [], threading.Event()
+
+    def hold():
+        with gate.slot():
+            release.wait()
+
+    def take(name, work_left):
+        with gate.slot(priority=INTERACTIVE, work_left=work_left):
+            order.append(name)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    wait_for(lambda: gate._free == 0)
+    threads = []
+    for name, work_left in (("tau step, 40 batches left", 40), ("threshold step, 1 batch left", 1),
+                            ("tau step, 39 batches left", 39)):
+        threads.append(threading.Thread(target=take, args=(name, work_left)))
+        threads[-1].start()
+        wait_for(lambda: sum(gate.waiting().values()) == len(threads))
+    release.set()
+    for thread in [holder] + threads:
+        thread.join()
+    assert order == ["threshold step, 1 batch left", "tau step, 39 batches left", "tau step, 40 batches left"]
+
+
 def test_holders_never_exceed_the_capacity():
     gate = ComputeGate(capacity=3)
     held, peak, lock = [0], [0], threading.Lock()
@@ -75,11 +102,12 @@ def test_holders_never_exceed_the_capacity():
 class RecordingGate(ComputeGate):
     def __init__(self):
         super().__init__(capacity=2)
-        self.priorities = []
+        self.priorities, self.work_left = [], []
 
-    def slot(self, tokens=1, priority=None):
+    def slot(self, tokens=1, priority=None, work_left=1):
         self.priorities.append(compute_gate.current_priority() if priority is None else priority)
-        return super().slot(tokens, priority)
+        self.work_left.append(work_left)
+        return super().slot(tokens, priority, work_left)
 
 
 def test_evaluation_batches_carry_the_callers_mark_into_their_worker_threads(monkeypatch):
@@ -89,6 +117,7 @@ def test_evaluation_batches_carry_the_callers_mark_into_their_worker_threads(mon
     model, inputs, labels = tiny_model(), torch.randn(64, 1, 28, 28), torch.arange(64) % 10
     plain = evaluate.run_routed(model, inputs, labels, tau=0.5, threshold=0.3, batch_size=16)
     assert gate.priorities == [INTERACTIVE] * 4
+    assert sorted(gate.work_left, reverse=True) == [4, 3, 2, 1]  # batches left, this one included
     with heavy_work():
         heavy = evaluate.run_routed(model, inputs, labels, tau=0.5, threshold=0.3, batch_size=16)
     assert gate.priorities[4:] == [HEAVY] * 4
