@@ -5,8 +5,12 @@
 Starts N `streamlit run` replicas on loopback ports (--first-replica-port, then the next ones), renders
 deploy/nginx.conf.template into a run folder and starts nginx on --address:--port in front of them.
 The replicas share the upload store (DRNET_UPLOAD_DIR) and the result cache (DRNET_RESULT_CACHE_DIR),
-and one cookie secret (so a browser's XSRF cookie is valid on every replica). It runs until Ctrl-C or
-SIGTERM, then stops everything it started. docs/DEPLOY.md has the why of each part.
+and one cookie secret (so a browser's XSRF cookie is valid on every replica). With at most as many
+replicas as cores, each replica gets its own share of the cores (CPU affinity), so that N processes that
+each size their thread pools to the machine do not oversubscribe it. --upstream HOST:PORT adds replicas
+started elsewhere (`drnet app --address 0.0.0.0` on other machines, with the same DRNET_UPLOAD_DIR,
+DRNET_RESULT_CACHE_DIR and STREAMLIT_SERVER_COOKIE_SECRET); --replicas 0 runs the proxy alone.
+It runs until Ctrl-C or SIGTERM, then stops everything it started. docs/DEPLOY.md has the why of each part.
 """
 from __future__ import annotations
 
@@ -35,9 +39,9 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 UPLOAD_DIR_DEFAULT = Path(tempfile.gettempdir()) / "drnet-explorer-checkpoints"  # the sidebar's default
 
 
-def render_config(run_dir: Path, listen: str, replica_ports: list[int]) -> Path:
-    """deploy/nginx.conf.template filled in for these replicas, written to run_dir/nginx.conf."""
-    servers = "\n".join(f"        server 127.0.0.1:{port} max_fails=0;" for port in replica_ports)
+def render_config(run_dir: Path, listen: str, replicas: list[str]) -> Path:
+    """deploy/nginx.conf.template filled in for these replicas (host:port), written to run_dir/nginx.conf."""
+    servers = "\n".join(f"        server {replica} max_fails=0;" for replica in replicas)
     text = (TEMPLATE.read_text().replace("{{RUN_DIR}}", str(run_dir)).replace("{{LISTEN}}", listen)
             .replace("{{SERVERS}}", servers))
     path = run_dir / "nginx.conf"
@@ -84,12 +88,33 @@ def shared_environment(env: dict[str, str] | None) -> dict[str, str]:
     return merged
 
 
+def core_shares(count: int) -> list[set[int] | None]:
+    """Each replica's cores: an equal share when there are at least as many cores as replicas, else None
+    (every replica may use every core)."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not cores or count > len(cores):
+        return [None] * count
+    share = len(cores) // count
+    return [set(cores[index * share:(index + 1) * share]) for index in range(count)]
+
+
+def start_replica(port: int, cores: set[int] | None, environment: dict[str, str], log) -> subprocess.Popen:
+    command = streamlit_command(port, "127.0.0.1", ["--server.fileWatcherType", "none"])
+    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    if cores:
+        # Set while the new process is still starting Python: the threads it makes later inherit it.
+        os.sched_setaffinity(process.pid, cores)
+    return process
+
+
 @contextlib.contextmanager
 def replicas(count: int, port: int, *, address: str = "127.0.0.1", first_replica_port: int | None = None,
-             env: dict[str, str] | None = None, log_dir: Path | None = None, timeout: float = 300):
-    """Start `count` replicas and nginx; yield {"url", "replica_urls", "run_dir", "processes"}; stop all on exit."""
-    if count < 1:
-        raise ValueError(f"at least one replica, got {count}")
+             upstream: tuple[str, ...] = (), env: dict[str, str] | None = None, log_dir: Path | None = None,
+             timeout: float = 300):
+    """Start `count` replicas and nginx in front of them and of `upstream`; yield {"url", "replica_urls",
+    "run_dir", "processes"}; stop all on exit."""
+    if count < 0 or count + len(upstream) < 1:
+        raise ValueError(f"at least one replica, got {count} here and {len(upstream)} elsewhere")
     if not Path(NGINX).exists():
         raise FileNotFoundError("nginx is not installed (apt-get install nginx-light)")
     first_replica_port = first_replica_port or port + 100
@@ -103,18 +128,17 @@ def replicas(count: int, port: int, *, address: str = "127.0.0.1", first_replica
     processes: list[subprocess.Popen] = []
     logs = []
     try:
-        for index, replica_port in enumerate(ports):
-            log = open(log_dir / f"replica-{index + 1}.log", "wb")
-            logs.append(log)
-            command = streamlit_command(replica_port, "127.0.0.1", ["--server.fileWatcherType", "none"])
-            processes.append(subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT))
+        for index, (replica_port, cores) in enumerate(zip(ports, core_shares(count))):
+            logs.append(open(log_dir / f"replica-{index + 1}.log", "wb"))
+            processes.append(start_replica(replica_port, cores, environment, logs[-1]))
         listen = f"{address}:{port}"
-        config = render_config(run_dir, listen, ports)
+        config = render_config(run_dir, listen, [f"127.0.0.1:{replica_port}" for replica_port in ports] + list(upstream))
         nginx_log = open(log_dir / "nginx.log", "wb")
         logs.append(nginx_log)
         processes.append(subprocess.Popen([NGINX, "-c", str(config), "-p", str(run_dir)], stdout=nginx_log,
                                           stderr=subprocess.STDOUT))
-        replica_urls = [f"http://127.0.0.1:{replica_port}" for replica_port in ports]
+        replica_urls = [f"http://127.0.0.1:{replica_port}" for replica_port in ports] + [
+            f"http://{replica}" for replica in upstream]
         for url in replica_urls:
             wait_healthy(url, processes, timeout)
         url = f"http://{'127.0.0.1' if address in ('0.0.0.0', '') else address}:{port}"
@@ -131,7 +155,9 @@ def replicas(count: int, port: int, *, address: str = "127.0.0.1", first_replica
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--replicas", type=int, default=2, help="Streamlit processes (default: %(default)s)")
+    parser.add_argument("--replicas", type=int, default=2, help="Streamlit processes here (default: %(default)s)")
+    parser.add_argument("--upstream", action="append", default=[], metavar="HOST:PORT",
+                        help="a replica started elsewhere (repeatable)")
     parser.add_argument("--port", type=int, default=8501, help="nginx's port (default: %(default)s)")
     parser.add_argument("--address", default="127.0.0.1",
                         help="nginx's address; 0.0.0.0 serves the network (default: %(default)s)")
@@ -141,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     with replicas(args.replicas, args.port, address=args.address, first_replica_port=args.first_replica_port,
-                  log_dir=None) as served:
-        print(f"{args.replicas} replicas behind nginx on {served['url']} "
+                  upstream=tuple(args.upstream)) as served:
+        print(f"{len(served['replica_urls'])} replicas behind nginx on {served['url']} "
               f"({', '.join(served['replica_urls'])}); logs and config in {served['run_dir']}. Ctrl-C stops.",
               flush=True)
         try:
