@@ -103,5 +103,6 @@ def held_out_sweep(path: str, sha256: str, limit: int) -> tuple[list[dict], str]
         with heavy_work():
             return sweep(model, to_model_input(images.images), images.labels, SWEEP_TAUS, SWEEP_THRESHOLDS)
 
-    key = {"set": images.name, "limit": limit, "taus": SWEEP_TAUS, "thresholds": SWEEP_THRESHOLDS, "device": model.device.type}
+    key = {"set": images.name, "limit": limit, "taus": SWEEP_TAUS, "thresholds": SWEEP_THRESHOLDS,
+           "device": model.device.type}
     return result_cache().get_or_compute(sha256, "held_out_sweep", key, compute), images.name

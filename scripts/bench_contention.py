@@ -5,7 +5,7 @@
 
 Browser A steps setting B's threshold (one ArrowRight, to a value not seen before) and is timed as
 `bench_browser.py` times a step: "numbers" when B's accuracy and MFLOPs show new values, "finished" when
-the page's run is over. Measured three ways:
+the page's run is over. The server starts with an empty result cache of its own. Measured three ways:
   * alone: browser B idle;
   * during B's tau step: browser B steps the sidebar's tau (a new routed run of the evaluation set,
     then the threshold sweep of the curve at the new tau) and A steps `--delay` seconds later, while
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_browser as bench  # noqa: E402
 from bench_browser import chromium  # noqa: E402
+
+from drnet_core import result_cache  # noqa: E402
 
 TARGET_S = 1.0
 A_SLIDER, B_SLIDER = "Setting B: threshold", "Gumbel temperature tau"
@@ -64,8 +67,9 @@ def run(repeats: int, eval_limit: int | None, delay: float, sweep_delay: float, 
     env = {bench.EVAL_LIMIT_ENV: str(eval_limit)} if eval_limit else {}
     report = {"machine": bench.machine_facts(), "eval_limit_argument": eval_limit, "repeats": repeats,
               "a_slider": A_SLIDER, "b_slider": f"{B_SLIDER} (sidebar)", "target_s": TARGET_S}
-    with chromium.serve_app(env) as (url, _), browser("drnet-contention-a-") as driver_a, \
-            browser("drnet-contention-b-") as driver_b:
+    with tempfile.TemporaryDirectory(prefix="drnet-contention-results-") as results, \
+            chromium.serve_app({**env, result_cache.DIR_ENV: results}) as (url, _), \
+            browser("drnet-contention-a-") as driver_a, browser("drnet-contention-b-") as driver_b:
         for driver in (driver_a, driver_b):
             bench.cold_load(driver, url, *bench.TRADEOFF, timeout * 8)
         report.update(bench.evaluation_size(driver_a))

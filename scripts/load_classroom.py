@@ -3,7 +3,8 @@
     PYTHONPATH=. .venv/bin/python scripts/load_classroom.py [--sessions 1,10,30] [--browsers 2] [--minutes 3]
                                                             [--eval-limit N] [--json out.json]
 
-For each class size a fresh `streamlit run` on a free loopback port (tests/chromium.py::serve_app); the
+For each class size a fresh `streamlit run` on a free loopback port (tests/chromium.py::serve_app), with
+an empty result cache of its own, so no class reuses another's results or an earlier run's; the
 sessions open /tradeoff at the app's default setting, then for --minutes each one, after a think time of
 --pace seconds (+-50 %, seeded), steps a sidebar slider and waits for the page's run to end: the
 threshold by +-0.01, and every --tau-every-th step tau by +-0.05 (a random walk from the default, so
@@ -26,6 +27,7 @@ import json
 import random
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,6 +38,8 @@ import bench_browser as bench  # noqa: E402
 from bench_browser import chromium  # noqa: E402
 from soak_app import resident_mb  # noqa: E402
 from streamlit_client import ProtocolSession  # noqa: E402
+
+from drnet_core import result_cache  # noqa: E402
 
 DEFAULT_TAU, DEFAULT_THRESHOLD = 0.25, 0.3  # the shipped checkpoint's default, where every session starts
 TAU_SLIDER, THRESHOLD_SLIDER = "Gumbel temperature tau", "Selection threshold"
@@ -160,8 +164,9 @@ def browser_session(url: str, index: int, phase: Phase, args, recorder: Recorder
                     recorder.failure(session=index, client="chromium", slider=slider, error=repr(error)[:300])
                     bench.settle(driver, "a failed step", args.load_timeout)
                 else:
-                    recorder.step(session=index, client="chromium", slider=slider,
-                                  numbers_s=timing["numbers_s"] or timing["finished_s"], finished_s=timing["finished_s"])
+                    numbers = timing["numbers_s"] or timing["finished_s"]  # unchanged numbers: shown at the end
+                    recorder.step(session=index, client="chromium", slider=slider, numbers_s=numbers,
+                                  finished_s=timing["finished_s"])
                 step += 1
     except Exception as error:
         phase.arrive()  # a browser that never started must not hold the others back
@@ -176,10 +181,11 @@ def summary(steps: list[dict]) -> dict:
 
 
 def run_class(sessions: int, args) -> dict:
-    """One class size against a fresh server; the report of its steps and memory."""
+    """One class size against a fresh server with an empty result cache; the report of its steps and memory."""
     env = {bench.EVAL_LIMIT_ENV: str(args.eval_limit)} if args.eval_limit else {}
     recorder, memory = Recorder(), []
-    with chromium.serve_app(env) as (url, server):
+    with tempfile.TemporaryDirectory(prefix="drnet-class-results-") as results, \
+            chromium.serve_app({**env, result_cache.DIR_ENV: results}) as (url, server):
         start_mb = resident_mb(server.pid)
         stop_sampling = threading.Event()
 

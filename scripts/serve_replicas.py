@@ -132,7 +132,8 @@ def replicas(count: int, port: int, *, address: str = "127.0.0.1", first_replica
             logs.append(open(log_dir / f"replica-{index + 1}.log", "wb"))
             processes.append(start_replica(replica_port, cores, environment, logs[-1]))
         listen = f"{address}:{port}"
-        config = render_config(run_dir, listen, [f"127.0.0.1:{replica_port}" for replica_port in ports] + list(upstream))
+        here = [f"127.0.0.1:{replica_port}" for replica_port in ports]
+        config = render_config(run_dir, listen, here + list(upstream))
         nginx_log = open(log_dir / "nginx.log", "wb")
         logs.append(nginx_log)
         processes.append(subprocess.Popen([NGINX, "-c", str(config), "-p", str(run_dir)], stdout=nginx_log,

@@ -24,7 +24,8 @@ def test_the_rendered_configuration_lists_every_replica_and_nginx_accepts_it(tmp
     assert "{{" not in text
     assert "server 127.0.0.1:8601 max_fails=0;" in text and "server 10.0.0.2:8601 max_fails=0;" in text
     assert "hash $drnet_route consistent;" in text
-    assert "proxy_set_header Upgrade $http_upgrade;" in text and "proxy_set_header Connection $connection_upgrade;" in text
+    assert "proxy_set_header Upgrade $http_upgrade;" in text
+    assert "proxy_set_header Connection $connection_upgrade;" in text
     assert "client_max_body_size 11m;" in text  # Streamlit's 10 MB uploads pass
     if not Path(serve_replicas.NGINX).exists():
         pytest.skip("nginx is not installed (apt-get install nginx-light)")

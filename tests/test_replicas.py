@@ -34,7 +34,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=MISSING
 
 def answered_by(url: str, cookie: str | None) -> tuple[str, str | None]:
     """(replica that answered, cookie the proxy set) for one request through the proxy."""
-    request = urllib.request.Request(url + "/_stcore/health", headers={"Cookie": f"{COOKIE}={cookie}"} if cookie else {})
+    headers = {"Cookie": f"{COOKIE}={cookie}"} if cookie else {}
+    request = urllib.request.Request(url + "/_stcore/health", headers=headers)
     with urllib.request.urlopen(request, timeout=10) as response:
         ours = [value for value in response.headers.get_all("Set-Cookie") or [] if value.startswith(f"{COOKIE}=")]
         return response.headers["X-DRNet-Replica"], (ours or [None])[0]
@@ -48,7 +49,6 @@ def served(tmp_path_factory):
     port = free_port()
     with serve_replicas.replicas(2, port, first_replica_port=free_port(), env=env,
                                  log_dir=tmp_path_factory.mktemp("logs")) as running:
-        # serve_replicas numbers replica ports consecutively from the first one
         yield {**running, "shared": shared}
 
 
@@ -126,4 +126,4 @@ def test_an_upload_through_one_replica_is_found_by_the_other(served, pins, brows
         shown.append(metric_values(browser, "Accuracy"))
     assert shown[0] == shown[1] and all(shown[0])
     open_on(browser, served, pins[1], "/tradeoff?tau=0.5&threshold=0.2", showing="Flip list")
-    assert metric_values(browser, "Accuracy") != shown[0]  # the uploaded (smaller) model's numbers, not the shipped one's
+    assert metric_values(browser, "Accuracy") != shown[0]  # the upload's numbers were not the shipped model's
