@@ -6,12 +6,18 @@ STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 PORT ?= 8501
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test setup data browser evaluate train clean
+.PHONY: run test setup data browser proxy replicas evaluate train clean
 
 run: setup data
 	$(PY) -m streamlit run app/streamlit_app.py --server.port=$(PORT) --server.headless=true
 
-test: setup data browser
+# N Streamlit replicas behind nginx on $(PORT), each browser kept on one (docs/DEPLOY.md).
+N ?= 2
+ADDRESS ?= 127.0.0.1
+replicas: setup data proxy
+	$(PY) scripts/serve_replicas.py --replicas $(N) --port $(PORT) --address $(ADDRESS)
+
+test: setup data browser proxy
 	$(PY) -m pytest -q tests
 
 setup: $(STAMP)
@@ -41,6 +47,15 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	else \
 		echo "error: the browser tests need 'apt-get install chromium chromium-driver' (as root)"; exit 1; \
+	fi
+
+# Debian's nginx for `make replicas` and the two-replica test.
+proxy:
+	@if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; \
+	else \
+		echo "error: replicas need 'apt-get install nginx-light' (as root)"; exit 1; \
 	fi
 
 evaluate: setup data

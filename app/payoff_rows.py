@@ -1,20 +1,25 @@
 """The pay-off view's cached rows: the random-routing control, the static baselines, the comparison
 table when it fits the current checkpoint, and the held-out sweep that budgets are chosen on.
 
-Cached the way `state` caches: models by path and sha256, results by every setting that changes them.
+Cached the way `state` caches: models by path and sha256, results by every setting that changes them, in
+memory and in the shared result cache on disk (`state.result_cache`). Sweeps and baselines are heavy work
+(`drnet_core.compute_gate`): other sessions' slider steps go first.
 """
 from __future__ import annotations
+
+import hashlib
 
 import streamlit as st
 
 from drnet_core import payoff
 from drnet_core.baselines import load_baseline
 from drnet_core.checkpoint import SHIPPED_CHECKPOINT, default_device, sha256_of
+from drnet_core.compute_gate import heavy_work
 from drnet_core.data import ASSETS, ImageSet, to_model_input
 from drnet_core.evaluate import SWEEP_TAUS, SWEEP_THRESHOLDS, default_setting, run_routed, sweep
 from drnet_core.held_out import held_out_set
 
-from state import Settings, evaluation_inputs, evaluation_set, model_and_meta, routed
+from state import Settings, evaluation_inputs, evaluation_set, model_and_meta, result_cache, routed
 
 BASELINE_DIR = ASSETS / "baselines"
 
@@ -24,9 +29,16 @@ def random_control(path: str, sha256: str, dataset_name: str, limit: int, tau: f
                    noise_seed: int | None, model_name: str) -> dict:
     """The random-routing control row of one setting (`payoff.random_control_row`)."""
     model, meta = model_and_meta(path, sha256)
-    run = routed(path, sha256, dataset_name, limit, tau, threshold, noise_seed)
-    return payoff.random_control_row(model, evaluation_inputs(dataset_name)[:limit], run, model_name=model_name,
-                                     epochs=meta.get("total_epochs", meta.get("epochs")))
+
+    def compute() -> dict:
+        run = routed(path, sha256, dataset_name, limit, tau, threshold, noise_seed)
+        with heavy_work():
+            return payoff.random_control_row(model, evaluation_inputs(dataset_name)[:limit], run,
+                                             model_name=model_name, epochs=meta.get("total_epochs", meta.get("epochs")))
+
+    key = {"dataset": dataset_name, "limit": limit, "tau": tau, "threshold": threshold, "noise_seed": noise_seed,
+           "model_name": model_name, "device": model.device.type}
+    return result_cache().get_or_compute(sha256, "random_control", key, compute)
 
 
 @st.cache_resource(show_spinner="Loading the baselines…", max_entries=16)
@@ -39,14 +51,25 @@ def baseline_rows(dataset_name: str, limit: int) -> list[dict]:
     """Every shipped static baseline (assets/baselines) evaluated on the first `limit` evaluation images."""
     images = evaluation_set()
     inputs = evaluation_inputs(dataset_name)[:limit]
-    rows = []
-    for path in sorted(BASELINE_DIR.glob("*.pt")):
-        network, meta = baseline_model(str(path), sha256_of(path))
-        kind = payoff.baseline_kind(network.config.kind)
-        run = run_routed(network, inputs, images.labels[:limit], tau=1.0, threshold=0.0)
-        rows.append(payoff.comparison_row(run, network, kind=kind, epochs=meta.get("total_epochs", meta.get("epochs")),
-                                          name=f"{'static cells' if kind == 'static' else 'plain CNN'} ({path.stem})"))
-    return rows
+    paths = sorted(BASELINE_DIR.glob("*.pt"))
+    digests = [sha256_of(path) for path in paths]
+
+    def compute() -> list[dict]:
+        rows = []
+        for path, digest in zip(paths, digests):
+            network, meta = baseline_model(str(path), digest)
+            kind = payoff.baseline_kind(network.config.kind)
+            with heavy_work():
+                run = run_routed(network, inputs, images.labels[:limit], tau=1.0, threshold=0.0)
+            name = f"{'static cells' if kind == 'static' else 'plain CNN'} ({path.stem})"
+            rows.append(payoff.comparison_row(run, network, kind=kind, name=name,
+                                              epochs=meta.get("total_epochs", meta.get("epochs"))))
+        return rows
+
+    # Kept under one digest of every baseline file: the rows change when any of them does.
+    together = hashlib.sha256("".join(digests).encode()).hexdigest()
+    return result_cache().get_or_compute(together, "baseline_rows", {"dataset": dataset_name, "limit": limit,
+                                                                    "device": default_device().type}, compute)
 
 
 def comparison_table_rows(settings: Settings) -> tuple[list[dict], str] | None:
@@ -75,4 +98,11 @@ def held_out_sweep(path: str, sha256: str, limit: int) -> tuple[list[dict], str]
     first `limit` images this checkpoint's run held out of training. Raises DatasetError when unknown."""
     model, _ = model_and_meta(path, sha256)
     images = held_out_images(path, sha256).subset(limit)
-    return sweep(model, to_model_input(images.images), images.labels, SWEEP_TAUS, SWEEP_THRESHOLDS), images.name
+
+    def compute() -> list[dict]:
+        with heavy_work():
+            return sweep(model, to_model_input(images.images), images.labels, SWEEP_TAUS, SWEEP_THRESHOLDS)
+
+    key = {"set": images.name, "limit": limit, "taus": SWEEP_TAUS, "thresholds": SWEEP_THRESHOLDS,
+           "device": model.device.type}
+    return result_cache().get_or_compute(sha256, "held_out_sweep", key, compute), images.name

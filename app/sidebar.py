@@ -2,8 +2,9 @@
 threshold, Gumbel noise and the number of evaluation images, all mirrored into the URL.
 
 Environment: DRNET_EVAL_LIMIT sets the default number of evaluation images (by default the whole set);
-DRNET_ALLOW_SERVER_PATHS=1 allows a checkpoint path on the server; DRNET_UPLOAD_MAX_FILES and
-DRNET_UPLOAD_MAX_MB bound the uploaded checkpoints kept on disk (`drnet_core.upload_store`).
+DRNET_ALLOW_SERVER_PATHS=1 allows a checkpoint path on the server; DRNET_UPLOAD_DIR (shared by replicas),
+DRNET_UPLOAD_MAX_FILES and DRNET_UPLOAD_MAX_MB place and bound the uploaded checkpoints kept on disk
+(`drnet_core.upload_store`).
 """
 from __future__ import annotations
 

@@ -21,11 +21,13 @@ from PIL import Image
 
 from drnet_core import attribution, explorer
 from drnet_core.checkpoint import BUNDLED_CHECKPOINTS, default_device, load_checkpoint
+from drnet_core.compute_gate import heavy_work
 from drnet_core.cost import TimeTable, measure_time_table
 from drnet_core.data import FASHION_CLASSES, ImageSet, load_test_set, to_model_input
 from drnet_core.evaluate import (SWEEP_THRESHOLDS, RoutedRun, default_setting, prefix_features, rerun_at_threshold,
                                   run_routed, summarize)
 from drnet_core.images import ImageRejected, PreparedImage, image_from_bytes, prepare_dataset_image, prepare_image
+from drnet_core.result_cache import ROUTED_RUN, ResultCache
 
 TIME_TABLE_BATCH = 256  # the batch size `bench` reports; the audit's time estimates are per image in it
 
@@ -140,10 +142,34 @@ def _recent_runs() -> tuple[OrderedDict, threading.Lock]:
     return OrderedDict(), threading.Lock()
 
 
+# Under the in-memory caches, one on disk per checkpoint sha256 (drnet_core.result_cache), shared by a
+# restarted server and by every replica pointed at the same DRNET_RESULT_CACHE_DIR. Created once per process:
+# creating it applies its bounds to what earlier runs left.
+@st.cache_resource(show_spinner=False)
+def result_cache() -> ResultCache:
+    return ResultCache.from_environment()
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def routed(path: str, sha256: str, dataset_name: str, limit: int, tau: float, threshold: float,
            noise_seed: int | None) -> RoutedRun:
     model, _ = model_and_meta(path, sha256)
+    key = {"dataset": dataset_name, "limit": limit, "tau": tau, "threshold": threshold, "noise_seed": noise_seed,
+           "device": model.device.type}
+    run = result_cache().get_or_compute(
+        sha256, "routed", key, lambda: _route(model, path, sha256, dataset_name, limit, tau, threshold, noise_seed),
+        codec=ROUTED_RUN)
+    runs, lock = _recent_runs()
+    with lock:
+        runs[(path, sha256, dataset_name, limit, tau, noise_seed, threshold)] = run
+        runs.move_to_end((path, sha256, dataset_name, limit, tau, noise_seed, threshold))
+        while len(runs) > RECENT_RUNS_KEPT:
+            runs.popitem(last=False)
+    return run
+
+
+def _route(model, path: str, sha256: str, dataset_name: str, limit: int, tau: float, threshold: float,
+           noise_seed: int | None) -> RoutedRun:
     features = evaluation_prefix(path, sha256, dataset_name)[:limit]
     runs, lock = _recent_runs()
     same_routing = (path, sha256, dataset_name, limit, tau, noise_seed)
@@ -151,16 +177,9 @@ def routed(path: str, sha256: str, dataset_name: str, limit: int, tau: float, th
         bases = [run for key, run in runs.items() if key[:-1] == same_routing]
     if bases:
         nearest = min(bases, key=lambda run: abs(run.threshold - threshold))
-        run = rerun_at_threshold(model, features, nearest, threshold, from_prefix=True)
-    else:
-        run = run_routed(model, features, evaluation_set().labels[:limit], tau=tau, threshold=threshold,
-                         noise_seed=noise_seed, from_prefix=True)
-    with lock:
-        runs[same_routing + (threshold,)] = run
-        runs.move_to_end(same_routing + (threshold,))
-        while len(runs) > RECENT_RUNS_KEPT:
-            runs.popitem(last=False)
-    return run
+        return rerun_at_threshold(model, features, nearest, threshold, from_prefix=True)
+    return run_routed(model, features, evaluation_set().labels[:limit], tau=tau, threshold=threshold,
+                      noise_seed=noise_seed, from_prefix=True)
 
 
 def routed_run(settings: Settings, tau: float | None = None, threshold: float | None = None,
@@ -187,8 +206,10 @@ def time_table(path: str, sha256: str, dataset_name: str) -> TimeTable:
 def routed_summary(path: str, sha256: str, dataset_name: str, limit: int, tau: float, threshold: float,
                    noise_seed: int | None, set_name: str, class_names: tuple[str, ...]) -> dict:
     model, _ = model_and_meta(path, sha256)
-    return summarize(routed(path, sha256, dataset_name, limit, tau, threshold, noise_seed), model, set_name,
-                     class_names)
+    key = {"dataset": dataset_name, "limit": limit, "tau": tau, "threshold": threshold, "noise_seed": noise_seed,
+           "set": set_name, "classes": class_names, "device": model.device.type}
+    return result_cache().get_or_compute(sha256, "summary", key, lambda: summarize(
+        routed(path, sha256, dataset_name, limit, tau, threshold, noise_seed), model, set_name, class_names))
 
 
 def setting_summary(settings: Settings, tau: float | None = None, threshold: float | None = None) -> dict:
@@ -202,13 +223,15 @@ def setting_summary(settings: Settings, tau: float | None = None, threshold: flo
 def threshold_sweep(settings: Settings) -> list[dict]:
     """Summaries of the evaluation set at every `SWEEP_THRESHOLDS` value, at the sidebar's tau and noise.
 
-    One threshold at a time, with a progress bar: between two, a newer slider value can stop the run.
+    One threshold at a time, with a progress bar: between two, a newer slider value can stop the run. Heavy
+    work (compute_gate): other sessions' slider steps go first.
     """
     text = f"Sweeping {len(SWEEP_THRESHOLDS)} thresholds over {settings.eval_limit:,} images at tau {settings.tau:g}…"
     progress = st.progress(0.0, text=text)
     rows = []
     for done, threshold in enumerate(SWEEP_THRESHOLDS, start=1):
-        rows.append(setting_summary(settings, threshold=threshold))
+        with heavy_work():
+            rows.append(setting_summary(settings, threshold=threshold))
         progress.progress(done / len(SWEEP_THRESHOLDS), text=text)
     progress.empty()
     return rows

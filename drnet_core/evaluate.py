@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .compute_gate import current_priority, process_gate
 from .defaults import BATCH_SIZE
 from .model import DRNet
 
@@ -102,6 +103,10 @@ def _run_batches(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, ta
     """`run_routed` with its noise already drawn: per cell, one row per input."""
     device = model.device
     starts = range(0, len(inputs), batch_size)
+    # Each batch takes its cores from the process's gate: between batches, a session's slider step goes
+    # before another session's sweep, and a short run before a long one (compute_gate). The priority is
+    # the caller's, not the workers'.
+    gate, priority = process_gate(), current_priority()
 
     def run_batch(start: int) -> tuple[torch.Tensor, ...]:
         batch = inputs[start:start + batch_size].to(device)
@@ -110,8 +115,10 @@ def _run_batches(model: DRNet, inputs: torch.Tensor, labels: torch.Tensor, *, ta
             o[start:start + batch_size].to(device) if o.dim() == 3 else o for o in branch_overrides]
         # Only a DRNet has a shared prefix; the static baselines evaluated here take images alone.
         prefixed = {"from_prefix": True} if from_prefix else {}
-        logits, trace = model(batch, tau=tau, threshold=threshold, gumbel_noise=batch_noise,
-                              branch_overrides=batch_overrides, **prefixed)
+        batches_left = -(-(len(inputs) - start) // batch_size)
+        with gate.slot(tokens=torch.get_num_threads(), priority=priority, work_left=batches_left):
+            logits, trace = model(batch, tau=tau, threshold=threshold, gumbel_noise=batch_noise,
+                                  branch_overrides=batch_overrides, **prefixed)
         return (torch.softmax(logits.float(), dim=1).cpu(), model.mflops_per_instance(trace).cpu(),
                 model.active_params_per_instance(trace).cpu(), trace.path_masks().cpu(),
                 trace.branch_weights().float().cpu())

@@ -13,8 +13,8 @@ Only files named `<64 hex digits>.pt` belong to the store: anything else in the 
 counted nor deleted, except partial `<digest>.pt.*.tmp` files that a crashed write left behind
 (removed once older than PARTIAL_GRACE_S, at start-up and on every put).
 
-Environment: DRNET_UPLOAD_MAX_FILES and DRNET_UPLOAD_MAX_MB override the defaults (read by
-`UploadStore.from_environment`).
+Environment: DRNET_UPLOAD_DIR, DRNET_UPLOAD_MAX_FILES and DRNET_UPLOAD_MAX_MB override the directory and
+the defaults (read by `UploadStore.from_environment`); server replicas share uploads through one directory.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ DEFAULT_MAX_FILES = 8
 DEFAULT_MAX_MB = 512
 MAX_FILES_ENV = "DRNET_UPLOAD_MAX_FILES"
 MAX_MB_ENV = "DRNET_UPLOAD_MAX_MB"
+DIR_ENV = "DRNET_UPLOAD_DIR"
 
 SUFFIX = ".pt"
 PARTIAL_SUFFIX = ".tmp"
@@ -79,7 +80,9 @@ class UploadStore:
 
     @classmethod
     def from_environment(cls, directory: Path | str) -> UploadStore:
-        """A store with the bounds from DRNET_UPLOAD_MAX_FILES / DRNET_UPLOAD_MAX_MB, else the defaults."""
+        """A store in DRNET_UPLOAD_DIR (else `directory`) with the bounds from DRNET_UPLOAD_MAX_FILES /
+        DRNET_UPLOAD_MAX_MB, else the defaults."""
+        directory = os.environ.get(DIR_ENV, "").strip() or directory
         max_files = _number_from_environment(MAX_FILES_ENV, DEFAULT_MAX_FILES, int)
         max_mb = _number_from_environment(MAX_MB_ENV, DEFAULT_MAX_MB, float)
         return cls(directory, max_files=max_files, max_bytes=int(max_mb * 1_000_000))

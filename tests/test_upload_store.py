@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from drnet_core.upload_store import (DEFAULT_MAX_FILES, DEFAULT_MAX_MB, MAX_FILES_ENV, MAX_MB_ENV, PARTIAL_GRACE_S,
+from drnet_core.upload_store import (DEFAULT_MAX_FILES, DEFAULT_MAX_MB, DIR_ENV, MAX_FILES_ENV, MAX_MB_ENV,
+                                     PARTIAL_GRACE_S,
                                      UploadStore, UploadTooLarge)
 
 
@@ -213,6 +214,15 @@ def test_bounds_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(MAX_FILES_ENV, "many")
     with pytest.raises(ValueError, match=MAX_FILES_ENV):
         UploadStore.from_environment(tmp_path)
+
+
+def test_replicas_share_the_directory_named_in_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(DIR_ENV, str(tmp_path / "shared"))
+    first, second = UploadStore.from_environment(tmp_path / "a"), UploadStore.from_environment(tmp_path / "b")
+    path = first.put(blob(7))
+    assert second.path_for(digest(blob(7))) == path == tmp_path / "shared" / f"{digest(blob(7))}.pt"
+    monkeypatch.delenv(DIR_ENV)
+    assert UploadStore.from_environment(tmp_path / "a").directory == tmp_path / "a"
 
 
 def test_a_store_without_room_for_one_file_is_refused(tmp_path):

@@ -6,6 +6,7 @@ import streamlit as st
 
 import state
 from drnet_core import clusters, figures, routing_graph
+from drnet_core.compute_gate import heavy_work
 
 settings = state.current_settings()
 model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
@@ -48,7 +49,7 @@ def clustered(path, sha, dataset, limit, tau, threshold, noise_seed, kind, metho
 
 run = state.routed_run(settings)
 try:
-    with st.spinner("Clustering and embedding…", show_time=True):
+    with st.spinner("Clustering and embedding…", show_time=True), heavy_work():
         result, coords, vectors = clustered(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name,
                                             settings.eval_limit, settings.tau, settings.threshold, settings.noise_seed,
                                             kind, method, metric, k, embedding)

@@ -10,6 +10,7 @@ import streamlit as st
 import payoff_rows
 import state
 from drnet_core import payoff, payoff_figures
+from drnet_core.compute_gate import heavy_work
 from drnet_core.data import DatasetError
 from drnet_core.evaluate import SWEEP_TAUS, SWEEP_THRESHOLDS, summarize
 
@@ -138,7 +139,7 @@ if from_table:
               "computed now on the same images.")
 else:
     curve_runs = []
-    with st.spinner(f"Sweeping thresholds at tau {settings.tau:g}…", show_time=True):
+    with st.spinner(f"Sweeping thresholds at tau {settings.tau:g}…", show_time=True), heavy_work():
         for threshold in sorted(set(SWEEP_THRESHOLDS) | {settings.threshold}):
             curve_runs.append(routed(settings.tau, threshold))
     curves = {f"tau {settings.tau:g}": payoff.drnet_curve_rows(model, curve_runs, model_name=model_name,
@@ -149,7 +150,7 @@ else:
               + ". The comparison table (full test split) applies only to a shipped checkpoint at its default tau "
                 "without noise.")
 for tau in others:
-    with st.spinner(f"Sweeping thresholds at tau {tau:g}…", show_time=True):
+    with st.spinner(f"Sweeping thresholds at tau {tau:g}…", show_time=True), heavy_work():
         curves[f"tau {tau:g}"] = payoff.drnet_curve_rows(model, [routed(tau, threshold) for threshold in SWEEP_THRESHOLDS],
                                                          model_name=model_name, epochs=epochs)
 
