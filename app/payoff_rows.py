@@ -69,6 +69,13 @@ def held_out_images(path: str, sha256: str) -> ImageSet:
     return held_out_set(meta)
 
 
+def recorded_sweep_name(meta: dict) -> str:
+    """The set a checkpoint's recorded held-out sweep ran on, named as `held_out_set` names it."""
+    count = meta.get("validation_images")
+    return (f"{count:,} training images held out of training" if isinstance(count, int) else
+            "the training images held out of training") + " (recorded in the checkpoint)"
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def held_out_sweep(path: str, sha256: str, limit: int) -> tuple[list[dict], str]:
     """(sweep rows, set name): the default-choosing grid (`evaluate.SWEEP_TAUS` x `SWEEP_THRESHOLDS`) over the

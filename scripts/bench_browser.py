@@ -46,7 +46,7 @@ from app.navigation import VIEWS  # noqa: E402
 
 # The default view is served at the root whatever its url_path says.
 PAGES = tuple(("/" if index == 0 else f"/{view.url_path}", view.title) for index, view in enumerate(VIEWS))
-INSPECT = PAGES[0]
+INSPECT = next(page for page in PAGES if page[0] == "/inspect")
 TRADEOFF = next(page for page in PAGES if page[0] == "/tradeoff")
 
 HELD_PRESSES, HELD_GAP_S = 8, 0.05
