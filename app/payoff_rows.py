@@ -49,6 +49,17 @@ def baseline_rows(dataset_name: str, limit: int) -> list[dict]:
     return rows
 
 
+def table_baseline_rows(limit: int) -> list[dict] | None:
+    """The comparison table's static and plain rows when the table was made on the first `limit` evaluation
+    images themselves: the shipped baselines do not depend on a DRNet or its setting, so any tau reuses them."""
+    report = payoff.read_comparison_table()
+    if report is None or report.get("dataset") != evaluation_set().subset(limit).name:
+        return None
+    rows = [{**row, "kind": payoff.baseline_kind(str(row.get("kind")))} for row in report["rows"]]
+    rows = [row for row in rows if row["kind"] in ("static", "plain")]
+    return rows or None
+
+
 def comparison_table_rows(settings: Settings) -> tuple[list[dict], str] | None:
     """(rows, data set) of the comparison table (docs/results/accuracy_vs_flops.json) when it was made
     for this checkpoint at this tau without noise, on the images the app evaluates on; else None."""

@@ -158,11 +158,17 @@ else:
             curve_runs.append(routed(settings.tau, threshold))
     curves = {f"tau {settings.tau:g}": payoff.drnet_curve_rows(model, curve_runs, model_name=model_name,
                                                                epochs=epochs)}
+    # The shipped baselines do not depend on the DRNet's setting: the comparison table's rows serve any tau
+    # when it was made on these images.
+    table_baselines = payoff_rows.table_baseline_rows(limit)
     with st.spinner("Evaluating the static baselines…", show_time=True):
-        controls = payoff_rows.baseline_rows(settings.dataset_name, limit) + [control]
-    source = (f"Everything computed now on {shown_set}" + (" with the sidebar's Gumbel noise" if settings.noise else "")
-              + ". The comparison table (full test split) applies only to a shipped checkpoint at its default tau "
-                "without noise.")
+        baselines = table_baselines or payoff_rows.baseline_rows(settings.dataset_name, limit)
+    controls = baselines + [control]
+    source = (f"Curve, current setting and random-routing control computed now on {shown_set}"
+              + (" with the sidebar's Gumbel noise" if settings.noise else "")
+              + ("; baselines from the comparison table (`docs/results/accuracy_vs_flops.json`) on the same images."
+                 if table_baselines else "; baselines evaluated now on the same images.")
+              + " The table's DRNet curve applies only to a bundled checkpoint at its default tau without noise.")
 controls = [{**row, "name": payoff.readable_name(row)} for row in controls]
 for tau in others:
     with st.spinner(f"Sweeping thresholds at tau {tau:g}…", show_time=True):
