@@ -156,6 +156,19 @@ def test_tradeoff_view_updates_with_setting_b():
     assert "predictions" in markdown_text(at)
 
 
+def test_tradeoff_curve_is_a_labelled_preview_until_the_full_sweep_is_asked_for():
+    at = start("views/tradeoff.py")
+    charts = {chart.proto.id for chart in at.get("plotly_chart")}
+    assert all(any(key in chart for chart in charts) for key in ("tradeoff_curve", "mflops_histogram", "per_class"))
+    curve_caption = next(c.value for c in at.caption if c.value.startswith("Curve:"))
+    assert "preview of 12 of these images" in curve_caption
+    at.button(key="full_sweep").click().run()
+    assert_clean(at)
+    curve_caption = next(c.value for c in at.caption if c.value.startswith("Curve:"))
+    assert "preview" not in curve_caption and "first 120" in curve_caption
+    assert not [button for button in at.button if button.key == "full_sweep"]
+
+
 def test_clusters_view_changes_with_k_and_method():
     at = start("views/clusters.py")
     assert at.title[0].value == "Routing clusters"

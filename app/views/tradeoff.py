@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import state
+import tradeoff_rows
 from drnet_core import figures, tradeoff
 from drnet_core.evaluate import SWEEP_THRESHOLDS
 from drnet_core.runtime import use_every_core_in_this_thread
@@ -13,6 +14,7 @@ settings = state.current_settings()
 model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
 classes = settings.class_names
 evaluated = state.limited_set(settings)
+UPDATING = "Updating: this figure is the previous setting's until the new one is ready."
 
 st.title("Temperature & threshold")
 st.caption(f"Setting A is the sidebar's; setting B is chosen here. Both are evaluated on {evaluated.name}.")
@@ -33,8 +35,44 @@ def metric_row(label: str, summary: dict, other: dict) -> None:
     c5.metric("Distinct paths", f"{summary['distinct_paths']:,}")
 
 
+def numbers(summary_a: dict, summary_b: dict, runs=()) -> None:
+    for label, run in zip("AB", runs):
+        no_branch = int((run.path_masks.sum(dim=1) == 0).sum())
+        if no_branch:
+            st.warning(f"Setting {label} (tau {run.tau:g}, threshold {run.threshold:g}): **{no_branch:,} of "
+                       f"{len(run.labels):,}** inputs run no branch at all; every cell passes their input through "
+                       "unchanged, and their predictions come from the stem, reductions and head alone.")
+    metric_row("Setting A (sidebar)", summary_a, summary_b)
+    metric_row("Setting B", summary_b, summary_a)
+
+
+def chart(slot, figure, key: str | None, note: str | None = None) -> None:
+    with slot.container():
+        st.plotly_chart(figure, key=key)
+        if note:
+            st.caption(note)
+
+
+def flip_list(flips, total: int, key: str | None) -> None:
+    st.subheader("Flip list")
+    predictions_flipped = int(flips["prediction changed"].sum())
+    st.markdown(f"**{predictions_flipped:,}** of {total:,} predictions and **{len(flips):,}** paths or "
+                "predictions change between A and B.")
+    if len(flips):
+        shown = flips.head(16)
+        state.thumbnails([evaluated.images[p] for p in shown["position"]],
+                         [f"#{i}: {a} → {b}" if a != b else f"#{i}: {a}, {n} branches"
+                          for i, a, b, n in zip(shown["index"], shown["predicted A"], shown["predicted B"],
+                                                shown["branches changed"])])
+        # "change" says whether the prediction changed: its check-box column would only push the table wider.
+        st.dataframe(flips.drop(columns=["position", "prediction changed"]), hide_index=True, height=280, key=key,
+                     column_config={"MFLOPs A": st.column_config.NumberColumn(format="%.3f"),
+                                    "MFLOPs B": st.column_config.NumberColumn(format="%.3f")})
+
+
 # A fragment: moving setting B's sliders reruns only this part, not the sidebar and checkpoint checks.
-# The numbers come first; the threshold sweep (each threshold's summary cached) and the figures follow.
+# Every figure has a placeholder drawn at once; a step to a setting this session has not seen first shows a
+# preview's numbers and the previous figures, marked as updating, and replaces each when its own is ready.
 @st.fragment
 def compare_settings() -> None:
     use_every_core_in_this_thread()  # a fragment's rerun can run in a thread of its own
@@ -45,54 +83,78 @@ def compare_settings() -> None:
                                      key=state.bound("threshold_b", 0.1, low=0.0, high=1.0))
     state.publish("tau_b", "threshold_b")
 
-    run_a = state.routed_run(settings)
-    run_b = state.routed_run(settings, tau=tau_b, threshold=threshold_b)
-    summary_a, summary_b = state.setting_summary(settings), state.setting_summary(settings, tau_b, threshold_b)
-    for label, run in (("A", run_a), ("B", run_b)):
-        no_branch = int((run.path_masks.sum(dim=1) == 0).sum())
-        if no_branch:
-            st.warning(f"Setting {label} (tau {run.tau:g}, threshold {run.threshold:g}): **{no_branch:,} of "
-                       f"{len(run.labels):,}** inputs run no branch at all; every cell passes their input through "
-                       "unchanged, and their predictions come from the stem, reductions and head alone.")
-    metric_row("Setting A (sidebar)", summary_a, summary_b)
-    metric_row("Setting B", summary_b, summary_a)
-
+    numbers_slot = st.empty()
     left, right = st.columns(2)
-    with left:
-        rows = state.threshold_sweep(settings)
-        # B's star belongs on its own tau's curve: drawn only when B shares A's tau.
-        same_tau = tau_b == settings.tau
-        st.plotly_chart(figures.tradeoff_figure(rows, summary_a, summary_b if same_tau else None,
-                                                f"Accuracy vs. cost at tau {settings.tau:g} (threshold sweep)"),
-                        key="tradeoff_curve")
-        st.caption(f"Curve: thresholds {SWEEP_THRESHOLDS[0]:g}–{SWEEP_THRESHOLDS[-1]:g} at setting A's tau, on "
-                   f"{evaluated.name}, as the stars. " + ("Stars: settings A and B." if same_tau else
-                                                         f"Star: setting A. Setting B (tau {tau_b:g}) lies on "
-                                                         "another tau's curve and is not drawn."))
-    with right:
-        st.plotly_chart(figures.mflops_histograms({"setting A": run_a.mflops.numpy(),
-                                                   "setting B": run_b.mflops.numpy()}, model.dense_mflops()),
-                        key="mflops_histogram")
+    curve_slot, curve_work, histogram_slot = left.empty(), left.empty(), right.empty()
+    per_class_slot, flips_slot = st.empty(), st.empty()
 
-    st.plotly_chart(figures.per_class_figure(tradeoff.per_class_table(summary_a), tradeoff.per_class_table(summary_b)),
-                    key="per_class")
+    context = (settings.checkpoint_sha, settings.dataset_name, settings.eval_limit, settings.noise_seed)
+    wanted = {context + (settings.tau, settings.threshold), context + (tau_b, threshold_b)}
+    seen = st.session_state.setdefault("_tradeoff_seen", set())
+    last = st.session_state.get("_tradeoff_last")
+    if not wanted <= seen and tradeoff_rows.uses_preview(settings):
+        preview_a = tradeoff_rows.preview_summaries(settings, settings.tau, (settings.threshold,))[0]
+        preview_b = tradeoff_rows.preview_summaries(settings, tau_b, (threshold_b,))[0]
+        with numbers_slot.container():
+            st.info(f"Preview on {preview_a['dataset']}; the exact figures on {evaluated.name} follow.",
+                    icon=":material/hourglass_top:")
+            numbers(preview_a, preview_b)
+        if last is not None:
+            for slot, name in ((curve_slot, "curve"), (histogram_slot, "histogram"), (per_class_slot, "per_class")):
+                chart(slot, last[name], None, UPDATING)
+            with flips_slot.container():
+                st.caption(UPDATING)
+                flip_list(last["flips"], last["total"], None)
 
-    st.subheader("Flip list")
+    run_a = state.routed(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name,
+                         settings.eval_limit, settings.tau, settings.threshold, settings.noise_seed)
+    run_b = state.routed(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name,
+                         settings.eval_limit, tau_b, threshold_b, settings.noise_seed)
+    summary_a, summary_b = state.setting_summary(settings), state.setting_summary(settings, tau_b, threshold_b)
+    with numbers_slot.container():
+        numbers(summary_a, summary_b, (run_a, run_b))
+
+    curve = trade_off_curve(curve_work, summary_a, summary_b, tau_b)
+    chart(curve_slot, curve["figure"], "tradeoff_curve", curve["caption"])
+    histogram = figures.mflops_histograms({"setting A": run_a.mflops.numpy(), "setting B": run_b.mflops.numpy()},
+                                          model.dense_mflops())
+    chart(histogram_slot, histogram, "mflops_histogram")
+    per_class = figures.per_class_figure(tradeoff.per_class_table(summary_a), tradeoff.per_class_table(summary_b))
+    chart(per_class_slot, per_class, "per_class")
     flips = tradeoff.flip_list(run_a, run_b, classes, evaluated.indices)
-    predictions_flipped = int(flips["prediction changed"].sum())
-    st.markdown(f"**{predictions_flipped:,}** of {len(run_a.labels):,} predictions and **{len(flips):,}** paths or "
-                "predictions change between A and B.")
-    if len(flips):
-        shown = flips.head(16)
-        state.thumbnails([evaluated.images[p] for p in shown["position"]],
-                         [f"#{i}: {a} → {b}" if a != b else f"#{i}: {a}, {n} branches"
-                          for i, a, b, n in zip(shown["index"], shown["predicted A"], shown["predicted B"],
-                                                shown["branches changed"])])
-        # "change" says whether the prediction changed: its check-box column would only push the table wider.
-        st.dataframe(flips.drop(columns=["position", "prediction changed"]), hide_index=True, height=280,
-                     key="flip_table",
-                     column_config={"MFLOPs A": st.column_config.NumberColumn(format="%.3f"),
-                                    "MFLOPs B": st.column_config.NumberColumn(format="%.3f")})
+    with flips_slot.container():
+        flip_list(flips, len(run_a.labels), "flip_table")
+    seen.update(wanted)
+    st.session_state["_tradeoff_last"] = {"curve": curve["figure"], "histogram": histogram, "per_class": per_class,
+                                          "flips": flips, "total": len(run_a.labels)}
+
+
+def trade_off_curve(work_slot, summary_a: dict, summary_b: dict, tau_b: float) -> dict:
+    """The threshold sweep at A's tau: over the whole set once this server has swept it (or on request),
+    else over the preview subset, with the stars from the same images as the curve."""
+    same_tau = tau_b == settings.tau
+    full = tradeoff_rows.full_sweep_ready(settings) or not tradeoff_rows.uses_preview(settings)
+    if not full and work_slot.button(f"Sweep all {settings.eval_limit:,} images at tau {settings.tau:g}",
+                                     key="full_sweep", icon=":material/query_stats:",
+                                     help="Draw the curve over the whole evaluation set instead of the preview."):
+        full = True
+    if full:
+        with work_slot.container():
+            rows = tradeoff_rows.full_sweep(settings)
+        work_slot.empty()
+        star_a, star_b, curve_set = summary_a, summary_b, evaluated.name
+    else:
+        rows = tradeoff_rows.preview_summaries(settings, settings.tau, tuple(SWEEP_THRESHOLDS))
+        star_a = tradeoff_rows.preview_summaries(settings, settings.tau, (settings.threshold,))[0]
+        star_b = tradeoff_rows.preview_summaries(settings, tau_b, (summary_b["threshold"],))[0]
+        curve_set = star_a["dataset"]
+    figure = figures.tradeoff_figure(rows, star_a, star_b if same_tau else None,
+                                     f"Accuracy vs. cost at tau {settings.tau:g} (threshold sweep)")
+    caption = (f"Curve: thresholds {SWEEP_THRESHOLDS[0]:g}–{SWEEP_THRESHOLDS[-1]:g} at setting A's tau, on "
+               f"{curve_set}, as the stars. " + ("Stars: settings A and B." if same_tau else
+                                                 f"Star: setting A. Setting B (tau {tau_b:g}) lies on another "
+                                                 "tau's curve and is not drawn."))
+    return {"figure": figure, "caption": caption}
 
 
 compare_settings()
