@@ -14,7 +14,6 @@ settings = state.current_settings()
 model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
 classes = settings.class_names
 evaluated = state.limited_set(settings)
-UPDATING = "Updating: this figure is the previous setting's until the new one is ready."
 
 st.title("Temperature & threshold")
 st.caption(f"Setting A is the sidebar's; setting B is chosen here. Both are evaluated on {evaluated.name}.")
@@ -46,14 +45,7 @@ def numbers(summary_a: dict, summary_b: dict, runs=()) -> None:
     metric_row("Setting B", summary_b, summary_a)
 
 
-def chart(slot, figure, key: str | None, note: str | None = None) -> None:
-    with slot.container():
-        st.plotly_chart(figure, key=key)
-        if note:
-            st.caption(note)
-
-
-def flip_list(flips, total: int, key: str | None) -> None:
+def flip_list(flips, total: int) -> None:
     st.subheader("Flip list")
     predictions_flipped = int(flips["prediction changed"].sum())
     st.markdown(f"**{predictions_flipped:,}** of {total:,} predictions and **{len(flips):,}** paths or "
@@ -65,14 +57,17 @@ def flip_list(flips, total: int, key: str | None) -> None:
                           for i, a, b, n in zip(shown["index"], shown["predicted A"], shown["predicted B"],
                                                 shown["branches changed"])])
         # "change" says whether the prediction changed: its check-box column would only push the table wider.
-        st.dataframe(flips.drop(columns=["position", "prediction changed"]), hide_index=True, height=280, key=key,
+        st.dataframe(flips.drop(columns=["position", "prediction changed"]), hide_index=True, height=280,
+                     key="flip_table",
                      column_config={"MFLOPs A": st.column_config.NumberColumn(format="%.3f"),
                                     "MFLOPs B": st.column_config.NumberColumn(format="%.3f")})
 
 
 # A fragment: moving setting B's sliders reruns only this part, not the sidebar and checkpoint checks.
-# Every figure has a placeholder drawn at once; a step to a setting this session has not seen first shows a
-# preview's numbers and the previous figures, marked as updating, and replaces each when its own is ready.
+# Streamlit keeps each element of the last run on screen, dimmed, until this run writes the same place, so
+# the figures are written only once they are ready, always in the same order, and nothing transient (a
+# spinner, a progress bar) takes a figure's place: those go in `work`, above the figures. A tau this session
+# has not seen shows a preview's numbers first.
 @st.fragment
 def compare_settings() -> None:
     use_every_core_in_this_thread()  # a fragment's rerun can run in a thread of its own
@@ -82,29 +77,21 @@ def compare_settings() -> None:
     threshold_b = b_threshold.slider("Setting B: threshold", 0.0, 1.0, step=0.01, persist_state="session",
                                      key=state.bound("threshold_b", 0.1, low=0.0, high=1.0))
     state.publish("tau_b", "threshold_b")
+    numbers_slot, work = st.empty(), st.empty()
 
-    numbers_slot = st.empty()
-    left, right = st.columns(2)
-    curve_slot, curve_work, histogram_slot = left.empty(), left.empty(), right.empty()
-    per_class_slot, flips_slot = st.empty(), st.empty()
-
+    # A threshold step re-routes only the paths that change, so only a new tau is worth a preview.
     context = (settings.checkpoint_sha, settings.dataset_name, settings.eval_limit, settings.noise_seed)
-    wanted = {context + (settings.tau, settings.threshold), context + (tau_b, threshold_b)}
-    seen = st.session_state.setdefault("_tradeoff_seen", set())
-    last = st.session_state.get("_tradeoff_last")
-    if not wanted <= seen and tradeoff_rows.uses_preview(settings):
+    taus = {context + (settings.tau,), context + (tau_b,)}
+    seen = st.session_state.setdefault("_tradeoff_taus_seen", set())
+    if not taus <= seen and tradeoff_rows.uses_preview(settings):
+        work.caption(":material/hourglass_top: Updating: the figures below are the previous setting's until "
+                     "they are redrawn.")
         preview_a = tradeoff_rows.preview_summaries(settings, settings.tau, (settings.threshold,))[0]
         preview_b = tradeoff_rows.preview_summaries(settings, tau_b, (threshold_b,))[0]
         with numbers_slot.container():
             st.info(f"Preview on {preview_a['dataset']}; the exact figures on {evaluated.name} follow.",
                     icon=":material/hourglass_top:")
             numbers(preview_a, preview_b)
-        if last is not None:
-            for slot, name in ((curve_slot, "curve"), (histogram_slot, "histogram"), (per_class_slot, "per_class")):
-                chart(slot, last[name], None, UPDATING)
-            with flips_slot.container():
-                st.caption(UPDATING)
-                flip_list(last["flips"], last["total"], None)
 
     run_a = state.routed(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name,
                          settings.eval_limit, settings.tau, settings.threshold, settings.noise_seed)
@@ -114,40 +101,39 @@ def compare_settings() -> None:
     with numbers_slot.container():
         numbers(summary_a, summary_b, (run_a, run_b))
 
-    curve = trade_off_curve(curve_work, summary_a, summary_b, tau_b)
-    chart(curve_slot, curve["figure"], "tradeoff_curve", curve["caption"])
-    histogram = figures.mflops_histograms({"setting A": run_a.mflops.numpy(), "setting B": run_b.mflops.numpy()},
-                                          model.dense_mflops())
-    chart(histogram_slot, histogram, "mflops_histogram")
+    curve = trade_off_curve(work, summary_a, summary_b, tau_b)
+    left, right = st.columns(2)
+    left.plotly_chart(curve["figure"], key="tradeoff_curve")
+    left.caption(curve["caption"])
+    right.plotly_chart(figures.mflops_histograms({"setting A": run_a.mflops.numpy(),
+                                                  "setting B": run_b.mflops.numpy()}, model.dense_mflops()),
+                       key="mflops_histogram")
     per_class = figures.per_class_figure(tradeoff.per_class_table(summary_a), tradeoff.per_class_table(summary_b))
-    chart(per_class_slot, per_class, "per_class")
-    flips = tradeoff.flip_list(run_a, run_b, classes, evaluated.indices)
-    with flips_slot.container():
-        flip_list(flips, len(run_a.labels), "flip_table")
-    seen.update(wanted)
-    st.session_state["_tradeoff_last"] = {"curve": curve["figure"], "histogram": histogram, "per_class": per_class,
-                                          "flips": flips, "total": len(run_a.labels)}
+    st.plotly_chart(per_class, key="per_class")
+    flip_list(tradeoff.flip_list(run_a, run_b, classes, evaluated.indices), len(run_a.labels))
+    seen.update(taus)
 
 
-def trade_off_curve(work_slot, summary_a: dict, summary_b: dict, tau_b: float) -> dict:
-    """The threshold sweep at A's tau: over the whole set once this server has swept it (or on request),
-    else over the preview subset, with the stars from the same images as the curve."""
+def trade_off_curve(work, summary_a: dict, summary_b: dict, tau_b: float) -> dict:
+    """The threshold sweep at A's tau: over the whole set once this server has swept it (or when asked),
+    else over the preview subset, with the stars from the same images as the curve. `work` holds the
+    updating note while it is computed, then the button that asks for the whole set."""
     same_tau = tau_b == settings.tau
-    full = tradeoff_rows.full_sweep_ready(settings) or not tradeoff_rows.uses_preview(settings)
-    if not full and work_slot.button(f"Sweep all {settings.eval_limit:,} images at tau {settings.tau:g}",
-                                     key="full_sweep", icon=":material/query_stats:",
-                                     help="Draw the curve over the whole evaluation set instead of the preview."):
-        full = True
+    asked = bool(st.session_state.get("full_sweep"))  # the button below, clicked: this run is its answer
+    full = asked or tradeoff_rows.full_sweep_ready(settings) or not tradeoff_rows.uses_preview(settings)
     if full:
-        with work_slot.container():
+        with work.container():
             rows = tradeoff_rows.full_sweep(settings)
-        work_slot.empty()
         star_a, star_b, curve_set = summary_a, summary_b, evaluated.name
     else:
         rows = tradeoff_rows.preview_summaries(settings, settings.tau, tuple(SWEEP_THRESHOLDS))
         star_a = tradeoff_rows.preview_summaries(settings, settings.tau, (settings.threshold,))[0]
         star_b = tradeoff_rows.preview_summaries(settings, tau_b, (summary_b["threshold"],))[0]
         curve_set = star_a["dataset"]
+    work.empty()
+    if not full:
+        work.button(f"Sweep all {settings.eval_limit:,} images at tau {settings.tau:g}", key="full_sweep",
+                    icon=":material/query_stats:", help="Draw the curve below over the whole evaluation set.")
     figure = figures.tradeoff_figure(rows, star_a, star_b if same_tau else None,
                                      f"Accuracy vs. cost at tau {settings.tau:g} (threshold sweep)")
     caption = (f"Curve: thresholds {SWEEP_THRESHOLDS[0]:g}–{SWEEP_THRESHOLDS[-1]:g} at setting A's tau, on "
