@@ -13,7 +13,7 @@ import torch
 from drnet_core import preview
 from drnet_core.evaluate import summarize
 
-from state import Settings, evaluation_prefix, evaluation_set, model_and_meta, threshold_sweep
+from state import Settings, evaluation_prefix, evaluation_set, model_and_meta, routed, threshold_sweep
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -78,3 +78,64 @@ def full_sweep(settings: Settings) -> list[dict]:
     with lock:
         finished.add(_sweep_key(settings))
     return rows
+
+
+# ---- warming the next tau step ---------------------------------------------------------------------------
+
+TAU_STEP, TAU_RANGE = 0.05, (0.1, 4.0)  # the sidebar's tau slider
+
+
+class Warmer:
+    """One background thread that computes, one at a time and each once, what a likely next step needs."""
+
+    def __init__(self):
+        self._queue: list[tuple[tuple, object]] = []
+        self._known: set[tuple] = set()
+        self._lock = threading.Condition()
+        threading.Thread(target=self._work, name="drnet-warmer", daemon=True).start()
+
+    def submit(self, key: tuple, work) -> None:
+        with self._lock:
+            if key not in self._known:
+                self._known.add(key)
+                self._queue.append((key, work))
+                self._lock.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue:
+                    self._lock.wait()
+                _, work = self._queue.pop(0)
+            try:
+                work()
+            except Exception:  # a failed warm-up only means the step computes it when asked
+                pass
+
+
+@st.cache_resource(show_spinner=False)
+def _warmer() -> Warmer:
+    return Warmer()
+
+
+def neighbouring_taus(tau: float) -> list[float]:
+    """The taus one slider step away, the likely next settings."""
+    return [value for value in (round(tau + TAU_STEP, 2), round(tau - TAU_STEP, 2))
+            if TAU_RANGE[0] <= value <= TAU_RANGE[1]]
+
+
+def warm_next_tau_steps(settings: Settings, thresholds: tuple[float, ...]) -> None:
+    """In the background: the whole set routed at the sidebar's threshold, and the preview curve, at the
+    taus one step from the sidebar's, so that the step a class most likely takes next is already cached."""
+    for tau in neighbouring_taus(settings.tau):
+        key = (settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name, settings.eval_limit, tau,
+               settings.threshold, settings.noise_seed)
+
+        def work(tau=tau):
+            routed(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name, settings.eval_limit,
+                   tau, settings.threshold, settings.noise_seed)
+            if uses_preview(settings):
+                preview_summaries(settings, tau, thresholds)
+                preview_summaries(settings, tau, (settings.threshold,))
+
+        _warmer().submit(key, work)

@@ -41,3 +41,15 @@ def test_the_sweep_equals_fresh_runs_at_every_threshold():
             assert torch.equal(run.path_masks, fresh.path_masks)
             assert torch.equal(run.predictions, fresh.predictions)
             assert torch.allclose(run.mflops, fresh.mflops)
+
+
+def test_the_warmed_taus_are_one_slider_step_away_and_in_range():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "app"))
+    import tradeoff_rows
+
+    assert tradeoff_rows.neighbouring_taus(0.25) == [0.3, 0.2]
+    assert tradeoff_rows.neighbouring_taus(0.1) == [0.15]
+    assert tradeoff_rows.neighbouring_taus(4.0) == [3.95]

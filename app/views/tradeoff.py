@@ -83,7 +83,8 @@ def compare_settings() -> None:
     context = (settings.checkpoint_sha, settings.dataset_name, settings.eval_limit, settings.noise_seed)
     taus = {context + (settings.tau,), context + (tau_b,)}
     seen = st.session_state.setdefault("_tradeoff_taus_seen", set())
-    if not taus <= seen and tradeoff_rows.uses_preview(settings):
+    new_tau = not taus <= seen
+    if new_tau and tradeoff_rows.uses_preview(settings):
         work.caption(":material/hourglass_top: Updating: the figures below are the previous setting's until "
                      "they are redrawn.")
         preview_a = tradeoff_rows.preview_summaries(settings, settings.tau, (settings.threshold,))[0]
@@ -112,6 +113,8 @@ def compare_settings() -> None:
     st.plotly_chart(per_class, key="per_class")
     flip_list(tradeoff.flip_list(run_a, run_b, classes, evaluated.indices), len(run_a.labels))
     seen.update(taus)
+    if new_tau:  # the next tau step is the likely one: after a threshold step, nothing new to warm
+        tradeoff_rows.warm_next_tau_steps(settings, tuple(SWEEP_THRESHOLDS))
 
 
 def trade_off_curve(work, summary_a: dict, summary_b: dict, tau_b: float) -> dict:
