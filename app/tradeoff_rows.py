@@ -5,6 +5,7 @@ Cached the way `state` caches: by checkpoint path and sha256 and every setting t
 """
 from __future__ import annotations
 
+import os
 import threading
 
 import streamlit as st
@@ -86,9 +87,13 @@ TAU_STEP, TAU_RANGE = 0.05, (0.1, 4.0)  # the sidebar's tau slider
 
 
 class Warmer:
-    """One background thread that computes, one at a time and each once, what a likely next step needs."""
+    """One background thread that computes, one at a time and each once, what a likely next step needs.
 
-    def __init__(self):
+    At most `kept` tasks wait: older ones are dropped, as the steps they prepared are no longer the likely
+    ones. The thread runs at the lowest CPU priority, so that interactive steps go first."""
+
+    def __init__(self, kept: int = 4):
+        self.kept = kept
         self._queue: list[tuple[tuple, object]] = []
         self._known: set[tuple] = set()
         self._lock = threading.Condition()
@@ -99,9 +104,15 @@ class Warmer:
             if key not in self._known:
                 self._known.add(key)
                 self._queue.append((key, work))
+                while len(self._queue) > self.kept:
+                    self._known.discard(self._queue.pop(0)[0])
                 self._lock.notify()
 
     def _work(self) -> None:
+        try:  # Linux gives each thread its own niceness
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
         while True:
             with self._lock:
                 while not self._queue:

@@ -53,3 +53,22 @@ def test_the_warmed_taus_are_one_slider_step_away_and_in_range():
     assert tradeoff_rows.neighbouring_taus(0.25) == [0.3, 0.2]
     assert tradeoff_rows.neighbouring_taus(0.1) == [0.15]
     assert tradeoff_rows.neighbouring_taus(4.0) == [3.95]
+
+
+def test_the_warmer_runs_each_task_once_and_keeps_only_the_latest():
+    import sys
+    import threading
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "app"))
+    import tradeoff_rows
+
+    gate, done, ran = threading.Event(), threading.Event(), []
+    warmer = tradeoff_rows.Warmer(kept=2)
+    warmer.submit(("block",), gate.wait)  # holds the thread while the queue fills
+    for key in ("a", "b", "b", "c"):
+        warmer.submit((key,), lambda key=key: ran.append(key))
+    warmer.submit(("end",), done.set)
+    gate.set()
+    assert done.wait(10)
+    assert ran == ["c"]  # "a" and "b" were dropped for newer tasks; "b" was asked for twice, kept once
