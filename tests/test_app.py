@@ -299,6 +299,8 @@ def test_payoff_view_shows_the_curve_controls_and_routing_health():
     assert len(at.get("plotly_chart")) >= 4
     assert at.dataframe[0].value["cell"].tolist() == [1, 2, 3]
     assert any("Random routing" in caption.value for caption in at.caption)
+    verdict = next(text for text in (m.value for m in at.markdown) if "most accurate static network" in text)
+    assert "_" not in verdict and "parameters" in verdict  # a readable name, never a file's stem
 
 
 def test_payoff_alarm_shows_for_a_collapsed_cell():

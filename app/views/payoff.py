@@ -185,8 +185,8 @@ similar = [row for row in controls if row["kind"] in ("static", "plain")
 best = max(similar, key=lambda row: row["accuracy"], default=None)
 if best is not None:
     verdict = "beats" if current["accuracy"] > best["accuracy"] else "does not beat"
-    left.markdown(f"The current setting **{verdict}** the most accurate static network of similar or lower cost, "
-                  f"{best['name']}: {best['accuracy']:.2%} at {best['mean_mflops']:.2f} MFLOPs.")
+    left.markdown(f"The current setting **{verdict}** the most accurate static network of similar or lower cost "
+                  f"({best['name']}): {best['accuracy']:.2%} at {best['mean_mflops']:.2f} MFLOPs.")
 
 # ---- cost against difficulty ---------------------------------------------------------------------------
 
