@@ -152,10 +152,11 @@ if from_table:
               f"`scripts/performance_report.py`) on {table_set}; the current setting and its random-routing control "
               "computed now on the same images.")
 else:
-    curve_runs = []
     with st.spinner(f"Sweeping thresholds at tau {settings.tau:g}…", show_time=True):
-        for threshold in sorted(set(SWEEP_THRESHOLDS) | {settings.threshold}):
-            curve_runs.append(routed(settings.tau, threshold))
+        # Nearest the current threshold first: each run then starts from a neighbour already routed and
+        # re-routes only the paths that change (`state.routed`); the rows are sorted by cost below.
+        thresholds = sorted(set(SWEEP_THRESHOLDS) | {settings.threshold}, key=lambda h: abs(h - settings.threshold))
+        curve_runs = [routed(settings.tau, threshold) for threshold in thresholds]
     curves = {f"tau {settings.tau:g}": payoff.drnet_curve_rows(model, curve_runs, model_name=model_name,
                                                                epochs=epochs)}
     # The shipped baselines do not depend on the DRNet's setting: the comparison table's rows serve any tau
