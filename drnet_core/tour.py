@@ -97,7 +97,7 @@ def branch_key(branch_names: tuple[str, ...]) -> list[dict]:
 def describe_branch(name: str) -> str:
     """A plain-words description of a registered branch type, read from its name."""
     if name == "identity":
-        return "passes its input on unchanged: no multiply-adds, the cheapest choice"
+        return "passes its input on (times its weight): no multiply-adds, the cheapest choice"
     kind, _, size = name.rpartition("_")
     words = {"sep_conv": "separable convolution", "dil_conv": "dilated separable convolution (wider view, same cost)",
              "avg_pool": "average pooling (no multiply-adds, but real time)",

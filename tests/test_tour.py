@@ -41,7 +41,7 @@ def test_tour_falls_back_to_the_classes_a_checkpoint_has():
 def test_the_branch_key_takes_colours_from_the_registry():
     rows = tour.branch_key(tuple(OPS))
     assert [row["color"] for row in rows] == [op.color for op in OPS.values()]
-    assert "unchanged" in next(row["what"] for row in rows if row["branch"] == "identity")
+    assert "no multiply-adds" in next(row["what"] for row in rows if row["branch"] == "identity")
     assert "separable convolution, 3x3" in rows[0]["what"]
 
 

@@ -39,14 +39,13 @@ graph_text.markdown(
     f"branch of each type ({len(cell.branch_names)} here).\n"
     "* **Colours.** A branch that ran is drawn in its type's colour, wider and more opaque the higher its "
     "weight; a grey one was skipped. Hover a branch for its weight and cost.\n"
-    "* **Identity** is the free choice: it hands the input on unchanged. A cell that picks identity everywhere "
-    "costs nothing and changes nothing.", unsafe_allow_html=False)
+    "* **Identity** is the free choice: it hands its input on, scaled by its weight like every branch, with no "
+    "multiply-adds. A cell whose connections run only identity costs nothing beyond its router.")
 graph_text.markdown(key_rows, unsafe_allow_html=True)
 graph = routing_graph.routing_graph(model, result.weights, result.executed)
 example_name = tour.gallery_name(example_position, classes[int(images.labels[example_position])], images.indices)
-graph_figure.plotly_chart(routing_graph.routing_figure(
-    graph, f"Example: {example_name}",
-    height=380), key="start_graph")
+graph_figure.plotly_chart(routing_graph.routing_figure(graph, f"Example: {example_name}", height=380),
+                          key="start_graph")
 
 st.subheader("A guided tour in five steps")
 st.caption(f"Each link opens a view in a new tab, prepared as described, at tau {settings.tau:g} and threshold "
