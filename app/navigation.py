@@ -23,6 +23,7 @@ class View:
 
 
 VIEWS = (
+    View("start.py", "Start here", ":material/flag:", "start"),
     View("inspect.py", "Inspect an image", ":material/image_search:", "inspect"),
     View("tradeoff.py", "Temperature & threshold", ":material/tune:", "tradeoff"),
     View("payoff.py", "Does routing pay off?", ":material/balance:", "payoff"),

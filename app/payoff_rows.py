@@ -72,6 +72,17 @@ def baseline_rows(dataset_name: str, limit: int) -> list[dict]:
                                                                     "device": default_device().type}, compute)
 
 
+def table_baseline_rows(limit: int) -> list[dict] | None:
+    """The comparison table's static and plain rows when the table was made on the first `limit` evaluation
+    images themselves: the shipped baselines do not depend on a DRNet or its setting, so any tau reuses them."""
+    report = payoff.read_comparison_table()
+    if report is None or report.get("dataset") != evaluation_set().subset(limit).name:
+        return None
+    rows = [{**row, "kind": payoff.baseline_kind(str(row.get("kind")))} for row in report["rows"]]
+    rows = [row for row in rows if row["kind"] in ("static", "plain")]
+    return rows or None
+
+
 def comparison_table_rows(settings: Settings) -> tuple[list[dict], str] | None:
     """(rows, data set) of the comparison table (docs/results/accuracy_vs_flops.json) when it was made
     for this checkpoint at this tau without noise, on the images the app evaluates on; else None."""
@@ -90,6 +101,13 @@ def comparison_table_rows(settings: Settings) -> tuple[list[dict], str] | None:
 def held_out_images(path: str, sha256: str) -> ImageSet:
     _, meta = model_and_meta(path, sha256)
     return held_out_set(meta)
+
+
+def recorded_sweep_name(meta: dict) -> str:
+    """The set a checkpoint's recorded held-out sweep ran on, named as `held_out_set` names it."""
+    count = meta.get("validation_images")
+    return (f"{count:,} training images held out of training" if isinstance(count, int) else
+            "the training images held out of training") + " (recorded in the checkpoint)"
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

@@ -28,6 +28,16 @@ CLUSTER_COLORS = px.colors.qualitative.Dark24[:12]
 OUTCOME_COLORS = {"correct": GOOD, "wrong": WARN}
 
 
+# Class k also has one marker symbol, so a scatter of classes reads without telling colours apart.
+CLASS_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "triangle-down", "star", "pentagon", "hexagon",
+                 "cross", "x")
+
+
+def class_symbols(class_names) -> dict[str, str]:
+    """Class name -> plotly marker symbol, by the class's position in the model's class list."""
+    return {str(name): CLASS_SYMBOLS[k % len(CLASS_SYMBOLS)] for k, name in enumerate(class_names)}
+
+
 def class_palette(class_names) -> dict[str, str]:
     """Class name -> colour, by the class's position in the model's class list (not in a filtered table)."""
     return {str(name): CLASS_COLORS[k % len(CLASS_COLORS)] for k, name in enumerate(class_names)}
@@ -146,7 +156,17 @@ def tradeoff_figure(rows: list[dict], current: dict, comparison: dict | None = N
             hovertext=[f"{name}: tau {setting['tau']:g}, threshold {setting['threshold']:g}<br>"
                        f"accuracy {setting['accuracy']:.1%}<br>{setting['mflops_fraction_of_dense']:.1%} of dense"],
             hoverinfo="text"))
-    figure.update_xaxes(title="mean FLOPs relative to dense", tickformat=".0%")
+    # Log-scaled: dense sits at 100% and the routed settings near a tenth of it; on a linear axis they
+    # crowded into one corner.
+    fractions = list(table["mflops_fraction_of_dense"]) + [s["mflops_fraction_of_dense"] for s in (current, comparison)
+                                                           if s is not None]
+    fractions = [value for value in fractions if np.isfinite(value) and value > 0]
+    if fractions:
+        low, high = np.log10(min(fractions)) - 0.06, np.log10(max(fractions)) + 0.06
+        ticks = [tick for tick in (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0)
+                 if low <= np.log10(tick) <= high]
+        figure.update_xaxes(type="log", range=[low, high], tickvals=ticks, ticktext=[f"{tick:.0%}" for tick in ticks])
+    figure.update_xaxes(title="mean FLOPs relative to dense (log scale)")
     # Autorange pads a flat curve far past 100%; keep the axis inside [0, 1] around the points shown.
     shown = list(table["accuracy"]) + [s["accuracy"] for s in (current, comparison) if s is not None]
     low, high = min(shown), max(shown)

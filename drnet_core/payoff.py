@@ -219,6 +219,12 @@ def table_rows_for(report: dict, checkpoint: str | Path, config: dict, default: 
     return None
 
 
+def share_text(share: float) -> str:
+    """A selection pattern's share as every view writes it: a percentage with two decimals, so that the
+    collapse alarm and the table beside it agree (99.98%, never 100.0% beside 99.98%)."""
+    return f"{100 * share:.2f}%"
+
+
 def collapse_alarms(health: list[dict], *, nearly_all: float = 0.95) -> list[dict]:
     """Per `routing_health` row that needs one: level `error` when the cell sends at least `nearly_all`
     of the instances down one pattern (routing there no longer depends on the input), `warning` when
@@ -228,15 +234,42 @@ def collapse_alarms(health: list[dict], *, nearly_all: float = 0.95) -> list[dic
         share, patterns = cell["largest_pattern_share"], cell["distinct_patterns"]
         if share >= nearly_all:
             alarms.append({"cell": cell["cell"], "level": "error",
-                           "message": f"Cell {cell['cell']} sends {share:.1%} of the inputs down one selection "
-                                      f"pattern ({patterns} distinct in all): its routing hardly depends on the "
+                           "message": f"Cell {cell['cell']} sends {share_text(share)} of the inputs down one "
+                                      f"selection pattern ({patterns} distinct in all): its routing hardly depends on the "
                                       "input."})
         elif cell["collapsed"]:
             alarms.append({"cell": cell["cell"], "level": "warning",
                            "message": f"Cell {cell['cell']} uses only {patterns} distinct selection patterns, the "
-                                      f"most common for {share:.1%} of the inputs: little instance-aware routing "
-                                      "there."})
+                                      f"most common for {share_text(share)} of the inputs: little instance-aware "
+                                      "routing there."})
     return alarms
+
+
+def readable_name(row: dict) -> str:
+    """A comparison row's name for a reader: a baseline by what it is (kind, parameters, epochs) rather than
+    by its file's stem; a DRNet's own rows keep their names."""
+    label = {"static": "static cells", "plain": "plain CNN"}.get(baseline_kind(str(row.get("kind"))))
+    if label is None:
+        return row["name"]
+    details = [f"{row['params']:,} parameters" if row.get("params") else "",
+               f"{row['epochs']} epochs" if row.get("epochs") else ""]
+    return ", ".join([label] + [detail for detail in details if detail])
+
+
+SWEEP_ROW_KEYS = ("tau", "threshold", "accuracy", "mean_mflops", "distinct_paths", "mflops_cv")
+
+
+def recorded_sweep(meta: dict) -> list[dict] | None:
+    """The held-out sweep a checkpoint recorded when its default was chosen (`meta["validation_sweep"]`),
+    or None when it has none or a row lacks a finite number `setting_for_budget` needs."""
+    rows = meta.get("validation_sweep")
+    if not isinstance(rows, list) or not rows:
+        return None
+    for row in rows:
+        if not isinstance(row, dict) or not all(isinstance(row.get(key), (int, float)) and math.isfinite(row[key])
+                                                for key in SWEEP_ROW_KEYS):
+            return None
+    return rows
 
 
 def setting_for_budget(rows: list[dict], max_mflops: float) -> dict:

@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .figures import ACCENT, GOOD, MUTED, WARN
-from .figures import _style, class_palette
+from .figures import _style, class_palette, class_symbols
 
 CURVE_COLORS = (ACCENT, "#7b2cbf", "#f4a261", "#2a9d8f", "#6c757d")
 CONTROL_MARKERS = {"static": ("square", "#e76f51", "static cells"), "plain": ("triangle-up", "#588157", "plain CNN"),
@@ -101,18 +101,20 @@ def cost_deciles_figure(difficulty: dict, title: str = "Error rate by cost decil
 def class_cost_error_figure(per_class: dict, title: str = "Per class: mean cost against error",
                             class_names: tuple[str, ...] | None = None) -> go.Figure:
     """`evaluate.summarize`'s per_class block: one point per class, mean MFLOPs against error rate, each in
-    its class's colour. class_names: the model's classes (per_class leaves out a class with no images, so
+    its class's colour and symbol. class_names: the model's classes (per_class leaves out a class with no images, so
     its keys alone could shift the colours)."""
     names = list(per_class)
     palette = class_palette(class_names if class_names is not None else names)
+    symbols = class_symbols(class_names if class_names is not None else names)
     figure = go.Figure()
     # One trace per class, named in a legend under the plot: names written beside the points ran into each
-    # other where classes cost alike, and the top one was cut by the plot's edge.
+    # other where classes cost alike, and the top one was cut by the plot's edge. Each class has its own
+    # symbol as well as its colour, so the legend reads without telling colours apart.
     for name in names:
         row = per_class[name]
         figure.add_trace(go.Scatter(
             x=[row["mean_mflops"]], y=[1 - row["accuracy"]], mode="markers", name=name,
-            marker=dict(size=12, color=palette[name], line=dict(color="white", width=1)),
+            marker=dict(size=13, color=palette[name], symbol=symbols[name], line=dict(color="#33415c", width=1)),
             customdata=[row["n"]], hovertemplate=name + ": %{x:.3f} MFLOPs, error %{y:.1%} (%{customdata} images)"
                                                        "<extra></extra>"))
     errors = [1 - per_class[name]["accuracy"] for name in names]

@@ -46,7 +46,7 @@ from app.navigation import VIEWS  # noqa: E402
 
 # The default view is served at the root whatever its url_path says.
 PAGES = tuple(("/" if index == 0 else f"/{view.url_path}", view.title) for index, view in enumerate(VIEWS))
-INSPECT = PAGES[0]
+INSPECT = next(page for page in PAGES if page[0] == "/inspect")
 TRADEOFF = next(page for page in PAGES if page[0] == "/tradeoff")
 
 HELD_PRESSES, HELD_GAP_S = 8, 0.05
@@ -63,6 +63,8 @@ TARGETS = (
      "measures": ("tradeoff_b_threshold", "tradeoff_b_tau", "tradeoff_a_threshold", "tradeoff_a_tau")},
     {"name": "slider step on Inspect, numbers updated", "limit_s": 0.5, "strict": False,
      "measures": ("inspect_threshold", "inspect_tau")},
+    {"name": "tau step on /tradeoff, page finished with every chart", "limit_s": 3.0, "strict": False,
+     "measures": ("tradeoff_a_tau",), "figure": "finished_s"},
     {"name": "warm page visit", "limit_s": 2.0, "strict": True,
      "measures": tuple(f"warm_visit {path}" for path, _ in PAGES)},
 )
@@ -100,6 +102,8 @@ DEFINITIONS = {
                 f"skeleton, and nothing of that changing for {SETTLE_S} s after",
     "numbers_updated": "the first moment every watched value is on the page and one differs from before the key; "
                        "for an 'unchanged' step (no watched value changed) its finish time",
+    "no_chart_disappeared": "in every sample of a slider step, the page never held fewer plotly charts after the key "
+                            "than before it (every_chart_at_finish: nor when it finished)",
     "warm_visit": "click on the sidebar link until finished with the page's title as its h1 (title_s: the title alone)",
     "held_key": "final numbers: from the last keydown, the last change into the values and setting B heading "
                 "that a fresh load of the final link shows; stale: the values at finish or at the end differ from those",
@@ -139,6 +143,7 @@ if (!window.__bench) {
       spinning: !!document.querySelector('[data-testid="stSpinner"], [data-testid="stSkeleton"]'),
       exception: !!document.querySelector('[data-testid="stException"]'),
       h1: text(document.querySelector('[data-testid="stMain"] h1')),
+      charts: document.querySelectorAll('[data-testid="stMain"] [data-testid="stPlotlyChart"]').length,
       values: watch ? watch.values.map(watched) : null,
       heading: watch && watch.heading ? text(heading(watch.heading)) : null,
       stateChanges: bench.stateChanges,
@@ -346,8 +351,12 @@ def slider_step(driver, page: str, label: str, in_sidebar: bool, watch: dict, ti
     pressed = next(event["t"] for event in events if "input" in event)
     changed = first_change(events, pressed, before["values"])
     finished = (finish_time(events) - pressed) / 1000
+    during = [event["charts"] for event in events if event["t"] >= pressed]
     return {"from": value_before, "to": slider_value(slider_input(driver, label, in_sidebar, page)),
             "numbers_s": None if changed is None else (changed - pressed) / 1000, "finished_s": finished,
+            # Plotly charts on the page before the key, the fewest at any moment after it, and at the end.
+            "charts_before": before["charts"], "fewest_charts": min(during, default=before["charts"]),
+            "charts_after": events[-1]["charts"],
             "unchanged": changed is None, "values_before": before["values"], "values_after": events[-1]["values"]}
 
 
@@ -437,7 +446,9 @@ def summarise_steps(record: dict) -> dict:
     # "Numbers updated" of an unchanged step is its finish time: nothing newer ever showed.
     effective = [s["finished_s"] if s["unchanged"] else s["numbers_s"] for s in samples]
     return {**record, "numbers_updated_s": spread(effective), "finished_s": spread([s["finished_s"] for s in samples]),
-            "unchanged": sum(s["unchanged"] for s in samples)}
+            "unchanged": sum(s["unchanged"] for s in samples),
+            "no_chart_disappeared": all(s["fewest_charts"] >= s["charts_before"] for s in samples),
+            "every_chart_at_finish": all(s["charts_after"] >= s["charts_before"] for s in samples)}
 
 
 def verdicts(measures: dict) -> list[dict]:
@@ -446,7 +457,8 @@ def verdicts(measures: dict) -> list[dict]:
         figures = {}
         for name in target["measures"]:
             record = measures.get(name)
-            summary = record and (record.get("numbers_updated_s") or record.get("finished_s"))
+            summary = record and (record.get(target["figure"]) if "figure" in target else
+                                  record.get("numbers_updated_s") or record.get("finished_s"))
             if summary:
                 figures[name] = summary["median"]
         if not figures:
@@ -572,6 +584,9 @@ def print_table(report: dict) -> None:
         numbers = record.get("numbers_updated_s") or record.get("title_s")
         extra = f"  [{record['unchanged']} unchanged]" if record.get("unchanged") else ""
         extra += f"  [{len(record['failures'])} timed out]" if record["failures"] else ""
+        if "no_chart_disappeared" in record:
+            extra += "" if record["no_chart_disappeared"] else "  [a chart disappeared]"
+            extra += "" if record["every_chart_at_finish"] else "  [a chart missing at finish]"
         print(f"  {name:<28} {seconds(numbers)}  {seconds(record['finished_s'])}{extra}")
     held = report["measures"].get("held_key")
     if held:

@@ -40,10 +40,12 @@ from soak_app import resident_mb  # noqa: E402
 from streamlit_client import ProtocolSession  # noqa: E402
 
 from drnet_core import result_cache  # noqa: E402
+from drnet_core.defaults import TAU_MAX, TAU_MIN  # noqa: E402
 
 DEFAULT_TAU, DEFAULT_THRESHOLD = 0.25, 0.3  # the shipped checkpoint's default, where every session starts
 TAU_SLIDER, THRESHOLD_SLIDER = "Gumbel temperature tau", "Selection threshold"
-TAU_RANGE, THRESHOLD_RANGE = (0.1, 4.0), (0.0, 1.0)
+THRESHOLD_RANGE = (0.0, 1.0)
+TAU_RANGE = (TAU_MIN, TAU_MAX)
 
 
 def percentile(samples: list[float], fraction: float) -> float | None:

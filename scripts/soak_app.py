@@ -6,7 +6,7 @@ one keeps showing its own numbers while the server stays healthy and its memory 
 
 Starts the app (`tests/chromium.py::serve_app`, with DRNET_EVAL_LIMIT set to --eval-limit) and one
 headless Chromium holding one tab per session; every tab is its own Streamlit session, opened with its
-own setting in the URL: even sessions on the Inspect page (`/?tau=…&threshold=…`), odd ones on
+own setting in the URL: even sessions on the Inspect page (`/inspect?tau=…&threshold=…`), odd ones on
 Temperature & threshold (`/tradeoff?tau=…&threshold=…&tau_b=…&threshold_b=…`), session k at threshold
 0.05·(k+1). Inspect sessions run at tau 2.0, where the first gallery image's cost differs at each of
 their thresholds, so a session showing another one's numbers is caught.
@@ -69,7 +69,7 @@ class Session:
 
     def url(self, base: str) -> str:
         if self.page == "inspect":
-            return f"{base}/?tau={self.tau:g}&threshold={self.threshold:g}"
+            return f"{base}/inspect?tau={self.tau:g}&threshold={self.threshold:g}"
         return (f"{base}/tradeoff?tau={self.tau:g}&threshold={self.threshold:g}"
                 f"&tau_b={self.tau_b:g}&threshold_b={self.threshold_b:g}")
 

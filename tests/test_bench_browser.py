@@ -35,6 +35,10 @@ def test_verdicts_compare_the_worst_median_with_each_limit():
     assert verdicts["slider step on Inspect, numbers updated"]["worst_median_s"] == 0.6
     assert verdicts["warm page visit"]["verdict"] == "missed"  # the limit is strict: < 2 s
     assert "slider step on /tradeoff, numbers updated" not in verdicts  # nothing measured for it
+    tau_step = bench_browser.verdicts({"tradeoff_a_tau": {"numbers_updated_s": {"median": 0.8},
+                                                          "finished_s": {"median": 3.5}}})
+    finished = next(v for v in tau_step if v["target"] == "tau step on /tradeoff, page finished with every chart")
+    assert finished["worst_median_s"] == 3.5 and finished["verdict"] == "missed"
 
 
 @pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)
@@ -57,6 +61,8 @@ def test_a_short_run_reports_every_measure():
         assert sample["from"] != sample["to"], name  # the step reached a new setting
         assert sample["unchanged"] == (sample["numbers_s"] is None), name
         assert math.isfinite(measures[name]["numbers_updated_s"]["median"])
+        assert sample["charts_before"] >= 0 and {"no_chart_disappeared", "every_chart_at_finish"} <= set(measures[name])
+    assert measures["tradeoff_a_tau"]["samples"][0]["charts_before"] >= 3  # the curve, histogram and per-class chart
     held = measures["held_key"]["samples"][0]
     assert round(float(held["to"]) - float(held["from"]), 2) == 0.08  # eight steps of 0.01
     assert len(held["key_gaps_ms"]) == bench_browser.HELD_PRESSES - 1

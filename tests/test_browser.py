@@ -82,14 +82,14 @@ def test_every_page_renders(server, browser):
         assert_no_error(browser, text)
         assert browser.find_element(By.CSS_SELECTOR, '[data-testid="stMain"] h1').text.strip() == title
         assert "NaN" not in text and "inf MFLOPs" not in text
-        screenshot(browser, f"page-{path or 'inspect'}")
+        screenshot(browser, f"page-{path or 'start'}")
 
 
 def test_threshold_slider_changes_the_numbers(server, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    browser.get(f"{server}/?threshold=0.2")
+    browser.get(f"{server}/inspect?threshold=0.2")
     wait_idle(browser)
     before = metric_value(browser, "Executed MFLOPs")
     # Streamlit's sliders are range inputs labelled by their widget label.
@@ -137,7 +137,7 @@ def test_upload_a_gallery_image(server, browser, tmp_path):
     path = tmp_path / "gallery_garment.png"
     picture.save(path)
 
-    browser.get(f"{server}/?source=Upload")
+    browser.get(f"{server}/inspect?source=Upload")
     wait_idle(browser)
     browser.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys(str(path))
     text = wait_idle(browser, showing="(inverted)")

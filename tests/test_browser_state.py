@@ -104,7 +104,7 @@ def test_a_link_restores_the_checkpoint_the_tab_and_forced_branches(server, brow
     forced = "cell 1 · n0→n1 · identity"
     link = urllib.parse.urlencode({"checkpoint": "Earlier shipped, joint objective", "tab": "Counterfactual",
                                    "force_on": forced})
-    browser.get(f"{server}/?{link}")
+    browser.get(f"{server}/inspect?{link}")
     text = settled(browser, showing="Force on")
     assert "drnet_fashion_joint.pt" in text
     assert forced in text  # the chip of the forced branch
@@ -125,7 +125,7 @@ def test_the_gallery_image_survives_a_visit_to_another_page(server, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    browser.get(f"{server}/")
+    browser.get(f"{server}/inspect")
     settled(browser, showing="Gallery image")
     choice = browser.find_element(By.CSS_SELECTOR, '[data-testid="stSelectbox"] input')
     choice.click()

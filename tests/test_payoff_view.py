@@ -99,7 +99,7 @@ def test_collapse_alarms_grade_the_cells():
         {"cell": 3, "distinct_patterns": 40, "largest_pattern_share": 0.1, "entropy_bits": 5.0, "collapsed": False}]
     alarms = payoff.collapse_alarms(health)
     assert [(alarm["cell"], alarm["level"]) for alarm in alarms] == [(1, "error"), (2, "warning")]
-    assert "100.0%" in alarms[0]["message"]
+    assert "100.00%" in alarms[0]["message"]
 
 
 def test_a_threshold_that_runs_nothing_collapses_every_cell(model, data):

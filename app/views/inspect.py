@@ -66,18 +66,6 @@ with left:
     b.image(state.crisp(prepared.grayscale), caption="grayscale, square", width="stretch")
     c.image(state.enlarge(prepared.pixels, 4), caption="model input 28×28" + (" (inverted)" if prepared.inverted else ""),
             width="stretch")
-with right:
-    m1, m2, m3 = st.columns([3, 2, 2])  # a class name such as "T-shirt/top" needs the room at 1280 px
-    m1.metric("Prediction", classes[result.prediction])
-    m1.caption(f"{result.confidence:.1%} confident")
-    m2.metric("Executed MFLOPs", f"{result.mflops:.3f}")
-    m2.caption(f"{result.fraction_of_dense:.0%} of dense ({result.dense_mflops:.2f})")
-    m3.metric("Active parameters", f"{result.active_params:,.0f}")
-    m3.caption(f"of {model.dense_params():,}")
-    if not result.executed.any():
-        st.warning(f"At tau {settings.tau:g} and threshold {settings.threshold:g} no branch runs for this image: every "
-                   "cell passes its input through unchanged, and the prediction comes from the stem, reductions and "
-                   "head alone.")
     calibration, calibration_origin = audit_rows.ood_calibration(settings.checkpoint_path, settings.checkpoint_sha)
     unfamiliarity = audit_rows.image_ood_score(settings.checkpoint_path, settings.checkpoint_sha, key,
                                                prepared.model_input)
@@ -92,16 +80,29 @@ with right:
         st.caption(f"Familiar input: unfamiliarity {unfamiliarity:.0f}, within the {calibration.score_threshold:.0f} "
                    "that 95% of held-out Fashion-MNIST images stay under.")
     st.plotly_chart(figures.probabilities_figure(result.probabilities, classes, true_class), key="probabilities")
+with right:
+    m1, m2, m3 = st.columns([3, 2, 2])  # a class name such as "T-shirt/top" needs the room at 1280 px
+    m1.metric("Prediction", classes[result.prediction])
+    m1.caption(f"{result.confidence:.1%} confident")
+    m2.metric("Executed MFLOPs", f"{result.mflops:.3f}")
+    m2.caption(f"{result.fraction_of_dense:.0%} of dense ({result.dense_mflops:.2f})")
+    m3.metric("Active parameters", f"{result.active_params:,.0f}")
+    m3.caption(f"of {model.dense_params():,}")
+    if not result.executed.any():
+        st.warning(f"At tau {settings.tau:g} and threshold {settings.threshold:g} no branch runs for this image: every "
+                   "cell passes its input through unchanged, and the prediction comes from the stem, reductions and "
+                   "head alone.")
 
 
 def routing_path_tab() -> None:
     graph = routing_graph.routing_graph(model, result.weights, result.executed)
     ran = int(result.executed.sum())
+    # The setting goes in the caption: in the title it was cut off at the column's width.
     st.plotly_chart(routing_graph.routing_figure(
-        graph, f"Routing path of {name}: {ran} of {len(labels)} branches ran (tau {settings.tau:g}, "
-               f"threshold {settings.threshold:g})"), key="routing_graph")
-    st.caption("Coloured lines are branches that ran, wider and more opaque the higher their weight; grey ones were "
-               "skipped. Hover a branch for its op, weight and cost.")
+        graph, f"Routing path of {name}: {ran} of {len(labels)} branches ran"), key="routing_graph")
+    st.caption(f"At tau {settings.tau:g}, threshold {settings.threshold:g}. Coloured lines are branches that ran, "
+               "wider and more opaque the higher their weight; grey ones were skipped. Hover a branch for its op, "
+               "weight and cost. How to read the graph: **Start here**.")
 
 
 def branch_weights_tab() -> None:
@@ -191,10 +192,15 @@ def noise_tab() -> None:
         model, explorer.noise_selection_frequency(table),
         f"How often each branch ran in {samples} noisy copies (seed {settings.seed})"), key="noise_frequency")
     st.caption("0% or 100%: the noise never changes that branch's choice; in between, it does.")
-    st.dataframe(table.drop(columns=["mask"]).head(20), hide_index=True, key="noise_table",
+    # The pattern itself is in the heatmap above; its hex key would be one more unexplained column.
+    st.dataframe(table.drop(columns=["mask", "key"]).head(20), hide_index=True, key="noise_table",
                  column_config={"share": st.column_config.ProgressColumn("share", format="percent", min_value=0,
                                                                         max_value=1),
-                                "mflops": st.column_config.NumberColumn("MFLOPs", format="%.3f")})
+                                "mflops": st.column_config.NumberColumn("MFLOPs", format="%.3f"),
+                                "path": st.column_config.NumberColumn(help="rank by frequency, 1 = most frequent"),
+                                "branches": st.column_config.NumberColumn(help="how many branches ran on this path"),
+                                "prediction": st.column_config.TextColumn(
+                                    help="the class most often predicted on this path")})
 
 
 def compare_tab() -> None:
@@ -260,8 +266,10 @@ def worst_case_tab() -> None:
 TABS = {"Routing path": routing_path_tab, "Branch weights": branch_weights_tab, "Cost": cost_tab,
         "Attribution": attribution_tab, "Counterfactual": counterfactual_tab,
         "Same image, different paths": noise_tab, "Compare": compare_tab, "Worst case": worst_case_tab}
-# Only the open tab runs, so a slider step pays for what is on screen; the open tab is in the URL.
-for tab, draw in zip(st.tabs(list(TABS), key="tab", bind="query-params"), TABS.values()):
-    if tab.open:
-        with tab:
-            draw()
+# Only the open tab runs, so a slider step pays for what is on screen; the open tab is in the URL. Beside
+# the image and under the numbers, so that the routing graph starts above the fold on a laptop screen.
+with right:
+    for tab, draw in zip(st.tabs(list(TABS), key="tab", bind="query-params"), TABS.values()):
+        if tab.open:
+            with tab:
+                draw()

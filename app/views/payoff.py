@@ -30,6 +30,13 @@ from_table = payoff_rows.comparison_table_rows(settings)
 full_set = state.evaluation_set()
 limit = len(full_set) if from_table else settings.eval_limit
 shown_set = full_set.subset(limit).name
+if limit != settings.eval_limit:
+    st.info(f"This page evaluates **{shown_set}**, not the sidebar's first {settings.eval_limit:,} images: its curve "
+            "and baselines come from the comparison table, which was made on that set. The budget box chooses on "
+            "held-out training images.", icon=":material/info:")
+else:
+    st.caption(f"Evaluated on **{shown_set}** (the sidebar's image count); the budget box chooses on held-out "
+               "training images.")
 
 
 def routed(tau: float, threshold: float):
@@ -101,34 +108,42 @@ with right:
 
 budget_row, budget_choice = None, None
 if budget_mflops is not None:
-    held_out_limit = settings.eval_limit
-    try:
-        with st.spinner("Sweeping the held-out images…", show_time=True):
-            held_out_rows, held_out_name = payoff_rows.held_out_sweep(settings.checkpoint_path, settings.checkpoint_sha,
-                                                                held_out_limit)
-    except DatasetError as error:
-        right.warning(f"No held-out images to choose on: {error}")
-    else:
+    # The sweep the checkpoint recorded when its default was chosen answers at once; a checkpoint without
+    # one (an upload from elsewhere) is swept now on its held-out images.
+    held_out_rows, held_out_name = payoff.recorded_sweep(meta), payoff_rows.recorded_sweep_name(meta)
+    if held_out_rows is None:
+        try:
+            with st.spinner("Sweeping the held-out images…", show_time=True):
+                held_out_rows, held_out_name = payoff_rows.held_out_sweep(
+                    settings.checkpoint_path, settings.checkpoint_sha, settings.eval_limit)
+        except DatasetError as error:
+            right.warning(f"No held-out images to choose on: {error}")
+    if held_out_rows is not None:
         budget_choice = payoff.setting_for_budget(held_out_rows, budget_mflops)
-        budget_run = routed(budget_choice["tau"], budget_choice["threshold"])
-        budget_row = {**payoff.comparison_row(budget_run, model, kind="drnet", model=model_name,
-                                              name=f"{model_name}, chosen for {budget_mflops:g} MFLOPs"),
-                      "max_mflops": budget_mflops}
+        chosen = f"tau {budget_choice['tau']:g}, threshold {budget_choice['threshold']:g}"
         with right:
             if budget_choice["meets_budget"]:
-                st.success(f"**tau {budget_choice['tau']:g}, threshold {budget_choice['threshold']:g}**: "
-                           f"{budget_choice['accuracy']:.2%} at {budget_choice['mean_mflops']:.2f} MFLOPs on "
-                           f"{held_out_name}; {budget_row['accuracy']:.2%} at {budget_row['mean_mflops']:.2f} "
-                           "MFLOPs on the images shown.")
+                st.success(f"Within {budget_mflops:g} MFLOPs: **{chosen}**, {budget_choice['accuracy']:.2%} at "
+                           f"{budget_choice['mean_mflops']:.2f} MFLOPs on {held_out_name}.")
             else:
                 st.warning(f"No setting of the sweep costs {budget_mflops:g} MFLOPs or less on {held_out_name}; the "
-                           f"cheapest is tau {budget_choice['tau']:g}, threshold {budget_choice['threshold']:g} at "
-                           f"{budget_choice['mean_mflops']:.2f} MFLOPs.")
+                           f"cheapest is {chosen} at {budget_choice['mean_mflops']:.2f} MFLOPs.")
             st.button("Apply to the sidebar", key="apply_budget", icon=":material/tune:", on_click=apply_budget,
                       args=(budget_choice["tau"], budget_choice["threshold"]),
                       disabled=(budget_choice["tau"], budget_choice["threshold"]) == (settings.tau, settings.threshold))
             st.caption(f"Chosen over tau {', '.join(f'{t:g}' for t in SWEEP_TAUS)} and thresholds "
                        f"{SWEEP_THRESHOLDS[0]:g}–{SWEEP_THRESHOLDS[-1]:g}.")
+            with st.spinner(f"Checking {chosen} on the images shown…", show_time=True):
+                budget_run = routed(budget_choice["tau"], budget_choice["threshold"])
+            budget_row = {**payoff.comparison_row(budget_run, model, kind="drnet", model=model_name,
+                                                  name=f"{model_name}, chosen for {budget_mflops:g} MFLOPs"),
+                          "max_mflops": budget_mflops}
+            st.markdown(f"On the images shown: {budget_row['accuracy']:.2%} at {budget_row['mean_mflops']:.2f} "
+                        "MFLOPs.")
+            budget_alarms = payoff.collapse_alarms(payoff.routing_health(model, budget_run))
+            if budget_alarms:
+                st.warning("This setting trips the collapse alarm: " + " ".join(
+                    alarm["message"] for alarm in budget_alarms), icon=":material/warning:")
 
 if from_table:
     table_rows, table_set = from_table
@@ -138,17 +153,25 @@ if from_table:
               f"`scripts/performance_report.py`) on {table_set}; the current setting and its random-routing control "
               "computed now on the same images.")
 else:
-    curve_runs = []
     with st.spinner(f"Sweeping thresholds at tau {settings.tau:g}…", show_time=True), heavy_work():
-        for threshold in sorted(set(SWEEP_THRESHOLDS) | {settings.threshold}):
-            curve_runs.append(routed(settings.tau, threshold))
+        # Nearest the current threshold first: each run then starts from a neighbour already routed and
+        # re-routes only the paths that change (`state.routed`); the rows are sorted by cost below.
+        thresholds = sorted(set(SWEEP_THRESHOLDS) | {settings.threshold}, key=lambda h: abs(h - settings.threshold))
+        curve_runs = [routed(settings.tau, threshold) for threshold in thresholds]
     curves = {f"tau {settings.tau:g}": payoff.drnet_curve_rows(model, curve_runs, model_name=model_name,
                                                                epochs=epochs)}
+    # The shipped baselines do not depend on the DRNet's setting: the comparison table's rows serve any tau
+    # when it was made on these images.
+    table_baselines = payoff_rows.table_baseline_rows(limit)
     with st.spinner("Evaluating the static baselines…", show_time=True):
-        controls = payoff_rows.baseline_rows(settings.dataset_name, limit) + [control]
-    source = (f"Everything computed now on {shown_set}" + (" with the sidebar's Gumbel noise" if settings.noise else "")
-              + ". The comparison table (full test split) applies only to a shipped checkpoint at its default tau "
-                "without noise.")
+        baselines = table_baselines or payoff_rows.baseline_rows(settings.dataset_name, limit)
+    controls = baselines + [control]
+    source = (f"Curve, current setting and random-routing control computed now on {shown_set}"
+              + (" with the sidebar's Gumbel noise" if settings.noise else "")
+              + ("; baselines from the comparison table (`docs/results/accuracy_vs_flops.json`) on the same images."
+                 if table_baselines else "; baselines evaluated now on the same images.")
+              + " The table's DRNet curve applies only to a bundled checkpoint at its default tau without noise.")
+controls = [{**row, "name": payoff.readable_name(row)} for row in controls]
 for tau in others:
     with st.spinner(f"Sweeping thresholds at tau {tau:g}…", show_time=True), heavy_work():
         curves[f"tau {tau:g}"] = payoff.drnet_curve_rows(model, [routed(tau, threshold) for threshold in SWEEP_THRESHOLDS],
@@ -164,8 +187,8 @@ similar = [row for row in controls if row["kind"] in ("static", "plain")
 best = max(similar, key=lambda row: row["accuracy"], default=None)
 if best is not None:
     verdict = "beats" if current["accuracy"] > best["accuracy"] else "does not beat"
-    left.markdown(f"The current setting **{verdict}** the most accurate static network of similar or lower cost, "
-                  f"{best['name']}: {best['accuracy']:.2%} at {best['mean_mflops']:.2f} MFLOPs.")
+    left.markdown(f"The current setting **{verdict}** the most accurate static network of similar or lower cost "
+                  f"({best['name']}): {best['accuracy']:.2%} at {best['mean_mflops']:.2f} MFLOPs.")
 
 # ---- cost against difficulty ---------------------------------------------------------------------------
 
@@ -194,10 +217,13 @@ for alarm in alarms:
 if not alarms:
     st.success("Every cell routes its inputs along several patterns.")
 h1, h2 = st.columns(2)
-h1.dataframe(pd.DataFrame(health), hide_index=True, key="routing_health",
+# The share as text, rounded as the alarms above round it.
+health_table = pd.DataFrame(health)
+health_table["largest_pattern_share"] = health_table["largest_pattern_share"].map(payoff.share_text)
+h1.dataframe(health_table, hide_index=True, key="routing_health",
              column_config={"cell": st.column_config.NumberColumn(width="small"),
                             "distinct_patterns": st.column_config.NumberColumn("patterns", width="small"),
-                            "largest_pattern_share": st.column_config.NumberColumn("largest share", format="percent"),
+                            "largest_pattern_share": st.column_config.TextColumn("largest share"),
                             "entropy_bits": st.column_config.NumberColumn("bits", format="%.2f", width="small",
                                                                           help="entropy of the patterns"),
                             "collapsed": st.column_config.CheckboxColumn(width="small")})

@@ -31,8 +31,8 @@ So an easy input can take a cheap path and a hard one a costlier path.
 * **Gumbel noise.** During training random Gumbel noise is added to the scores so the network explores paths
   (the *Gumbel-Softmax* trick). Switch it on in the sidebar to see how the same input can take different paths.
 
-The demo below shows one connection of the network for one test image: move tau and watch the weights reshape and
-branches cross the threshold.
+The demo below shows one connection of the network for one test image at the sidebar's tau and threshold: move
+tau in the sidebar and watch the weights reshape and branches cross the threshold.
 """
 )
 
@@ -61,11 +61,13 @@ if st.session_state[connection_key] >= len(connections):
 connection = c3.selectbox("Connection", list(range(len(connections))),
                           format_func=lambda e: f"node {connections[e][0]} → node {connections[e][1]}", key=connection_key)
 d1, d2, d3 = st.columns([2, 1, 1])
-tau = d1.slider("Temperature tau", 0.05, 5.0, step=0.05, key=state.bound("demo_tau", 1.0, low=0.05, high=5.0))
+# One tau on every page: the demo shows the sidebar's, so what it explains is what the other views evaluate.
+tau = settings.tau
+d1.markdown(f"**Temperature tau: {tau:g}**, the sidebar's. Move it there to reshape the weights below.")
 noisy = d2.toggle("Add Gumbel noise", key=state.bound("demo_noise", False))
 seed = d3.number_input("Noise seed", 0, 10_000, step=1, key=state.bound("demo_seed", 0, low=0, high=10_000),
                        disabled=not noisy)
-state.publish("demo_image", "demo_cell", "demo_connection", "demo_tau", "demo_noise", "demo_seed")
+state.publish("demo_image", "demo_cell", "demo_connection", "demo_noise", "demo_seed")
 
 logits = explorer.connection_logits(model, inspected, cell, connection)
 noise = explorer.connection_noise(model, int(seed), cell, connection) if noisy else None
@@ -88,4 +90,4 @@ right.plotly_chart(figures.connection_weights_figure(
     key="demo_bars")
 st.plotly_chart(figures.gumbel_demo_figure(curve, branch_names, settings.threshold, tau), key="demo_curve")
 st.caption("The router's scores for this connection come from the real network on this image "
-           f"(cell {cell + 1}, sidebar threshold {settings.threshold:g}); only tau and the noise change here.")
+           f"(cell {cell + 1}); tau and the threshold are the sidebar's, and the curve shows every other tau.")
