@@ -40,7 +40,9 @@ class ProtocolSession:
         self.page, self.query, self.cookie = page, query, cookie
         self.sliders: dict[str, str] = {}   # label -> widget id
         self.values: dict[str, float] = {}  # widget id -> value sent
-        self.metrics: dict[str, list[str]] = {}  # label -> values, in page order
+        # Metrics by their place on the page, so that an element redrawn in place (a preview's numbers
+        # replaced by the exact ones) keeps only its latest value.
+        self._metric_at: dict[tuple[int, ...], tuple[str, str]] = {}
         self.exceptions: list[str] = []
         self._socket = None
         self._finished: asyncio.Future | None = None
@@ -65,7 +67,7 @@ class ProtocolSession:
         loop = asyncio.get_running_loop()
         self._finished = loop.create_future()
         self._first_metric = None
-        self.metrics, self.exceptions = {}, []
+        self._metric_at, self.exceptions = {}, []
         message = BackMsg()
         state = message.rerun_script
         state.query_string = self.query
@@ -94,16 +96,25 @@ class ProtocolSession:
             message.ParseFromString(raw)
             kind = message.WhichOneof("type")
             if kind == "delta" and message.delta.WhichOneof("type") == "new_element":
-                self._element(message.delta.new_element)
+                self._element(message.delta.new_element, tuple(message.metadata.delta_path))
             elif kind == "script_finished" and self._finished is not None and not self._finished.done():
                 self._finished.set_result(message.script_finished)
 
-    def _element(self, element) -> None:
+    @property
+    def metrics(self) -> dict[str, list[str]]:
+        """label -> values, in page order."""
+        shown: dict[str, list[str]] = {}
+        for place in sorted(self._metric_at):
+            label, body = self._metric_at[place]
+            shown.setdefault(label, []).append(body)
+        return shown
+
+    def _element(self, element, place: tuple[int, ...]) -> None:
         kind = element.WhichOneof("type")
         if kind == "slider":
             self.sliders[element.slider.label] = element.slider.id
         elif kind == "metric":
-            self.metrics.setdefault(element.metric.label, []).append(element.metric.body)
+            self._metric_at[place] = (element.metric.label, element.metric.body)
             if self._first_metric is None:
                 self._first_metric = time.perf_counter()
         elif kind == "exception":

@@ -85,6 +85,7 @@ def test_the_toy_op_shows_in_the_app(trained_with_toy):
 
     path, _ = trained_with_toy
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.switch_page("views/inspect.py").run()
     at.radio(key="checkpoint_source").set_value("Upload a file").run()
     at.file_uploader(key="checkpoint_upload").upload("toy.pt", path.read_bytes()).run()
     assert_clean(at)

@@ -92,6 +92,7 @@ def test_interleaved_app_sessions_each_see_their_own_numbers(reference):
     sessions = [open_session(params) for params in SESSIONS]
     for at in sessions:  # first pass: each session starts while the others hold their own state
         at.run()
+        at.switch_page("views/inspect.py").run()
         assert_clean(at)
     for at, want in zip(sessions, expected):
         assert shown(at) == want

@@ -126,7 +126,7 @@ def test_installed_drnet_app_serves_and_its_script_runs(installed, tmp_path):
              "print(at.title[0].value)\n")
     result = run([installed / "bin" / "python", "-c", check], cwd=tmp_path,
                  env={**os.environ, "DRNET_EVAL_LIMIT": "120"})
-    assert result.stdout.strip() == "Inspect an image"
+    assert result.stdout.strip() == "Start here"
 
 
 def test_editable_install_serves_the_checkouts_assets(tmp_path):

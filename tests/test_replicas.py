@@ -99,7 +99,7 @@ def test_a_link_gives_the_same_numbers_on_either_replica(served, pins, browser):
         stored = {path.name for path in results.glob("*.routed.*.pt")}
         if len(shown) == 1:
             first_stored = stored
-    assert shown[0] == shown[1] and len(shown[0][0]) == 2 and all(shown[0][0])
+    assert shown[0] == shown[1] and len(shown[0][0]) >= 2 and all(shown[0][0])  # settings A and B at least
     # The second replica read the first one's runs from the shared result cache instead of adding its own.
     assert first_stored and stored == first_stored
 
