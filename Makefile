@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 PORT ?= 8501
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test setup data browser proxy replicas evaluate train clean
+.PHONY: run test test-fast setup data browser proxy replicas evaluate train clean
 
 run: setup data
 	$(PY) -m streamlit run app/streamlit_app.py --server.port=$(PORT) --server.headless=true
@@ -19,6 +19,10 @@ replicas: setup data proxy
 
 test: setup data browser proxy
 	$(PY) -m pytest -q tests
+
+# Everything but the tests marked slow (real servers, browsers, several processes): the loop while developing.
+test-fast: setup data
+	$(PY) -m pytest -q -m "not slow" tests
 
 setup: $(STAMP)
 

@@ -16,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 import bench_browser  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a real server, browser or virtual environment
+
 
 def test_check_report_flags_times_that_are_not_positive_and_finite():
     sound = {"cold_first_load_s": {"/": 1.5}, "measures": {"x": {"finished_s": {"median": 0.4, "min": 0.3, "max": 0.5},

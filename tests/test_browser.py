@@ -20,8 +20,8 @@ ARTIFACTS = ROOT / "test-artifacts"
 # The default page is served at the root: Streamlit ignores its url_path.
 PAGES = {("" if index == 0 else view.url_path): view.title for index, view in enumerate(VIEWS)}
 
-pytestmark = pytest.mark.skipif(not AVAILABLE,
-                                reason=MISSING_REASON)
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE,
+                                reason=MISSING_REASON)]
 
 
 @pytest.fixture(scope="module")

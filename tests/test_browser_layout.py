@@ -12,7 +12,7 @@ from chromium import AVAILABLE, MISSING_REASON, chromium, serve_app, wait_until_
 
 from drnet_core.data import FASHION_CLASSES
 
-pytestmark = pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)]
 
 WIDTH = 1280
 

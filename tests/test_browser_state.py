@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 500
 SETTING = {"tau": "0.5", "threshold": "0.2"}
 
-pytestmark = pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)]
 
 
 @pytest.fixture(scope="module")

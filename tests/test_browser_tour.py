@@ -18,7 +18,7 @@ from drnet_core.evaluate import default_setting
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
-pytestmark = pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)]
 
 
 @pytest.fixture(scope="module")

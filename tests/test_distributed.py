@@ -33,7 +33,8 @@ from drnet_core.train import train
 from helpers import tiny_model, write_fake_fashion
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="this torch build has no torch.distributed")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not dist.is_available(), reason="this torch build has no torch.distributed")]
 # Per launch; about 15 s each on an idle 2-core machine. Raise it on a machine busy with other work.
 LAUNCH_TIMEOUT_S = int(os.environ.get("DRNET_TEST_LAUNCH_TIMEOUT", "240"))
 

@@ -17,6 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 import soak_app  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a real server, browser or virtual environment
+
 
 @pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)
 def test_ten_sessions_keep_their_own_numbers_and_the_server_levels_off():
