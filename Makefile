@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 PORT ?= 8501
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
@@ -17,18 +17,24 @@ ADDRESS ?= 127.0.0.1
 replicas: setup data proxy
 	$(PY) scripts/serve_replicas.py --replicas $(N) --port $(PORT) --address $(ADDRESS)
 
+# `lint-imports` checks the import rules in pyproject.toml (docs/ARCHITECTURE.md) before any test runs.
 test: setup data browser proxy
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q tests
 
 # Everything but the tests marked slow (real servers, browsers, several processes): the loop while developing.
 test-fast: setup data
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -m "not slow" tests
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+# The pinned set, then this checkout itself as an editable install: drnet_core and the app (drnet_app)
+# import from anywhere, and the `drnet` command exists.
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation --editable .
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import streamlit as st
 import torch
 
-import state
-from drnet_core import batch_audit, sponge
-from drnet_core.data import FASHION_CLASSES
-from drnet_core.evaluate import default_setting
-from drnet_core.ood_calibration import Calibration, calibration_or_none
+from drnet_app import state
+from drnet_core.analysis import batch_audit, sponge
+from drnet_core.data.datasets import FASHION_CLASSES
+from drnet_core.analysis.evaluate import default_setting
+from drnet_core.analysis.ood_calibration import Calibration, calibration_or_none
 
 
 @st.cache_resource(show_spinner="Calibrating the unfamiliar-input warning for this checkpoint…", max_entries=4)

@@ -8,20 +8,25 @@ memory and in the shared result cache on disk (`state.result_cache`). Sweeps and
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import streamlit as st
 
-from drnet_core import payoff
-from drnet_core.baselines import load_baseline
-from drnet_core.checkpoint import SHIPPED_CHECKPOINT, default_device, sha256_of
+from drnet_core.analysis import payoff
+from drnet_core.net.baselines import load_baseline
+from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, default_device, sha256_of
 from drnet_core.compute_gate import heavy_work
-from drnet_core.data import ASSETS, ImageSet, to_model_input
-from drnet_core.evaluate import SWEEP_TAUS, SWEEP_THRESHOLDS, default_setting, run_routed, sweep
-from drnet_core.held_out import held_out_set
+from drnet_core.data.datasets import ASSETS, ImageSet, to_model_input
+from drnet_core.analysis.evaluate import SWEEP_TAUS, SWEEP_THRESHOLDS, default_setting, run_routed, sweep
+from drnet_core.data.held_out import held_out_set
 
-from state import Settings, evaluation_inputs, evaluation_set, model_and_meta, result_cache, routed
+from drnet_app.state import Settings, evaluation_inputs, evaluation_set, model_and_meta, result_cache, routed
 
 BASELINE_DIR = ASSETS / "baselines"
+# The checkout this app runs from, and where `scripts/performance_report.py` writes its comparison table
+# there. An installed package ships no docs/: the view then computes every row live.
+CHECKOUT = Path(__file__).resolve().parent.parent
+COMPARISON_TABLE = CHECKOUT / "docs" / "results" / "accuracy_vs_flops.json"
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -75,7 +80,7 @@ def baseline_rows(dataset_name: str, limit: int) -> list[dict]:
 def table_baseline_rows(limit: int) -> list[dict] | None:
     """The comparison table's static and plain rows when the table was made on the first `limit` evaluation
     images themselves: the shipped baselines do not depend on a DRNet or its setting, so any tau reuses them."""
-    report = payoff.read_comparison_table()
+    report = payoff.read_comparison_table(COMPARISON_TABLE)
     if report is None or report.get("dataset") != evaluation_set().subset(limit).name:
         return None
     rows = [{**row, "kind": payoff.baseline_kind(str(row.get("kind")))} for row in report["rows"]]
@@ -86,12 +91,12 @@ def table_baseline_rows(limit: int) -> list[dict] | None:
 def comparison_table_rows(settings: Settings) -> tuple[list[dict], str] | None:
     """(rows, data set) of the comparison table (docs/results/accuracy_vs_flops.json) when it was made
     for this checkpoint at this tau without noise, on the images the app evaluates on; else None."""
-    report = payoff.read_comparison_table()
+    report = payoff.read_comparison_table(COMPARISON_TABLE)
     if report is None or settings.noise or report.get("dataset") != evaluation_set().name:
         return None
     model, meta = model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
     rows = payoff.table_rows_for(report, settings.checkpoint_path, model.config.to_dict(), default_setting(meta),
-                                 shipped=SHIPPED_CHECKPOINT)
+                                 shipped=SHIPPED_CHECKPOINT, root=CHECKOUT)
     if rows is None or not any(row["kind"] == "drnet" and row["tau"] == settings.tau for row in rows):
         return None
     return rows, report["dataset"]

@@ -4,7 +4,7 @@ threshold, Gumbel noise and the number of evaluation images, all mirrored into t
 Environment: DRNET_EVAL_LIMIT sets the default number of evaluation images (by default the whole set);
 DRNET_ALLOW_SERVER_PATHS=1 allows a checkpoint path on the server; DRNET_UPLOAD_DIR (shared by replicas),
 DRNET_UPLOAD_MAX_FILES and DRNET_UPLOAD_MAX_MB place and bound the uploaded checkpoints kept on disk
-(`drnet_core.upload_store`).
+(`drnet_app.upload_store`).
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from drnet_core.checkpoint import BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, CheckpointError, sha256_of
+from drnet_core.net.checkpoint import BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, CheckpointError, sha256_of
 from drnet_core.defaults import TAU_MAX, TAU_MIN
-from drnet_core.evaluate import default_setting
-from drnet_core.upload_store import DIGEST, UploadStore, UploadTooLarge
-from state import Settings, bound, evaluation_set, model_and_meta, publish
+from drnet_core.analysis.evaluate import default_setting
+from drnet_app.upload_store import DIGEST, UploadStore, UploadTooLarge
+from drnet_app.state import Settings, bound, evaluation_set, model_and_meta, publish
 
 EVAL_LIMIT_ENV = "DRNET_EVAL_LIMIT"
 SERVER_PATHS_ENV = "DRNET_ALLOW_SERVER_PATHS"

@@ -19,15 +19,15 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from drnet_core import attribution, explorer
-from drnet_core.checkpoint import BUNDLED_CHECKPOINTS, default_device, load_checkpoint
+from drnet_core.analysis import attribution, explorer
+from drnet_core.net.checkpoint import BUNDLED_CHECKPOINTS, default_device, load_checkpoint
 from drnet_core.compute_gate import heavy_work
-from drnet_core.cost import TimeTable, measure_time_table
-from drnet_core.data import FASHION_CLASSES, ImageSet, load_test_set, to_model_input
-from drnet_core.evaluate import (SWEEP_THRESHOLDS, RoutedRun, default_setting, prefix_features, rerun_at_threshold,
+from drnet_core.net.cost import TimeTable, measure_time_table
+from drnet_core.data.datasets import FASHION_CLASSES, ImageSet, load_test_set, to_model_input
+from drnet_core.analysis.evaluate import (SWEEP_THRESHOLDS, RoutedRun, default_setting, prefix_features, rerun_at_threshold,
                                   run_routed, summarize)
-from drnet_core.images import ImageRejected, PreparedImage, image_from_bytes, prepare_dataset_image, prepare_image
-from drnet_core.result_cache import ROUTED_RUN, ResultCache
+from drnet_core.data.images import ImageRejected, PreparedImage, image_from_bytes, prepare_dataset_image, prepare_image
+from drnet_app.result_cache import ROUTED_RUN, ResultCache
 
 TIME_TABLE_BATCH = 256  # the batch size `bench` reports; the audit's time estimates are per image in it
 
@@ -142,7 +142,7 @@ def _recent_runs() -> tuple[OrderedDict, threading.Lock]:
     return OrderedDict(), threading.Lock()
 
 
-# Under the in-memory caches, one on disk per checkpoint sha256 (drnet_core.result_cache), shared by a
+# Under the in-memory caches, one on disk per checkpoint sha256 (drnet_app.result_cache), shared by a
 # restarted server and by every replica pointed at the same DRNET_RESULT_CACHE_DIR. Created once per process:
 # creating it applies its bounds to what earlier runs left.
 @st.cache_resource(show_spinner=False)

@@ -5,21 +5,11 @@ threshold, Gumbel noise, evaluation size, checkpoint); each view is one page und
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import streamlit as st
 
-APP = Path(__file__).resolve().parent
-ROOT = APP.parent
-# From a checkout, drnet_core sits beside app/; an installed package (drnet_core/app) imports it as it is.
-for entry in ([str(ROOT)] if (ROOT / "drnet_core").is_dir() else []) + [str(APP)]:
-    if entry not in sys.path:
-        sys.path.insert(0, entry)
-
-import sidebar  # noqa: E402  (needs the paths above)
-from navigation import VIEWS  # noqa: E402
-from drnet_core.runtime import configure_cpu_memory, use_every_core_in_this_thread  # noqa: E402
+from drnet_app import sidebar
+from drnet_app.navigation import VIEWS
+from drnet_core.runtime import configure_cpu_memory, use_every_core_in_this_thread
 
 configure_cpu_memory()
 use_every_core_in_this_thread()

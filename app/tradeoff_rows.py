@@ -1,5 +1,5 @@
 """The trade-off view's cached previews: summaries and the threshold sweep on a fixed, class-stratified
-subset of the evaluation set (`drnet_core.preview`), and which full-set sweeps this server has finished.
+subset of the evaluation set (`drnet_core.analysis.preview`), and which full-set sweeps this server has finished.
 
 Cached the way `state` caches: by checkpoint path and sha256 and every setting that changes a result.
 """
@@ -11,12 +11,12 @@ import threading
 import streamlit as st
 import torch
 
-from drnet_core import preview
+from drnet_core.analysis import preview
 from drnet_core.compute_gate import heavy_work
 from drnet_core.defaults import TAU_MAX, TAU_MIN
-from drnet_core.evaluate import summarize
+from drnet_core.analysis.evaluate import summarize
 
-from state import Settings, evaluation_prefix, evaluation_set, model_and_meta, routed, threshold_sweep
+from drnet_app.state import Settings, evaluation_prefix, evaluation_set, model_and_meta, routed, threshold_sweep
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

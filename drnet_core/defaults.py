@@ -13,3 +13,9 @@ TAU_MIN, TAU_MAX = 0.1, 4.0
 # The largest image upload, in MiB. Streamlit reads its own limit from .streamlit/config.toml
 # (server.maxUploadSize), which must hold this same number (tests/test_defaults.py checks it).
 MAX_UPLOAD_MB = 10
+
+# Training images a run holds out to choose its default tau and threshold (the test split never
+# takes part in a choice), and the seed of its split, weights and data order. Read by training and
+# by whoever must find a finished run's held-out images again.
+VAL_SIZE = 5000
+SEED = 0

@@ -1,10 +1,11 @@
 """Held-out figures of a run's resume file (for notes): dense and routed at a few settings."""
 import sys, torch
-from drnet_core.config import ModelConfig, TrainConfig
-from drnet_core.model import DRNet
-from drnet_core.data import load_split, to_model_input
-from drnet_core.held_out import split_train_val
-from drnet_core.evaluate import run_routed
+from drnet_core.net.config import ModelConfig
+from drnet_core.training.config import TrainConfig
+from drnet_core.net.model import DRNet
+from drnet_core.data.datasets import load_split, to_model_input
+from drnet_core.data.held_out import split_train_val
+from drnet_core.analysis.evaluate import run_routed
 torch.set_num_threads(1)
 state = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
 model = DRNet(ModelConfig.from_dict(state["model_config"])); model.load_state_dict(state["model"]); model.eval()

@@ -28,12 +28,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from drnet_core import attribution, explorer, routing_graph  # noqa: E402
+from drnet_core.analysis import attribution, explorer  # noqa: E402
+
+from drnet_core.figures import routing_graph  # noqa: E402
 from drnet_core.runtime import configure_cpu_memory  # noqa: E402
-from drnet_core.checkpoint import default_device, load_checkpoint  # noqa: E402
-from drnet_core.data import FASHION_CLASSES, load_test_set, to_model_input  # noqa: E402
-from drnet_core.evaluate import default_setting, run_routed, summarize  # noqa: E402
-from drnet_core.images import image_from_bytes  # noqa: E402
+from drnet_core.net.checkpoint import default_device, load_checkpoint  # noqa: E402
+from drnet_core.data.datasets import FASHION_CLASSES, load_test_set, to_model_input  # noqa: E402
+from drnet_core.analysis.evaluate import default_setting, run_routed, summarize  # noqa: E402
+from drnet_core.data.images import image_from_bytes  # noqa: E402
 
 log = logging.getLogger("bench_app")
 
@@ -61,7 +63,7 @@ def bench_upload(model, upload: bytes, tau: float, threshold: float, repeats: in
     def once():
         prepared = image_from_bytes(upload, "garment.png")
         result = explorer.inspect_input(model, prepared.model_input, tau=tau, threshold=threshold)
-        graph = routing_graph.routing_graph(model, result.weights, result.executed)
+        graph = routing_graph.routing_graph(model.architecture(), result.weights, result.executed)
         return routing_graph.routing_figure(graph, "routing path").to_json()
 
     once()  # first call pays plotly's one-off imports and validators

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # tests/chromium.py: the browser and se
 sys.path.insert(0, str(ROOT))
 
 import chromium  # noqa: E402
-from app.navigation import VIEWS  # noqa: E402
+from drnet_app.navigation import VIEWS  # noqa: E402
 
 # The default view is served at the root whatever its url_path says.
 PAGES = tuple(("/" if index == 0 else f"/{view.url_path}", view.title) for index, view in enumerate(VIEWS))

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_browser as bench  # noqa: E402
 from bench_browser import chromium  # noqa: E402
 
-from drnet_core import result_cache  # noqa: E402
+from drnet_app import result_cache  # noqa: E402
 
 TARGET_S = 1.0
 A_SLIDER, B_SLIDER = "Setting B: threshold", "Gumbel temperature tau"

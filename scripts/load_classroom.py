@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import random
-import statistics
 import sys
 import tempfile
 import threading
@@ -39,7 +38,7 @@ from bench_browser import chromium  # noqa: E402
 from soak_app import resident_mb  # noqa: E402
 from streamlit_client import ProtocolSession  # noqa: E402
 
-from drnet_core import result_cache  # noqa: E402
+from drnet_app import result_cache  # noqa: E402
 from drnet_core.defaults import TAU_MAX, TAU_MIN  # noqa: E402
 
 DEFAULT_TAU, DEFAULT_THRESHOLD = 0.25, 0.3  # the shipped checkpoint's default, where every session starts

@@ -4,7 +4,7 @@
 
 1. Scores compared (max-softmax, energy, Mahalanobis on the penultimate features): AUROC and the
    false-positive rate at 95% TPR of Fashion-MNIST test images against every kind of non-garment picture
-   (`drnet_core.ood_sets`), thresholds from the held-out training images.
+   (`drnet_core.data.ood_sets`), thresholds from the held-out training images.
 2. Acceptance: a folder of Fashion-MNIST test images (class sub-folders) and non-garment pictures of the
    kinds the choice of score never looked at (`ood_sets.ACCEPTANCE_KINDS`) is audited with
    `python -m drnet_core audit FOLDER --json`, then the same set as a zip; the flagged shares per kind and
@@ -29,12 +29,14 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from drnet_core import ood, ood_sets  # noqa: E402
-from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, sha256_of  # noqa: E402
-from drnet_core.data import load_fashion_mnist, to_model_input  # noqa: E402
-from drnet_core.held_out import held_out_set  # noqa: E402
-from drnet_core.images import prepare_image  # noqa: E402
-from drnet_core.ood_calibration import find_calibration  # noqa: E402
+from drnet_core.analysis import ood  # noqa: E402
+
+from drnet_core.data import ood_sets  # noqa: E402
+from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, sha256_of  # noqa: E402
+from drnet_core.data.datasets import load_fashion_mnist, to_model_input  # noqa: E402
+from drnet_core.data.held_out import held_out_set  # noqa: E402
+from drnet_core.data.images import prepare_image  # noqa: E402
+from drnet_core.analysis.ood_calibration import find_calibration  # noqa: E402
 
 COUNTS = {"photo:china": 200, "noise:uniform": 100, "blank": 50, "photo:flower": 150, "photo:grace_hopper": 150,
           "digits": 300, "noise:gaussian": 100, "noise:salt_and_pepper": 100}

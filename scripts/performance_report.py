@@ -21,16 +21,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from drnet_core.baselines import load_baseline  # noqa: E402
+from drnet_core.net.baselines import load_baseline  # noqa: E402
 from drnet_core.runtime import configure_cpu_memory  # noqa: E402
-from drnet_core.bench import machine_info  # noqa: E402
-from drnet_core.cost import median_seconds  # noqa: E402
-from drnet_core.checkpoint import (BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, default_device, load_checkpoint,  # noqa: E402
+from drnet_core.cli.bench import machine_info  # noqa: E402
+from drnet_core.net.cost import median_seconds  # noqa: E402
+from drnet_core.net.checkpoint import (BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, default_device, load_checkpoint,  # noqa: E402
                                    sha256_of, total_epochs)
-from drnet_core.data import load_test_set, to_model_input  # noqa: E402
+from drnet_core.data.datasets import load_test_set, to_model_input  # noqa: E402
 from drnet_core.defaults import BATCH_SIZE  # noqa: E402
-from drnet_core.evaluate import default_setting, run_routed  # noqa: E402
-from drnet_core.payoff import (acceptance, baseline_kind, comparison_row, cost_against_difficulty,  # noqa: E402
+from drnet_core.analysis.evaluate import default_setting, run_routed  # noqa: E402
+from drnet_core.analysis.payoff import (acceptance, baseline_kind, comparison_row, cost_against_difficulty,  # noqa: E402
                                random_control_row, routing_health)
 
 log = logging.getLogger("performance_report")

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from drnet_core import result_cache, upload_store  # noqa: E402
-from drnet_core.commands import streamlit_command  # noqa: E402
+from drnet_app import result_cache, upload_store  # noqa: E402
+from drnet_core.cli.commands import streamlit_command  # noqa: E402
 
 TEMPLATE = ROOT / "deploy" / "nginx.conf.template"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

@@ -94,10 +94,10 @@ class ExpectedFigures:
     """The numbers each session's page should show, computed as the app computes them (shipped checkpoint)."""
 
     def __init__(self, eval_limit: int):
-        from drnet_core import explorer
-        from drnet_core.checkpoint import SHIPPED_CHECKPOINT, default_device, load_checkpoint
-        from drnet_core.data import FASHION_CLASSES, load_test_set, to_model_input
-        from drnet_core.images import prepare_dataset_image
+        from drnet_core.analysis import explorer
+        from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, default_device, load_checkpoint
+        from drnet_core.data.datasets import FASHION_CLASSES, load_test_set, to_model_input
+        from drnet_core.data.images import prepare_dataset_image
 
         # As app/state.py loads it: batch norms folded, on the default device.
         self.model, meta = load_checkpoint(SHIPPED_CHECKPOINT, device=default_device(), verify_sha256=True,
@@ -121,13 +121,13 @@ class ExpectedFigures:
                 "Mean MFLOPs": [a["mean_mflops"], b["mean_mflops"]]}
 
     def _inspect(self, tau: float, threshold: float) -> dict[str, list]:
-        from drnet_core import explorer
+        from drnet_core.analysis import explorer
 
         result = explorer.inspect_input(self.model, self.gallery_input, tau=tau, threshold=threshold)
         return {"Prediction": [self.classes[result.prediction]], "Executed MFLOPs": [result.mflops]}
 
     def _summary(self, tau: float, threshold: float) -> dict:
-        from drnet_core.evaluate import run_routed, summarize
+        from drnet_core.analysis.evaluate import run_routed, summarize
 
         run = run_routed(self.model, self.inputs, self.labels, tau=tau, threshold=threshold)
         return summarize(run, self.model, self.dataset_name, self.classes)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from drnet_core.config import PRESETS
-from drnet_core.model import DRNet
+from drnet_core.training.config import PRESETS
+from drnet_core.net.model import DRNet
 
 
 def tiny_model(seed: int = 0) -> DRNet:

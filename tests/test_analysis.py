@@ -10,11 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from drnet_core import attribution, audit, clusters, explorer, figures, routing_graph, tradeoff
-from drnet_core.config import PRESETS
-from drnet_core.data import FASHION_CLASSES, to_model_input
-from drnet_core.evaluate import run_routed, summarize
-from drnet_core.model import DRNet
+from drnet_core.analysis import attribution, audit, clusters, explorer, tradeoff
+
+from drnet_core.figures import charts as figures, routing_graph
+from drnet_core.training.config import PRESETS
+from drnet_core.data.datasets import FASHION_CLASSES, to_model_input
+from drnet_core.analysis.evaluate import run_routed, summarize
+from drnet_core.net.ops import OPS
+from drnet_core.net.model import DRNet
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def total_branches(model) -> int:
 
 def test_routing_graph_has_every_branch_with_its_attributes(model, runs):
     run, _ = runs
-    graph = routing_graph.routing_graph(model, run.branch_weights[0], run.path_masks[0])
+    graph = routing_graph.routing_graph(model.architecture(), run.branch_weights[0], run.path_masks[0])
     assert isinstance(graph, nx.DiGraph)
     branches = [d for _, d in graph.nodes(data=True) if d["kind"] == "branch"]
     assert len(branches) == total_branches(model)
@@ -60,7 +63,7 @@ def test_routing_graph_has_every_branch_with_its_attributes(model, runs):
 
 def test_routing_figure_hover_names_op_weight_and_flops(model, runs):
     run, _ = runs
-    graph = routing_graph.routing_graph(model, run.branch_weights[0], run.path_masks[0])
+    graph = routing_graph.routing_graph(model.architecture(), run.branch_weights[0], run.path_masks[0])
     figure = routing_graph.routing_figure(graph, "t")
     hovers = [h for trace in figure.data if trace.hovertext is not None for h in trace.hovertext]
     assert any("weight" in h and "MFLOPs" in h and "sep_conv_3x3" in h for h in hovers)
@@ -70,20 +73,20 @@ def test_routing_figure_hover_names_op_weight_and_flops(model, runs):
 def test_routing_figure_changes_with_the_path(model, runs):
     run_a, run_b = runs
     differs = int(torch.nonzero((run_a.path_masks != run_b.path_masks).any(dim=1))[0])
-    a = routing_graph.routing_figure(routing_graph.routing_graph(model, run_a.branch_weights[differs],
+    a = routing_graph.routing_figure(routing_graph.routing_graph(model.architecture(), run_a.branch_weights[differs],
                                                                  run_a.path_masks[differs]))
-    b = routing_graph.routing_figure(routing_graph.routing_graph(model, run_b.branch_weights[differs],
+    b = routing_graph.routing_figure(routing_graph.routing_graph(model.architecture(), run_b.branch_weights[differs],
                                                                  run_b.path_masks[differs]))
     assert a.to_json() != b.to_json()
 
 
 def test_path_diff_counts_match_the_masks(model, runs):
     run_a, run_b = runs
-    graph = routing_graph.path_diff_graph(model, run_a.path_masks[3], run_b.path_masks[3])
+    graph = routing_graph.path_diff_graph(model.architecture(), run_a.path_masks[3], run_b.path_masks[3])
     counts = routing_graph.diff_counts(graph)
     a, b = run_a.path_masks[3].numpy(), run_b.path_masks[3].numpy()
     assert counts == {"both": int((a & b).sum()), "only A": int((a & ~b).sum()), "only B": int((~a & b).sum())}
-    same = routing_graph.diff_counts(routing_graph.path_diff_graph(model, a, a))
+    same = routing_graph.diff_counts(routing_graph.path_diff_graph(model.architecture(), a, a))
     assert same["only A"] == same["only B"] == 0
     routing_graph.path_diff_figure(graph)
 
@@ -291,7 +294,7 @@ def test_instance_table_filters_and_csv(runs):
 
 def known_time_table(model):
     """A hand-made table, so the expected estimates can be computed here exactly."""
-    from drnet_core.cost import TimeTable
+    from drnet_core.net.cost import TimeTable
 
     total = total_branches(model)
     return TimeTable(always_on_ms=0.5, branch_ms=torch.arange(1, total + 1, dtype=torch.float64) / 100,
@@ -345,7 +348,7 @@ def test_figures_build_without_nan(model, runs):
     table = audit.instance_table(run, FASHION_CLASSES)
     built = [
         figures.probabilities_figure(run.probabilities[0].numpy(), FASHION_CLASSES, 1),
-        figures.weight_heatmap(model, run.branch_weights[0].numpy(), run.path_masks[0].numpy()),
+        figures.weight_heatmap(model.architecture(), run.branch_weights[0].numpy(), run.path_masks[0].numpy()),
         figures.flops_distribution_figure(run.mflops.numpy(), float(run.mflops[0]), model.dense_mflops()),
         figures.attribution_figure(np.random.default_rng(0).normal(size=(28, 28)), np.zeros((28, 28)), "a"),
         figures.tradeoff_figure([summary], summary, summary),
@@ -365,6 +368,7 @@ def test_figures_build_without_nan(model, runs):
 
 def test_gumbel_demo_marks_the_current_tau_where_the_log_axis_shows_it():
     table = explorer.gumbel_softmax_demo(np.array([2.0, 0.0, -1.0]), np.geomspace(0.05, 5.0, 20), threshold=0.2)
-    figure = figures.gumbel_demo_figure(table, ("sep_conv_3x3", "dil_conv_3x3", "identity"), 0.2, tau=2.0)
+    figure = figures.gumbel_demo_figure(table, {name: OPS[name].color for name in ("sep_conv_3x3", "dil_conv_3x3", "identity")}, 0.2,
+                                       tau=2.0)
     marker = next(shape for shape in figure.layout.shapes if shape.x0 == shape.x1)
     assert figure.layout.xaxis.type == "log" and marker.x0 == pytest.approx(np.log10(2.0))

@@ -15,8 +15,8 @@ os.environ.setdefault("DRNET_EVAL_LIMIT", "120")
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
-from drnet_core.evaluate import default_setting  # noqa: E402
+from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
+from drnet_core.analysis.evaluate import default_setting  # noqa: E402
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
 TIMEOUT = 240
@@ -252,7 +252,7 @@ def query_value(at: AppTest, key: str) -> str:
 
 
 def test_the_checkpoint_is_in_the_url_by_name_or_by_the_uploads_sha256():
-    from drnet_core.checkpoint import BUNDLED_CHECKPOINTS
+    from drnet_core.net.checkpoint import BUNDLED_CHECKPOINTS
 
     at = start(checkpoint="With pooling branches")
     assert at.radio(key="checkpoint_source").value == "With pooling branches"
@@ -414,7 +414,7 @@ def zip_of(entries: dict[str, bytes]) -> bytes:
 
 
 def test_audit_takes_an_uploaded_zip_marks_unfamiliar_rows_and_lists_skipped_members():
-    from drnet_core.data import load_shipped_subset
+    from drnet_core.data.datasets import load_shipped_subset
 
     garments = load_shipped_subset()
     entries = {}

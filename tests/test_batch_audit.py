@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from drnet_core import audit, batch_audit, zip_intake
-from drnet_core.data import FASHION_CLASSES
-from drnet_core.images import MAX_UPLOAD_BYTES
+from drnet_core.analysis import audit, batch_audit
+
+from drnet_core.data import zip_intake
+from drnet_core.data.datasets import FASHION_CLASSES
+from drnet_core.data.images import MAX_UPLOAD_BYTES
 
 from helpers import tiny_model
 

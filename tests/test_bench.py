@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from drnet_core.baselines import (BaselineConfig, PlainCNN, StaticCellNet, build_baseline, load_baseline,
+from drnet_core.net.baselines import (BaselineConfig, PlainCNN, StaticCellNet, build_baseline, load_baseline,
                                   most_picked_branches, plain_cnn_widths)
-from drnet_core.checkpoint import CheckpointError, save_checkpoint, sha256_of
-from drnet_core.config import PRESETS
-from drnet_core.train import train
+from drnet_core.net.checkpoint import CheckpointError, save_checkpoint, sha256_of
+from drnet_core.training.config import PRESETS
+from drnet_core.training.train import train
 from tests.helpers import tiny_model, write_fake_fashion
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,7 +262,7 @@ def test_use_huge_pages_asks_torch_only_where_the_kernel_can_and_nobody_said_oth
 
 
 def test_time_model_predicts_no_saving_when_every_branch_runs():
-    from drnet_core.bench import time_model
+    from drnet_core.cli.bench import time_model
 
     model = tiny_model().eval()
     inputs = torch.randn(8, 1, 28, 28)
@@ -275,8 +275,8 @@ def test_time_model_predicts_no_saving_when_every_branch_runs():
 
 
 def test_routed_overrides_apply_to_the_routed_side_only():
-    from drnet_core.bench import latency, time_model
-    from drnet_core.cost import forced_off
+    from drnet_core.cli.bench import latency, time_model
+    from drnet_core.net.cost import forced_off
 
     model = tiny_model().eval()
     inputs = torch.randn(8, 1, 28, 28)
@@ -291,7 +291,7 @@ def test_routed_overrides_apply_to_the_routed_side_only():
 
 
 def test_cell_inputs_for_timing_are_what_each_cell_received():
-    from drnet_core.bench import routed_with_cell_inputs
+    from drnet_core.cli.bench import routed_with_cell_inputs
 
     model = tiny_model().eval()
     batch = torch.randn(6, 1, 28, 28)

@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from drnet_core import ops
-from drnet_core.checkpoint import load_checkpoint
-from drnet_core.config import PRESETS
-from drnet_core.cost import module_macs
-from drnet_core.routing_graph import routing_figure, routing_graph
-from drnet_core.train import train
+from drnet_core.net import ops
+from drnet_core.net.checkpoint import load_checkpoint
+from drnet_core.training.config import PRESETS
+from drnet_core.net.cost import module_macs
+from drnet_core.figures.routing_graph import routing_figure, routing_graph
+from drnet_core.training.train import train
 
 from helpers import write_fake_fashion
 
@@ -71,7 +71,7 @@ def test_the_toy_op_has_its_own_colour_and_legend_entry(trained_with_toy):
     path, _ = trained_with_toy
     model, _ = load_checkpoint(path)
     total = sum(c * b for c, b in model.routing_shape())
-    figure = routing_figure(routing_graph(model, torch.full((total,), 0.5).numpy(), torch.ones(total).numpy()))
+    figure = routing_figure(routing_graph(model.architecture(), torch.full((total,), 0.5).numpy(), torch.ones(total).numpy()))
     legend = {trace.name: trace.marker.color for trace in figure.data if trace.showlegend is not False and trace.name}
     assert legend[TOY] == TOY_COLOR
     assert set(legend) == set(model.config.branches)

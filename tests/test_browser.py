@@ -6,14 +6,13 @@ chromedriver is missing (`apt-get install chromium chromium-driver`). No traffic
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from chromium import AVAILABLE, MISSING_REASON, chromium, serve_app, wait_until_stable
 
-from app.navigation import VIEWS
+from drnet_app.navigation import VIEWS
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -126,10 +125,9 @@ def test_threshold_slider_changes_the_numbers(server, browser):
 def test_upload_a_gallery_image(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
-    sys.path.insert(0, str(ROOT))
     from PIL import Image
 
-    from drnet_core.data import load_test_set
+    from drnet_core.data.datasets import load_test_set
 
     pixels = load_test_set().images[0].numpy()
     # A photo-like version: dark garment on a light, larger canvas, so the auto inversion is exercised.

@@ -13,8 +13,8 @@ from chromium import AVAILABLE, MISSING_REASON, chromium, serve_app
 from PIL import Image
 from test_browser import assert_no_error, metric_value, screenshot, wait_idle
 
-from drnet_core import audit
-from drnet_core.data import load_shipped_subset
+from drnet_core.analysis import audit
+from drnet_core.data.datasets import load_shipped_subset
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)]
 FOLDERS = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")

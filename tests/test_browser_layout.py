@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from chromium import AVAILABLE, MISSING_REASON, chromium, serve_app, wait_until_stable
 
-from drnet_core.data import FASHION_CLASSES
+from drnet_core.data.datasets import FASHION_CLASSES
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)]
 

@@ -1,5 +1,5 @@
 """The Start page in a real browser: it is the first page, its five tour links are the ones
-`drnet_core.tour` builds, and each opens its view in the state the step states; at 1280x800 the
+`drnet_core.analysis.tour` builds, and each opens its view in the state the step states; at 1280x800 the
 Inspect page shows the routing graph above the fold. Debian's headless Chromium against `streamlit run`
 on the first 500 test images; screenshots go to test-artifacts/. Skipped without chromium.
 """
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from chromium import AVAILABLE, MISSING_REASON, chromium, serve_app, wait_until_stable
 
-from drnet_core import tour
-from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
-from drnet_core.data import load_test_set
-from drnet_core.evaluate import default_setting
+from drnet_core.analysis import tour
+from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
+from drnet_core.data.datasets import load_test_set
+from drnet_core.analysis.evaluate import default_setting
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from drnet_core.checkpoint import (BUNDLED_CHECKPOINTS, FORMAT, SHIPPED_CHECKPOINT, CheckpointError,
+from drnet_core.net.checkpoint import (BUNDLED_CHECKPOINTS, FORMAT, SHIPPED_CHECKPOINT, CheckpointError,
                                    load_checkpoint, read_checkpoint, save_checkpoint, sha256_of)
-from drnet_core.config import PRESETS
-from drnet_core.model import DRNet
+from drnet_core.training.config import PRESETS
+from drnet_core.net.model import DRNet
 from helpers import tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

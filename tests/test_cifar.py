@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from drnet_core import cli
-from drnet_core.checkpoint import load_checkpoint
-from drnet_core.config import PRESETS, ModelConfig, TrainConfig
-from drnet_core.data import CIFAR10_CLASSES, DatasetError, load_cifar10, load_split, to_model_input
-from drnet_core.model import DRNet
-from drnet_core.train import train
+from drnet_core.net.checkpoint import load_checkpoint
+from drnet_core.net.config import ModelConfig
+from drnet_core.training.config import PRESETS, TrainConfig
+from drnet_core.data.datasets import CIFAR10_CLASSES, DatasetError, load_cifar10, load_split, to_model_input
+from drnet_core.net.model import DRNet
+from drnet_core.training.train import train
 
 PER_BATCH = 12
 

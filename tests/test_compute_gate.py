@@ -11,7 +11,9 @@ import time
 import torch
 from helpers import tiny_model
 
-from drnet_core import compute_gate, evaluate
+from drnet_core import compute_gate
+
+from drnet_core.analysis import evaluate
 from drnet_core.compute_gate import HEAVY, INTERACTIVE, ComputeGate, heavy_work
 
 

@@ -19,10 +19,10 @@ os.environ.setdefault("DRNET_EVAL_LIMIT", "40")
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from drnet_core import explorer  # noqa: E402
-from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, sha256_of  # noqa: E402
-from drnet_core.data import load_test_set  # noqa: E402
-from drnet_core.images import prepare_dataset_image  # noqa: E402
+from drnet_core.analysis import explorer  # noqa: E402
+from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, sha256_of  # noqa: E402
+from drnet_core.data.datasets import load_test_set  # noqa: E402
+from drnet_core.data.images import prepare_dataset_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app" / "streamlit_app.py")
@@ -111,7 +111,7 @@ def test_interleaved_app_sessions_each_see_their_own_numbers(reference):
 
     # The shared, cached model was only read.
     sys.path.insert(0, str(ROOT / "app"))
-    import state  # the app's cached loaders; the same process-wide cache the sessions used
+    from drnet_app import state  # the app's cached loaders; the same process-wide cache the sessions used
 
     shared, _ = state.model_and_meta(str(SHIPPED_CHECKPOINT), sha256_of(SHIPPED_CHECKPOINT))
     fresh, _ = load_checkpoint(fold_batch_norms=True)  # the app serves the inference-folded network

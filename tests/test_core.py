@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from drnet_core.checkpoint import default_device
-from drnet_core.cost import module_macs, module_params
-from drnet_core.evaluate import run_routed, summarize
-from drnet_core.ops import OPS, build_branch
-from drnet_core.router import recalibrate
+from drnet_core.net.checkpoint import default_device
+from drnet_core.net.cost import module_macs, module_params
+from drnet_core.analysis.evaluate import run_routed, summarize
+from drnet_core.net.ops import OPS, build_branch
+from drnet_core.net.router import recalibrate
 
 from helpers import tiny_model
 
@@ -45,7 +45,7 @@ def test_every_learnable_branch_gets_a_gradient(name):
 @torch.no_grad()
 def test_a_forward_hook_on_every_convolution_and_linear_layer_of_the_shipped_model_fires():
     """Modules are called as modules, so hooks, `print(model)` and profilers see every layer."""
-    from drnet_core.checkpoint import load_checkpoint
+    from drnet_core.net.checkpoint import load_checkpoint
 
     for fold in (False, True):
         model, _ = load_checkpoint(fold_batch_norms=fold)
@@ -61,8 +61,8 @@ def test_a_forward_hook_on_every_convolution_and_linear_layer_of_the_shipped_mod
 
 
 def test_checkpoints_saved_with_the_earlier_layout_load_with_their_keys_renamed():
-    from drnet_core.checkpoint import BUNDLED_CHECKPOINTS, read_checkpoint
-    from drnet_core.model import DRNet, checkpoint_filter_fn
+    from drnet_core.net.checkpoint import BUNDLED_CHECKPOINTS, read_checkpoint
+    from drnet_core.net.model import DRNet, checkpoint_filter_fn
 
     saved = read_checkpoint(BUNDLED_CHECKPOINTS["Earlier shipped, joint objective"])["state_dict"]
     assert any(".edges." in key for key in saved)  # the file predates `Cell.branches`
@@ -272,7 +272,7 @@ def test_cuda_matches_cpu():
 
 
 def test_branch_usage_imbalance_is_zero_for_even_use_and_one_for_a_single_shared_branch():
-    from drnet_core.model import RoutingTrace
+    from drnet_core.net.model import RoutingTrace
 
     model = tiny_model()
     shape = model.routing_shape()
@@ -285,7 +285,7 @@ def test_branch_usage_imbalance_is_zero_for_even_use_and_one_for_a_single_shared
 
 
 def test_measured_branch_time_is_one_positive_row_per_branch_type_repeated_over_connections():
-    from drnet_core.cost import measure_branch_ms
+    from drnet_core.net.cost import measure_branch_ms
 
     model = tiny_model()
     model.train()
@@ -298,7 +298,7 @@ def test_measured_branch_time_is_one_positive_row_per_branch_type_repeated_over_
 
 
 def test_time_table_measures_the_always_on_part_and_every_branch_per_image():
-    from drnet_core.cost import measure_time_table
+    from drnet_core.net.cost import measure_time_table
 
     model = tiny_model()
     model.train()
@@ -317,7 +317,7 @@ def test_time_table_measures_the_always_on_part_and_every_branch_per_image():
 
 
 def test_expected_cost_charges_the_table_it_is_given():
-    from drnet_core.model import RoutingTrace
+    from drnet_core.net.model import RoutingTrace
 
     model = tiny_model()
     shape = model.routing_shape()

@@ -11,16 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import drnet_core.train
+import drnet_core.training.train
 from drnet_core import cli
-from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, save_checkpoint, sha256_of
-from drnet_core.config import PRESETS, ModelConfig
-from drnet_core.data import (FASHION_CLASSES, DatasetError, augment, load_fashion_mnist, load_shipped_subset,
+from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, save_checkpoint, sha256_of
+from drnet_core.net.config import ModelConfig
+from drnet_core.training.config import PRESETS
+from drnet_core.data.datasets import (FASHION_CLASSES, DatasetError, augment, load_fashion_mnist, load_shipped_subset,
                              load_test_set, random_erase, to_model_input)
-from drnet_core.distributed import state_fingerprint
-from drnet_core.evaluate import DEFAULT_SELECTION_RULE, choose_default_setting, run_routed
-from drnet_core.model import DRNet
-from drnet_core.train import branch_subset_state, train
+from drnet_core.analysis.distributed import state_fingerprint
+from drnet_core.analysis.evaluate import DEFAULT_SELECTION_RULE, choose_default_setting, run_routed
+from drnet_core.net.model import DRNet
+from drnet_core.training.train import branch_subset_state, train
 
 from helpers import tiny_model, write_fake_fashion
 
@@ -132,18 +133,18 @@ def test_an_interrupted_run_resumes_to_the_weights_of_one_that_never_stopped(tmp
     train_config = replace(train_config, phase="supernet", random_erasing=0.5)
     straight = train(model_config, train_config, tmp_path / "straight.pt", data_dir=str(data), progress=False,
                      select_defaults=False, evaluate_test=False)
-    write = drnet_core.train.write_resume_state
+    write = drnet_core.training.train.write_resume_state
 
     def write_then_stop(path, **state):
         write(path, **state)
         if state["epoch"] == 1:
             raise Interrupted
 
-    monkeypatch.setattr(drnet_core.train, "write_resume_state", write_then_stop)
+    monkeypatch.setattr(drnet_core.training.train, "write_resume_state", write_then_stop)
     with pytest.raises(Interrupted):
         train(model_config, train_config, tmp_path / "resumed.pt", data_dir=str(data), progress=False,
               select_defaults=False, evaluate_test=False)
-    monkeypatch.setattr(drnet_core.train, "write_resume_state", write)
+    monkeypatch.setattr(drnet_core.training.train, "write_resume_state", write)
     train(model_config, train_config, tmp_path / "resumed.pt", data_dir=str(data), progress=False,
           select_defaults=False, evaluate_test=False)
     assert ([round(r["train_loss"], 6) for r in load_checkpoint(tmp_path / "resumed.pt")[1]["history"]]
@@ -329,7 +330,7 @@ def test_shipped_checkpoint_classifies_the_shipped_subset():
 
 
 def test_time_cost_measures_its_table_once_and_keeps_it_across_a_resume(tmp_path, monkeypatch):
-    from drnet_core import train as train_module
+    from drnet_core.training import train as train_module
 
     data, model_config, train_config = tiny_training(tmp_path, epochs=2)
     train_config = replace(train_config, cost_measure="time", cost_weight=0.5)

@@ -8,9 +8,11 @@ from dataclasses import replace
 
 import pytest
 
-from drnet_core import cli, data, images
-from drnet_core.checkpoint import total_epochs
-from drnet_core.config import PRESETS
+from drnet_core import cli
+
+from drnet_core.data import datasets as data, images
+from drnet_core.net.checkpoint import total_epochs
+from drnet_core.training.config import PRESETS
 from drnet_core.defaults import MAX_UPLOAD_MB
 from drnet_core.resources import STREAMLIT_CONFIG
 

@@ -23,12 +23,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from drnet_core import cli
-from drnet_core.checkpoint import load_checkpoint
-from drnet_core.config import PRESETS
-from drnet_core.distributed import (DistributedContext, run_routed_sharded, shard_bounds, state_fingerprint,
+from drnet_core.net.checkpoint import load_checkpoint
+from drnet_core.training.config import PRESETS
+from drnet_core.analysis.distributed import (DistributedContext, run_routed_sharded, shard_bounds, state_fingerprint,
                                     sweep_sharded)
-from drnet_core.evaluate import run_routed, sweep
-from drnet_core.train import train
+from drnet_core.analysis.evaluate import run_routed, sweep
+from drnet_core.training.train import train
 
 from helpers import tiny_model, write_fake_fashion
 

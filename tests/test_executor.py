@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from drnet_core.sparse_inference import WeightedSum, gather_rows, nhwc
-from drnet_core.config import ModelConfig, PRESETS
-from drnet_core.model import DRNet
+from drnet_core.net.sparse_inference import WeightedSum, gather_rows, nhwc
+from drnet_core.net.config import ModelConfig
+from drnet_core.training.config import PRESETS
+from drnet_core.net.model import DRNet
 
 from helpers import randomize_batch_norms
 
@@ -161,7 +162,7 @@ def test_in_place_eval_accumulation_leaves_the_cell_input_alone() -> None:
 
 
 def test_two_batches_at_a_time_give_the_serial_results_and_leave_the_thread_count(monkeypatch):
-    from drnet_core import evaluate
+    from drnet_core.analysis import evaluate
 
     model = DRNet(PRESETS["tiny"].model).eval()
     inputs, labels = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
@@ -230,9 +231,9 @@ def test_a_forward_without_autograd_matches_one_with_it_and_keeps_the_callers_im
 
 @pytest.mark.parametrize("noise_seed", [None, 3])
 def test_a_run_from_prefix_features_equals_a_run_from_the_images(noise_seed) -> None:
-    from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
-    from drnet_core.data import load_test_set, to_model_input
-    from drnet_core.evaluate import prefix_features, run_routed
+    from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
+    from drnet_core.data.datasets import load_test_set, to_model_input
+    from drnet_core.analysis.evaluate import prefix_features, run_routed
 
     model, meta = load_checkpoint(SHIPPED_CHECKPOINT, fold_batch_norms=True)
     images = load_test_set().subset(600)
@@ -249,9 +250,9 @@ def test_a_run_from_prefix_features_equals_a_run_from_the_images(noise_seed) -> 
 
 @pytest.mark.parametrize("tau, noise_seed", [(0.25, None), (1.0, None), (1.0, 7)])
 def test_a_threshold_step_reruns_only_changed_paths_and_matches_a_full_run(tau, noise_seed) -> None:
-    from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
-    from drnet_core.data import load_test_set, to_model_input
-    from drnet_core.evaluate import paths_that_change, rerun_at_threshold, run_routed
+    from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
+    from drnet_core.data.datasets import load_test_set, to_model_input
+    from drnet_core.analysis.evaluate import paths_that_change, rerun_at_threshold, run_routed
 
     model, _ = load_checkpoint(SHIPPED_CHECKPOINT, fold_batch_norms=True)
     images = load_test_set().subset(800)

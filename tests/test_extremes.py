@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from drnet_core import clusters, explorer
-from drnet_core.checkpoint import load_checkpoint
-from drnet_core.data import FASHION_CLASSES, load_shipped_subset, to_model_input
-from drnet_core.evaluate import run_routed, summarize
-from drnet_core.router import sample_gumbel
+from drnet_core.analysis import clusters, explorer
+from drnet_core.net.checkpoint import load_checkpoint
+from drnet_core.data.datasets import FASHION_CLASSES, load_shipped_subset, to_model_input
+from drnet_core.analysis.evaluate import run_routed, summarize
+from drnet_core.net.router import sample_gumbel
 from helpers import tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent

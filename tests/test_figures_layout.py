@@ -7,8 +7,11 @@ import pandas as pd
 import pytest
 from plotly.colors import hex_to_rgb
 
-from drnet_core import explorer, figures, payoff_figures
-from drnet_core.data import FASHION_CLASSES
+from drnet_core.analysis import explorer
+
+from drnet_core.figures import charts as figures, payoff as payoff_figures
+from drnet_core.data.datasets import FASHION_CLASSES
+from drnet_core.net.ops import OPS
 
 CLASSES = tuple(FASHION_CLASSES)
 
@@ -85,9 +88,9 @@ def test_the_class_mix_legend_sits_below_the_plot():
 def shipped():
     import torch
 
-    from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
-    from drnet_core.data import load_test_set, to_model_input
-    from drnet_core.evaluate import default_setting
+    from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
+    from drnet_core.data.datasets import load_test_set, to_model_input
+    from drnet_core.analysis.evaluate import default_setting
 
     model, meta = load_checkpoint(SHIPPED_CHECKPOINT)
     tau, threshold = default_setting(meta)
@@ -132,6 +135,6 @@ def test_tau_sensitivity_is_near_zero_for_a_saturated_connection():
 def test_the_tau_curve_spans_its_taus_on_the_log_axis():
     taus = np.geomspace(0.05, 5.0, 30)
     table = explorer.gumbel_softmax_demo(np.array([0.0, 1.0, 2.0, 5.0]), taus, threshold=0.3)
-    figure = figures.gumbel_demo_figure(table, ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "identity"), 0.3, 1.0)
+    figure = figures.gumbel_demo_figure(table, {name: OPS[name].color for name in OPS}, 0.3, 1.0)
     # A log axis takes its range in exponents; without one, plotly stretched it to 1e-64.
     assert list(figure.layout.xaxis.range) == pytest.approx([np.log10(0.05), np.log10(5.0)])

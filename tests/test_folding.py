@@ -5,12 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from drnet_core.baselines import load_baseline
-from drnet_core.checkpoint import load_checkpoint, save_checkpoint
-from drnet_core.config import PRESETS
-from drnet_core.data import ASSETS, load_shipped_subset, to_model_input
-from drnet_core.folding import fold_batch_norms, is_folded
-from drnet_core.model import DRNet
+from drnet_core.net.baselines import load_baseline
+from drnet_core.net.checkpoint import load_checkpoint, save_checkpoint
+from drnet_core.training.config import PRESETS
+from drnet_core.data.datasets import ASSETS, load_shipped_subset, to_model_input
+from drnet_core.net.folding import fold_batch_norms, is_folded
+from drnet_core.net.model import DRNet
 
 from test_executor import _model
 

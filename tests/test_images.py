@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFile
 
-from drnet_core import images
-from drnet_core.data import DATASETS
-from drnet_core.images import (CorruptImage, EmptyUpload, ImageRejected, ImageTooLarge, UnsupportedFormat,
+from drnet_core.data import images
+from drnet_core.data.datasets import DATASETS
+from drnet_core.data.images import (CorruptImage, EmptyUpload, ImageRejected, ImageTooLarge, UnsupportedFormat,
                                UploadTooLarge)
 
 (MEAN,), (STD,) = DATASETS["fashion-mnist"].normalisation

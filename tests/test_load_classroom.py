@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import load_classroom  # noqa: E402
 from streamlit_client import ProtocolSession  # noqa: E402
 
-from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
-from drnet_core.data import load_test_set, to_model_input  # noqa: E402
-from drnet_core.evaluate import run_routed  # noqa: E402
+from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
+from drnet_core.data.datasets import load_test_set, to_model_input  # noqa: E402
+from drnet_core.analysis.evaluate import run_routed  # noqa: E402
 
 
 @pytest.mark.slow

@@ -11,9 +11,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from drnet_core import cli, commands
-from drnet_core.model import RoutingTrace
-from drnet_core.monitor import TrainingMonitor, pattern_entropy_bits, routing_scalars
+from drnet_core import cli
+
+from drnet_core.cli import commands
+from drnet_core.net.model import RoutingTrace
+from drnet_core.training.monitor import TrainingMonitor, pattern_entropy_bits, routing_scalars
 
 from helpers import tiny_model, write_fake_fashion
 

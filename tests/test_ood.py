@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from drnet_core import ood, ood_calibration, ood_sets
-from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, sha256_of
-from drnet_core.data import DatasetError, load_shipped_subset, to_model_input
-from drnet_core.images import prepare_image
+from drnet_core.analysis import ood, ood_calibration
+
+from drnet_core.data import ood_sets
+from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, sha256_of
+from drnet_core.data.datasets import DatasetError, load_shipped_subset, to_model_input
+from drnet_core.data.images import prepare_image
 from helpers import tiny_model, write_fake_fashion
 
 

@@ -79,9 +79,11 @@ def test_wheel_installs_offline_with_every_dependency_already_present(installed)
     assert [name for name in added if not name.startswith("drnet")] == ["installed_dependencies.pth"]
     packaged = site_packages(installed) / "drnet_core"
     for shipped in ("assets/drnet_fashion.pt", "assets/drnet_fashion.pt.sha256", "assets/fashion_mnist_test_subset.npz",
-                    "assets/baselines/plain_cnn.pt", "app/streamlit_app.py", "app/views/audit.py", "app/audit_rows.py",
-                    "streamlit_config/config.toml"):
+                    "assets/baselines/plain_cnn.pt", "streamlit_config/config.toml", "net/model.py",
+                    "training/phases.py", "analysis/evaluate.py", "figures/routing_graph.py", "cli/commands.py"):
         assert (packaged / shipped).is_file(), shipped
+    for shipped in ("streamlit_app.py", "views/audit.py", "audit_rows.py"):
+        assert (site_packages(installed) / "drnet_app" / shipped).is_file(), shipped
     assert list((packaged / "assets" / "ood").glob("*.npz")), "the shipped calibration of the unfamiliar-input warning"
 
 
@@ -123,7 +125,7 @@ def test_installed_drnet_app_serves_and_its_script_runs(installed, tmp_path):
     # The installed app's script itself (Streamlit's script runner; the browser tests cover the checkout's).
     check = ("from streamlit.testing.v1 import AppTest\n"
              "import drnet_core.resources as r\n"
-             "at = AppTest.from_file(str(r.APP / 'streamlit_app.py'), default_timeout=240).run()\n"
+             "at = AppTest.from_file(str(r.app_folder() / 'streamlit_app.py'), default_timeout=240).run()\n"
              "assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]\n"
              "print(at.title[0].value)\n")
     result = run([installed / "bin" / "python", "-c", check], cwd=tmp_path,
@@ -135,7 +137,7 @@ def test_editable_install_serves_the_checkouts_assets(tmp_path):
     source = copy_sources(tmp_path / "source")
     venv = fresh_venv(tmp_path / "venv")
     pip_into(venv, "--no-build-isolation", "--editable", source)
-    result = run([venv / "bin" / "python", "-c", "import drnet_core.resources as r; print(r.ASSETS); print(r.APP)"],
+    result = run([venv / "bin" / "python", "-c", "import drnet_core.resources as r; print(r.ASSETS); print(r.app_folder())"],
                  cwd=tmp_path)
     assert result.stdout.split() == [str(source / "assets"), str(source / "app")]
     summary = json.loads(run([venv / "bin" / "drnet", "evaluate", "--limit", "20", "--json"], cwd=tmp_path).stdout)

@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from drnet_core import audit, explorer, figures, payoff, payoff_figures
-from drnet_core.data import FASHION_CLASSES, to_model_input
-from drnet_core.evaluate import run_routed, summarize, sweep
+from drnet_core.analysis import audit, explorer, payoff
+
+from drnet_core.figures import charts as figures, payoff as payoff_figures
+from drnet_core.data.datasets import FASHION_CLASSES, to_model_input
+from drnet_core.analysis.evaluate import run_routed, summarize, sweep
 from helpers import tiny_model
 
 
@@ -163,7 +165,7 @@ def test_noise_frequency_and_entropy_summarise_the_paths(model, data):
     one_path = pd.DataFrame({"share": [1.0], "mask": [np.ones(frequency.shape, dtype=bool)]})
     assert explorer.path_entropy_bits(one_path) == 0.0
     assert (explorer.noise_selection_frequency(one_path) == 1.0).all()
-    figure = figures.selection_frequency_heatmap(model, frequency)
+    figure = figures.selection_frequency_heatmap(model.architecture(), frequency)
     assert len(figure.data) == len(model.cells) and "NaN" not in figure.to_json()
 
 

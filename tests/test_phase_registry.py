@@ -16,11 +16,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drnet_core import cli, phases
-from drnet_core.checkpoint import load_checkpoint, save_checkpoint
-from drnet_core.config import TrainConfig
-from drnet_core.objectives import StepResult
-from drnet_core.options import flag_name
+from drnet_core import cli
+
+from drnet_core.training import phases
+from drnet_core.net.checkpoint import load_checkpoint, save_checkpoint
+from drnet_core.training.config import TrainConfig
+from drnet_core.training.objectives import StepResult
+from drnet_core.training.options import flag_name
 
 from helpers import tiny_model, write_fake_fashion
 
@@ -117,9 +119,9 @@ def test_a_flag_parses_with_the_fields_type_and_an_unset_flag_keeps_the_preset()
         cli.build_parser().parse_args(["train", "--output", "x.pt", "--tau-end", "0"])
 
 
-@pytest.mark.parametrize("first", ["drnet_core.model", "drnet_core.objectives", "drnet_core.phases"])
+@pytest.mark.parametrize("first", ["drnet_core.net.model", "drnet_core.training.config", "drnet_core.training.objectives", "drnet_core.training.phases"])
 def test_the_registry_imports_whichever_module_comes_first(first):
     # A TrainConfig checks its phase against the registry, and the presets build TrainConfigs on import.
-    result = subprocess.run([sys.executable, "-c", f"import {first}; import drnet_core.config"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-c", f"import {first}; import drnet_core.training.config"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drnet_core import preview
-from drnet_core.data import to_model_input
-from drnet_core.evaluate import run_routed
+from drnet_core.analysis import preview
+from drnet_core.data.datasets import to_model_input
+from drnet_core.analysis.evaluate import run_routed
 from helpers import tiny_model
 
 
@@ -48,7 +48,7 @@ def test_the_warmed_taus_are_one_slider_step_away_and_in_range():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "app"))
-    import tradeoff_rows
+    from drnet_app import tradeoff_rows
 
     assert tradeoff_rows.neighbouring_taus(0.25) == [0.3, 0.2]
     assert tradeoff_rows.neighbouring_taus(0.1) == [0.15]
@@ -61,7 +61,7 @@ def test_the_warmer_runs_each_task_once_and_keeps_only_the_latest():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "app"))
-    import tradeoff_rows
+    from drnet_app import tradeoff_rows
 
     gate, done, ran = threading.Event(), threading.Event(), []
     warmer = tradeoff_rows.Warmer(kept=2)

@@ -1,4 +1,4 @@
-"""The training recipe's phases (drnet_core.objectives) and the routing pay-off checks (drnet_core.payoff)."""
+"""The training recipe's phases (drnet_core.training.objectives) and the routing pay-off checks (drnet_core.analysis.payoff)."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from drnet_core import cli
-from drnet_core.config import PRESETS, TrainConfig
-from drnet_core.evaluate import RoutedRun, choose_default_setting, run_routed
-from drnet_core.objectives import cheapest_path, executed_mflops_straight_through, random_path, router_step, supernet_step
-from drnet_core.phases import enter_training_mode, trainable_parameters
-from drnet_core.payoff import acceptance, cost_against_difficulty, random_routing_run, routing_health
+from drnet_core.training.config import PRESETS, TrainConfig
+from drnet_core.analysis.evaluate import RoutedRun, choose_default_setting, run_routed
+from drnet_core.training.objectives import cheapest_path, executed_mflops_straight_through, random_path, router_step, supernet_step
+from drnet_core.training.phases import enter_training_mode, trainable_parameters
+from drnet_core.analysis.payoff import acceptance, cost_against_difficulty, random_routing_run, routing_health
 
 from helpers import tiny_model
 

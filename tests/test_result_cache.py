@@ -1,4 +1,4 @@
-"""The on-disk result cache shared by server processes (drnet_core/result_cache.py): results read back
+"""The on-disk result cache shared by server processes (app/result_cache.py): results read back
 exactly as computed, keys, bounds and eviction, leftovers, and identical requests computed once by
 threads and by processes.
 
@@ -17,9 +17,9 @@ import pytest
 import torch
 from helpers import tiny_model
 
-from drnet_core import result_cache
-from drnet_core.evaluate import run_routed, summarize
-from drnet_core.result_cache import (LEFTOVER_GRACE_S, PLAIN, ROUTED_RUN, ResultCache)
+from drnet_app import result_cache
+from drnet_core.analysis.evaluate import run_routed, summarize
+from drnet_app.result_cache import (LEFTOVER_GRACE_S, PLAIN, ROUTED_RUN, ResultCache)
 
 SHA = "ab" * 32
 OTHER_SHA = "cd" * 32
@@ -155,7 +155,7 @@ def test_identical_requests_in_threads_are_computed_once(tmp_path):
 
 COMPUTE_IN_A_PROCESS = """
 import sys, time
-from drnet_core.result_cache import ResultCache
+from drnet_app.result_cache import ResultCache
 def compute():
     with open(sys.argv[2], "a") as log:
         log.write("computed\\n")
@@ -199,8 +199,8 @@ def test_the_apps_runs_and_summaries_come_from_disk_after_a_restart_exactly(tmp_
     import streamlit as st
     monkeypatch.setenv("DRNET_RESULT_CACHE_DIR", str(tmp_path))
     monkeypatch.syspath_prepend(str(result_cache.Path(__file__).resolve().parent.parent / "app"))
-    import state
-    from drnet_core.checkpoint import SHIPPED_CHECKPOINT, sha256_of
+    from drnet_app import state
+    from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, sha256_of
 
     path, sha = str(SHIPPED_CHECKPOINT), sha256_of(SHIPPED_CHECKPOINT)
     st.cache_data.clear(), st.cache_resource.clear()

@@ -12,9 +12,9 @@ import hashlib
 import pytest
 import torch
 
-from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
-from drnet_core.data import load_shipped_subset, to_model_input
-from drnet_core.evaluate import default_setting
+from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
+from drnet_core.data.datasets import load_shipped_subset, to_model_input
+from drnet_core.analysis.evaluate import default_setting
 
 # (fold_batch_norms, threshold: None for the checkpoint's default) -> sha256 of the float32 logits of the
 # shipped subset's first 64 images at the checkpoint's default tau.

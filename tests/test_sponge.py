@@ -7,10 +7,12 @@ import json
 import pytest
 import torch
 
-from drnet_core import sponge, sponge_figures
-from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
-from drnet_core.data import load_shipped_subset
-from drnet_core.evaluate import default_setting
+from drnet_core.analysis import sponge
+
+from drnet_core.figures import sponge as sponge_figures
+from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
+from drnet_core.data.datasets import load_shipped_subset
+from drnet_core.analysis.evaluate import default_setting
 
 
 @pytest.fixture(scope="module")

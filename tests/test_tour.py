@@ -9,10 +9,10 @@ import urllib.parse
 import pytest
 import torch
 
-from drnet_core import payoff, tour
-from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
-from drnet_core.data import FASHION_CLASSES
-from drnet_core.ops import OPS
+from drnet_core.analysis import payoff, tour
+from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
+from drnet_core.data.datasets import FASHION_CLASSES
+from drnet_core.net.ops import OPS
 
 
 def test_tour_links_name_their_view_and_state():
@@ -94,7 +94,7 @@ def test_a_malformed_recorded_sweep_is_ignored(bad):
 
 
 def test_class_points_differ_in_symbol_not_only_in_colour():
-    from drnet_core import payoff_figures
+    from drnet_core.figures import payoff as payoff_figures
 
     per_class = {name: {"n": 10, "accuracy": 0.9, "mean_mflops": 3.0} for name in FASHION_CLASSES}
     figure = payoff_figures.class_cost_error_figure(per_class, class_names=FASHION_CLASSES)
@@ -103,7 +103,7 @@ def test_class_points_differ_in_symbol_not_only_in_colour():
 
 
 def test_the_tradeoff_curve_spreads_routed_settings_on_a_log_axis():
-    from drnet_core import figures
+    from drnet_core.figures import charts as figures
 
     rows = [{"tau": 0.25, "threshold": h, "accuracy": 0.93, "mflops_fraction_of_dense": f}
             for h, f in ((0.0, 1.0), (0.1, 0.21), (0.3, 0.14), (0.5, 0.12))]

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from drnet_core import cli
-from drnet_core.audit import cost_per_class
-from drnet_core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, save_checkpoint, sha256_of
-from drnet_core.data import FASHION_CLASSES
-from drnet_core.trace import branch_keys, read_trace
+from drnet_core.analysis.audit import cost_per_class
+from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, save_checkpoint, sha256_of
+from drnet_core.data.datasets import FASHION_CLASSES
+from drnet_core.analysis.trace import read_trace
 
 from helpers import tiny_model
 
@@ -35,7 +35,7 @@ def evaluate_json(capsys, *args: str) -> dict:
 @pytest.fixture(scope="module")
 def shipped_keys() -> list[str]:
     model, _ = load_checkpoint(SHIPPED_CHECKPOINT)
-    return branch_keys(model)
+    return model.architecture().branch_keys()
 
 
 def test_parquet_trace_has_the_documented_columns_and_equals_evaluate(tmp_path, capsys, shipped_keys):

@@ -1,4 +1,4 @@
-"""The bounded store for uploaded checkpoints (drnet_core/upload_store.py): bounds by count and bytes,
+"""The bounded store for uploaded checkpoints (app/upload_store.py): bounds by count and bytes,
 eviction order, restart behaviour, foreign files, crafted digests and concurrent uploads.
 
 Run: .venv/bin/python -m pytest -q tests/test_upload_store.py
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from drnet_core.upload_store import (DEFAULT_MAX_FILES, DEFAULT_MAX_MB, DIR_ENV, MAX_FILES_ENV, MAX_MB_ENV,
+from drnet_app.upload_store import (DEFAULT_MAX_FILES, DEFAULT_MAX_MB, DIR_ENV, MAX_FILES_ENV, MAX_MB_ENV,
                                      PARTIAL_GRACE_S,
                                      UploadStore, UploadTooLarge)
 

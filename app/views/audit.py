@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-import audit_rows
-import state
-from drnet_core import audit, batch_audit, figures, sponge_figures
-from drnet_core.zip_intake import MAX_DEPTH, MAX_MEMBERS, MAX_TOTAL_BYTES
+from drnet_app import audit_rows
+from drnet_app import state
+from drnet_core.analysis import audit, batch_audit
+from drnet_core.figures import charts as figures, sponge as sponge_figures
+from drnet_core.data.zip_intake import MAX_DEPTH, MAX_MEMBERS, MAX_TOTAL_BYTES
 
 settings = state.current_settings()
 classes = settings.class_names

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-import state
-from drnet_core import clusters, figures, routing_graph
+from drnet_app import state
+from drnet_core.analysis import clusters
+from drnet_core.figures import charts as figures, routing_graph
 from drnet_core.compute_gate import heavy_work
 
 settings = state.current_settings()
@@ -107,6 +108,6 @@ exemplar_positions = clusters.exemplars(result, vectors, chosen, count=8)
 state.thumbnails([evaluated.images[p] for p in exemplar_positions],
                  [f"#{split_index[p]}: {names[labels[p]]}" for p in exemplar_positions])
 weights, mask = clusters.typical_path(result, run, chosen)
-graph = routing_graph.routing_graph(model, weights, mask)
+graph = routing_graph.routing_graph(model.architecture(), weights, mask)
 st.plotly_chart(routing_graph.routing_figure(graph, f"Typical path of cluster {chosen + 1} (branches most members run, "
                                                     "mean weights)"), key="cluster_path")

@@ -6,16 +6,18 @@ import math
 
 import streamlit as st
 
-import audit_rows
-import state
-from drnet_core import attribution, explorer, figures, routing_graph, sponge
+from drnet_app import audit_rows
+from drnet_app import state
+from drnet_core.analysis import attribution, explorer, sponge
+from drnet_core.figures import charts as figures, routing_graph
 from drnet_core.defaults import MAX_UPLOAD_MB, TAU_MAX, TAU_MIN
 
 settings = state.current_settings()
 model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
 images = state.evaluation_set()
 classes = settings.class_names
-labels = routing_graph.branch_labels(model)
+architecture = model.architecture()
+labels = architecture.branch_labels()
 gallery = explorer.gallery_positions(images.labels, per_class=2)
 
 
@@ -95,7 +97,7 @@ with right:
 
 
 def routing_path_tab() -> None:
-    graph = routing_graph.routing_graph(model, result.weights, result.executed)
+    graph = routing_graph.routing_graph(architecture, result.weights, result.executed)
     ran = int(result.executed.sum())
     # The setting goes in the caption: in the title it was cut off at the column's width.
     st.plotly_chart(routing_graph.routing_figure(
@@ -106,7 +108,7 @@ def routing_path_tab() -> None:
 
 
 def branch_weights_tab() -> None:
-    st.plotly_chart(figures.weight_heatmap(model, result.weights, result.executed), key="weights")
+    st.plotly_chart(figures.weight_heatmap(architecture, result.weights, result.executed), key="weights")
 
 
 def cost_tab() -> None:
@@ -166,7 +168,7 @@ def counterfactual_tab() -> None:
     cost_change = changed.mflops - result.mflops
     c3.metric("Executed MFLOPs", f"{changed.mflops:.3f}",
               state.nonzero_delta(f"{cost_change:+.3f}"), delta_color="inverse")
-    diff = routing_graph.path_diff_graph(model, result.executed, changed.executed, result.weights, changed.weights)
+    diff = routing_graph.path_diff_graph(architecture, result.executed, changed.executed, result.weights, changed.weights)
     st.plotly_chart(routing_graph.path_diff_figure(diff, "Router's path (A) vs. counterfactual path (B)",
                                                    "router", "counterfactual"), key="counterfactual_diff")
 
@@ -189,7 +191,7 @@ def noise_tab() -> None:
     s3.metric("Path entropy", f"{explorer.path_entropy_bits(table):.2f} bits")
     s3.caption(f"of at most {math.log2(samples):.1f}")
     st.plotly_chart(figures.selection_frequency_heatmap(
-        model, explorer.noise_selection_frequency(table),
+        architecture, explorer.noise_selection_frequency(table),
         f"How often each branch ran in {samples} noisy copies (seed {settings.seed})"), key="noise_frequency")
     st.caption("0% or 100%: the noise never changes that branch's choice; in between, it does.")
     # The pattern itself is in the heatmap above; its hex key would be one more unexplained column.
@@ -228,7 +230,7 @@ def compare_tab() -> None:
     d1.caption(f"{result.mflops:.3f} MFLOPs")
     d2.metric(f"B ({label_b})", classes[other_result.prediction])
     d2.caption(f"{other_result.mflops:.3f} MFLOPs")
-    diff = routing_graph.path_diff_graph(model, result.executed, other_result.executed, result.weights,
+    diff = routing_graph.path_diff_graph(architecture, result.executed, other_result.executed, result.weights,
                                          other_result.weights)
     counts = routing_graph.diff_counts(diff)
     st.plotly_chart(routing_graph.path_diff_figure(
@@ -256,7 +258,7 @@ def worst_case_tab() -> None:
     c2.caption("unchanged" if changed.prediction == result.prediction else f"was {classes[result.prediction]}")
     c3.image(state.enlarge((forced.forced_pixels[0, 0] * 255).round().byte(), 4),
              caption=f"perturbed image (eps {eps}/255)", width="stretch")
-    diff = routing_graph.path_diff_graph(model, result.executed, changed.executed, result.weights, changed.weights)
+    diff = routing_graph.path_diff_graph(architecture, result.executed, changed.executed, result.weights, changed.weights)
     st.plotly_chart(routing_graph.path_diff_figure(diff, "This image's path (A) vs. the perturbed image's path (B)",
                                                    "original", "perturbed"), key="sponge_diff")
     st.caption("The search and the measurement use the sidebar's tau and threshold, without noise. "

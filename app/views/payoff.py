@@ -7,12 +7,13 @@ import math
 import pandas as pd
 import streamlit as st
 
-import payoff_rows
-import state
-from drnet_core import payoff, payoff_figures
+from drnet_app import payoff_rows
+from drnet_app import state
+from drnet_core.analysis import payoff
+from drnet_core.figures import payoff as payoff_figures
 from drnet_core.compute_gate import heavy_work
-from drnet_core.data import DatasetError
-from drnet_core.evaluate import SWEEP_TAUS, SWEEP_THRESHOLDS, summarize
+from drnet_core.data.datasets import DatasetError
+from drnet_core.analysis.evaluate import SWEEP_TAUS, SWEEP_THRESHOLDS, summarize
 
 settings = state.current_settings()
 model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-import state
-from drnet_core import payoff, routing_graph, tour
+from drnet_app import state
+from drnet_core.analysis import payoff, tour
+from drnet_core.figures import routing_graph
 
 settings = state.current_settings()
 model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
@@ -42,7 +43,7 @@ graph_text.markdown(
     "* **Identity** is the free choice: it hands its input on, scaled by its weight like every branch, with no "
     "multiply-adds. A cell whose connections run only identity costs nothing beyond its router.")
 graph_text.markdown(key_rows, unsafe_allow_html=True)
-graph = routing_graph.routing_graph(model, result.weights, result.executed)
+graph = routing_graph.routing_graph(model.architecture(), result.weights, result.executed)
 example_name = tour.gallery_name(example_position, classes[int(images.labels[example_position])], images.indices)
 graph_figure.plotly_chart(routing_graph.routing_figure(graph, f"Example: {example_name}", height=380),
                           key="start_graph")

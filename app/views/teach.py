@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-import state
-from drnet_core import explorer, figures
+from drnet_app import state
+from drnet_core.analysis import explorer
+from drnet_core.figures import charts as figures
 
 settings = state.current_settings()
 model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
@@ -85,9 +86,9 @@ left.caption(f"Uniform weights would be {1 / len(branch_names):.3f} each.")
 left.markdown(("Running: " + ", ".join(f"`{name}`" for name in selected)) if selected else
               "Nothing passes the threshold: this connection is skipped.")
 right.plotly_chart(figures.connection_weights_figure(
-    now["weight"].to_numpy(), branch_names, settings.threshold,
+    now["weight"].to_numpy(), model.architecture().palette(branch_names), settings.threshold,
     f"Weights at tau {tau:g}, threshold {settings.threshold:g}" + (f", noise seed {seed}" if noisy else "")),
     key="demo_bars")
-st.plotly_chart(figures.gumbel_demo_figure(curve, branch_names, settings.threshold, tau), key="demo_curve")
+st.plotly_chart(figures.gumbel_demo_figure(curve, model.architecture().palette(branch_names), settings.threshold, tau), key="demo_curve")
 st.caption("The router's scores for this connection come from the real network on this image "
            f"(cell {cell + 1}); tau and the threshold are the sidebar's, and the curve shows every other tau.")

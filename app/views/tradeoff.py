@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-import state
-import tradeoff_rows
-from drnet_core import figures, tradeoff
+from drnet_app import state
+from drnet_app import tradeoff_rows
+from drnet_core.figures import charts as figures
+from drnet_core.analysis import tradeoff
 from drnet_core.defaults import TAU_MAX, TAU_MIN
-from drnet_core.evaluate import SWEEP_THRESHOLDS
+from drnet_core.analysis.evaluate import SWEEP_THRESHOLDS
 from drnet_core.runtime import use_every_core_in_this_thread
 
 settings = state.current_settings()

@@ -1,0 +1,1 @@
+"""Inputs: the dataset registry, uploaded images and archives, out-of-distribution test sets."""

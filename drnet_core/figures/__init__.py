@@ -1,0 +1,1 @@
+"""Plotly figures drawn from analysis results; nothing here reads a live network."""

@@ -1,0 +1,1 @@
+"""The network: branch registry, RouterNet, cells, the sparse executor, cost accounting, checkpoints."""

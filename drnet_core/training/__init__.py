@@ -1,0 +1,1 @@
+"""Training: the phase registry, objectives, the epoch loop, resumable runs, the routing monitor."""
