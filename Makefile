@@ -15,7 +15,7 @@ run: setup data
 N ?= 2
 ADDRESS ?= 127.0.0.1
 replicas: setup data proxy
-	$(PY) scripts/serve_replicas.py --replicas $(N) --port $(PORT) --address $(ADDRESS)
+	$(PY) -m deploy.replicas --replicas $(N) --port $(PORT) --address $(ADDRESS)
 
 # `lint-imports` checks the import rules in pyproject.toml (docs/ARCHITECTURE.md) before any test runs.
 test: setup data browser proxy

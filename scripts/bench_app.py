@@ -1,6 +1,6 @@
 """Benchmark the explorer's interactive paths on this machine.
 
-    python scripts/bench_app.py [--limit N] [--repeats R] [--json out.json]
+    python -m scripts.bench_app [--limit N] [--repeats R] [--json out.json]
 
 Measures, with the shipped checkpoint:
   * slider move, cold cache: route the whole evaluation set (the full Fashion-MNIST test split when
@@ -19,23 +19,21 @@ import io
 import json
 import logging
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from drnet_core.analysis import attribution, explorer  # noqa: E402
+from drnet_core.analysis import attribution, explorer
 
-from drnet_core.figures import routing_graph  # noqa: E402
-from drnet_core.runtime import configure_cpu_memory  # noqa: E402
-from drnet_core.net.checkpoint import default_device, load_checkpoint  # noqa: E402
-from drnet_core.data.datasets import FASHION_CLASSES, load_test_set, to_model_input  # noqa: E402
-from drnet_core.analysis.evaluate import default_setting, run_routed, summarize  # noqa: E402
-from drnet_core.data.images import image_from_bytes  # noqa: E402
+from drnet_core.figures import routing_graph
+from drnet_core.runtime import configure_cpu_memory
+from drnet_core.net.checkpoint import default_device, load_checkpoint
+from drnet_core.data.datasets import FASHION_CLASSES, load_test_set, to_model_input
+from drnet_core.analysis.evaluate import default_setting, run_routed, summarize
+from drnet_core.data.images import image_from_bytes
 
 log = logging.getLogger("bench_app")
 

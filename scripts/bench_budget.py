@@ -1,6 +1,6 @@
 """Time the pay-off page's budget box on a fresh server, as a person waits for it in a real browser.
 
-    PYTHONPATH=. .venv/bin/python scripts/bench_budget.py [--budget 3] [--eval-limit N] [--json out.json]
+    python -m scripts.bench_budget [--budget 3] [--eval-limit N] [--json out.json]
 
 Starts `streamlit run` on a free localhost port (a fresh process: nothing cached), opens the pay-off page
 in headless Chromium and waits until it has finished ("page_cold_s"), then types the budget into the box
@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # tests/chromium.py: the browser and server helpers
-sys.path.insert(0, str(ROOT))
 
-import chromium  # noqa: E402
+from harness import chromium
 
 POLL_S = 0.05
 SETTLE_S = 1.0  # idle this long after the last run: the page has finished

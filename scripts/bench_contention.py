@@ -1,7 +1,7 @@
 """Does another session's heavy work stall a slider step? Two real headless Chromium sessions against one
 `streamlit run`, both on "Temperature & threshold".
 
-    PYTHONPATH=. .venv/bin/python scripts/bench_contention.py [--repeats 3] [--eval-limit N] [--json out.json]
+    python -m scripts.bench_contention [--repeats 3] [--eval-limit N] [--json out.json]
 
 Browser A steps setting B's threshold (one ArrowRight, to a value not seen before) and is timed as
 `bench_browser.py` times a step: "numbers" when B's accuracy and MFLOPs show new values, "finished" when
@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_browser as bench  # noqa: E402
-from bench_browser import chromium  # noqa: E402
+from harness import bench_browser as bench
+from harness import chromium
 
-from drnet_app import result_cache  # noqa: E402
+from drnet_app import result_cache
 
 TARGET_S = 1.0
 A_SLIDER, B_SLIDER = "Setting B: threshold", "Gumbel temperature tau"

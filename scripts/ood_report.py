@@ -1,6 +1,6 @@
 """Measure the unfamiliar-input warning: which score serves, and does `drnet audit` flag what it should?
 
-    python scripts/ood_report.py --json docs/results/ood.json
+    python -m scripts.ood_report --json docs/results/ood.json
 
 1. Scores compared (max-softmax, energy, Mahalanobis on the penultimate features): AUROC and the
    false-positive rate at 95% TPR of Fashion-MNIST test images against every kind of non-garment picture
@@ -27,16 +27,15 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from drnet_core.analysis import ood  # noqa: E402
+from drnet_core.analysis import ood
 
-from drnet_core.data import ood_sets  # noqa: E402
-from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, sha256_of  # noqa: E402
-from drnet_core.data.datasets import load_fashion_mnist, to_model_input  # noqa: E402
-from drnet_core.data.held_out import held_out_set  # noqa: E402
-from drnet_core.data.images import prepare_image  # noqa: E402
-from drnet_core.analysis.ood_calibration import find_calibration  # noqa: E402
+from drnet_core.data import ood_sets
+from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, sha256_of
+from drnet_core.data.datasets import load_fashion_mnist, to_model_input
+from drnet_core.data.held_out import held_out_set
+from drnet_core.data.images import prepare_image
+from drnet_core.analysis.ood_calibration import find_calibration
 
 COUNTS = {"photo:china": 200, "noise:uniform": 100, "blank": 50, "photo:flower": 150, "photo:grace_hopper": 150,
           "digits": 300, "noise:gaussian": 100, "noise:salt_and_pepper": 100}

@@ -1,7 +1,7 @@
 """Accuracy per FLOP: the DRNet over thresholds against static baselines, on the full test split.
 
-    python scripts/performance_report.py                       # shipped, pooling and small DRNet, assets/baselines/*.pt
-    python scripts/performance_report.py --checkpoint X.pt Y.pt --baselines a.pt b.pt
+    python -m scripts.performance_report                       # shipped, pooling and small DRNet, assets/baselines/*.pt
+    python -m scripts.performance_report --checkpoint X.pt Y.pt --baselines a.pt b.pt
 
 Writes docs/results/accuracy_vs_flops.json (every figure in the tables of docs/PERFORMANCE.md) and
 docs/accuracy_vs_flops.png (accuracy vs mean multiply-adds: each DRNet's curve over thresholds at its
@@ -19,18 +19,17 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from drnet_core.net.baselines import load_baseline  # noqa: E402
-from drnet_core.runtime import configure_cpu_memory  # noqa: E402
-from drnet_core.cli.bench import machine_info  # noqa: E402
-from drnet_core.net.cost import median_seconds  # noqa: E402
-from drnet_core.net.checkpoint import (BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, default_device, load_checkpoint,  # noqa: E402
+from drnet_core.net.baselines import load_baseline
+from drnet_core.runtime import configure_cpu_memory
+from drnet_core.cli.bench import machine_info
+from drnet_core.net.cost import median_seconds
+from drnet_core.net.checkpoint import (BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, default_device, load_checkpoint,
                                    sha256_of, total_epochs)
-from drnet_core.data.datasets import load_test_set, to_model_input  # noqa: E402
-from drnet_core.defaults import BATCH_SIZE  # noqa: E402
-from drnet_core.analysis.evaluate import default_setting, run_routed  # noqa: E402
-from drnet_core.analysis.payoff import (acceptance, baseline_kind, comparison_row, cost_against_difficulty,  # noqa: E402
+from drnet_core.data.datasets import load_test_set, to_model_input
+from drnet_core.defaults import BATCH_SIZE
+from drnet_core.analysis.evaluate import default_setting, run_routed
+from drnet_core.analysis.payoff import (acceptance, baseline_kind, comparison_row, cost_against_difficulty,
                                random_control_row, routing_health)
 
 log = logging.getLogger("performance_report")

@@ -1,7 +1,9 @@
-"""Small builders shared by the tests: tiny models and IDX files written on the fly."""
+"""Small builders shared by the tests: tiny models, IDX files written on the fly, the `drnet` command."""
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +53,12 @@ def write_fake_fashion(directory: Path, train: int = 96, test: int = 40, seed: i
         write_idx(directory / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels)
     return directory
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`python -m drnet_core ARGS` in a fresh process, its output captured."""
+    return subprocess.run([sys.executable, "-m", "drnet_core", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,16 +18,12 @@ from drnet_core.net.baselines import (BaselineConfig, PlainCNN, StaticCellNet, b
 from drnet_core.net.checkpoint import CheckpointError, save_checkpoint, sha256_of
 from drnet_core.training.config import PRESETS
 from drnet_core.training.train import train
-from tests.helpers import tiny_model, write_fake_fashion
+from helpers import run_cli, tiny_model, write_fake_fashion
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = PRESETS["tiny"]
 BUNDLED_BASELINES = sorted((ROOT / "assets" / "baselines").glob("*.pt"))
 
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "drnet_core", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""scripts/bench_browser.py: its report has every measure, sound figures and a verdict per target.
+"""harness/bench_browser.py: its report has every measure, sound figures and a verdict per target.
 
 The browser run starts the app on 300 images and takes each measure once (about 90 s on two cores);
 skipped when chromium or chromedriver is missing. Nothing here asserts how fast the app is.
@@ -6,15 +6,12 @@ skipped when chromium or chromedriver is missing. Nothing here asserts how fast 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
-from chromium import AVAILABLE, MISSING_REASON
+from harness.chromium import AVAILABLE, MISSING_REASON
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-import bench_browser  # noqa: E402
+from harness import bench_browser
 
 pytestmark = pytest.mark.slow  # a real server, browser or virtual environment
 

@@ -81,7 +81,7 @@ def test_the_toy_op_has_its_own_colour_and_legend_entry(trained_with_toy):
 def test_the_toy_op_shows_in_the_app(trained_with_toy):
     from streamlit.testing.v1 import AppTest
 
-    from test_app import APP, TIMEOUT, assert_clean
+    from apptest import APP, TIMEOUT, assert_clean
 
     path, _ = trained_with_toy
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()

@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-from chromium import AVAILABLE, MISSING_REASON, chromium, serve_app, wait_until_stable
+from harness.chromium import AVAILABLE, MISSING_REASON, settled
 
 from drnet_app.navigation import VIEWS
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
+EVAL_LIMIT = 200
+WINDOW = "1500,1150"
 # The default page is served at the root: Streamlit ignores its url_path.
 PAGES = {("" if index == 0 else view.url_path): view.title for index, view in enumerate(VIEWS)}
 
@@ -23,31 +25,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE,
                                 reason=MISSING_REASON)]
 
 
-@pytest.fixture(scope="module")
-def server():
-    with serve_app({"DRNET_EVAL_LIMIT": "200"}) as (url, _):
-        yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with chromium("1500,1150", page_load_timeout=120, profile_prefix="drnet-chromium-") as driver:
-        yield driver
 
-
-def wait_idle(driver, timeout: float = 240, showing: str | None = None) -> str:
-    """Page text once the script has finished and the view (every view has a title) is stable.
-
-    `showing`: text the rerun that an action triggered will put on the page. On a busy machine that
-    rerun can start after the old page has already looked settled, so stability alone is not enough.
-    """
-    from selenium.webdriver.common.by import By
-
-    def ready(driver, text: str) -> bool:
-        return (bool(driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] h1')) and "Please wait" not in text
-                and (showing is None or showing in text))
-
-    return wait_until_stable(driver, ready, settle=1.5, timeout=timeout)
 
 
 def assert_no_error(driver, text: str) -> None:
@@ -77,7 +57,7 @@ def test_every_page_renders(server, browser):
 
     for path, title in PAGES.items():
         browser.get(f"{server}/{path}")
-        text = wait_idle(browser)
+        text = settled(browser)
         assert_no_error(browser, text)
         assert browser.find_element(By.CSS_SELECTOR, '[data-testid="stMain"] h1').text.strip() == title
         assert "NaN" not in text and "inf MFLOPs" not in text
@@ -89,7 +69,7 @@ def test_threshold_slider_changes_the_numbers(server, browser):
     from selenium.webdriver.common.keys import Keys
 
     browser.get(f"{server}/inspect?threshold=0.2")
-    wait_idle(browser)
+    settled(browser)
     before = metric_value(browser, "Executed MFLOPs")
     # Streamlit's sliders are range inputs labelled by their widget label.
     threshold = browser.find_element(By.CSS_SELECTOR,
@@ -113,7 +93,7 @@ def test_threshold_slider_changes_the_numbers(server, browser):
             after = metric_value(browser, "Executed MFLOPs")
         except Exception:  # the element is being redrawn; read it on the next turn
             continue
-    text = wait_idle(browser)
+    text = settled(browser)
     after = metric_value(browser, "Executed MFLOPs")
     assert_no_error(browser, text)
     assert float(threshold.get_attribute("value")) == 0.0
@@ -136,9 +116,9 @@ def test_upload_a_gallery_image(server, browser, tmp_path):
     picture.save(path)
 
     browser.get(f"{server}/inspect?source=Upload")
-    wait_idle(browser)
+    settled(browser)
     browser.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys(str(path))
-    text = wait_idle(browser, showing="(inverted)")
+    text = settled(browser, showing="(inverted)")
     assert_no_error(browser, text)
     assert "gallery_garment.png" in text
     assert "(inverted)" in text
@@ -148,7 +128,7 @@ def test_upload_a_gallery_image(server, browser, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"just some text, not a picture")
     browser.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys(str(bad))
-    text = wait_idle(browser, showing="Could not use this upload")
+    text = settled(browser, showing="Could not use this upload")
     assert "Could not use this upload" in text and "Traceback" not in text
     screenshot(browser, "bad-upload")
 
@@ -160,7 +140,7 @@ def test_payoff_view_draws_the_curve_and_its_controls(server, browser):
     browser.set_window_size(1280, 2600)  # a laptop's width, tall enough to hold the whole view
     try:
         browser.get(f"{server}/{path}?budget=5")
-        text = wait_idle(browser, showing="Collapse alarm")
+        text = settled(browser, showing="Collapse alarm")
         assert_no_error(browser, text)
         assert "NaN" not in text
         for label in ("Accuracy, current setting", "Random routing, same costs"):

@@ -9,12 +9,15 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
-from chromium import AVAILABLE, MISSING_REASON, chromium, serve_app
+from harness.chromium import AVAILABLE, MISSING_REASON, settled
 from PIL import Image
-from test_browser import assert_no_error, metric_value, screenshot, wait_idle
+from test_browser import assert_no_error, metric_value, screenshot
 
 from drnet_core.analysis import audit
 from drnet_core.data.datasets import load_shipped_subset
+
+EVAL_LIMIT = 200
+WINDOW = "1500,1150"
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)]
 FOLDERS = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -37,29 +40,27 @@ def write_zip(path) -> None:
         archive.writestr("readme.txt", b"not an image")
 
 
-def test_upload_a_zip_on_the_cost_audit_and_download_its_csv(tmp_path):
+def test_upload_a_zip_on_the_cost_audit_and_download_its_csv(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
     archive = tmp_path / "my_images.zip"
     write_zip(archive)
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    with serve_app({"DRNET_EVAL_LIMIT": "200"}) as (url, _), \
-            chromium("1500,1150", page_load_timeout=120, profile_prefix="drnet-audit-") as browser:
-        browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-        browser.get(f"{url}/audit?audit_source=Your%20images")
-        wait_idle(browser, showing="Upload images")
-        browser.find_element(By.CSS_SELECTOR, '.st-key-audit_upload input[type="file"]').send_keys(str(archive))
-        text = wait_idle(browser, showing="Costliest inputs")
-        assert_no_error(browser, text)
-        assert metric_value(browser, "Inputs shown") == "9"
-        assert "2 input(s) skipped" in text
-        screenshot(browser, "audit-upload-zip")
-        browser.find_element(By.CSS_SELECTOR, ".st-key-download_csv button").click()
-        deadline = time.monotonic() + 60
-        while not list(downloads.glob("*.csv")) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        files = list(downloads.glob("*.csv"))
+    browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    browser.get(f"{server}/audit?audit_source=Your%20images")
+    settled(browser, showing="Upload images")
+    browser.find_element(By.CSS_SELECTOR, '.st-key-audit_upload input[type="file"]').send_keys(str(archive))
+    text = settled(browser, showing="Costliest inputs")
+    assert_no_error(browser, text)
+    assert metric_value(browser, "Inputs shown") == "9"
+    assert "2 input(s) skipped" in text
+    screenshot(browser, "audit-upload-zip")
+    browser.find_element(By.CSS_SELECTOR, ".st-key-download_csv button").click()
+    deadline = time.monotonic() + 60
+    while not list(downloads.glob("*.csv")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    files = list(downloads.glob("*.csv"))
     assert [f.name for f in files] == ["drnet_audit_drnet-fashion_tau0.25_threshold0.3.csv"]
     frame = pd.read_csv(files[0], keep_default_na=False)
     assert len(frame) == 9 and "odd/noise.png" in set(frame["input"])

@@ -8,25 +8,19 @@ import time
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from chromium import AVAILABLE, MISSING_REASON, chromium, serve_app, wait_until_stable
+from harness.chromium import AVAILABLE, MISSING_REASON, wait_until_stable
 
 from drnet_core.data.datasets import FASHION_CLASSES
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)]
 
 WIDTH = 1280
+EVAL_LIMIT = 300
+WINDOW = f"{WIDTH},2400"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with serve_app({"DRNET_EVAL_LIMIT": "300"}) as (url, _):
-        yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with chromium(f"{WIDTH},2400", page_load_timeout=180, profile_prefix="drnet-layout-") as driver:
-        yield driver
 
 
 def visit(driver, url: str) -> str:

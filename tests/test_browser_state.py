@@ -15,47 +15,20 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from chromium import AVAILABLE, MISSING_REASON, chromium, serve_app, wait_until_stable
+from harness.chromium import AVAILABLE, MISSING_REASON, metric_values, settled
 
 ROOT = Path(__file__).resolve().parent.parent
-LIMIT = 500
+EVAL_LIMIT = 500
+WINDOW = "1280,1400"
 SETTING = {"tau": "0.5", "threshold": "0.2"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)]
 
 
-@pytest.fixture(scope="module")
-def server():
-    with serve_app({"DRNET_EVAL_LIMIT": str(LIMIT)}) as (url, _):
-        yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with chromium("1280,1400", page_load_timeout=180, profile_prefix="drnet-state-") as driver:
-        yield driver
 
 
-def settled(driver, showing: str | None = None) -> str:
-    from selenium.webdriver.common.by import By
-
-    def ready(driver, text: str) -> bool:
-        failed = "Something went wrong" in text or driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
-        return bool(failed) or (bool(driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] h1'))
-                                and (showing is None or showing in text))
-
-    text = wait_until_stable(driver, ready, settle=1.5, timeout=600)
-    assert not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'), text[:2000]
-    assert "Something went wrong" not in text
-    return text
-
-
-def metric_values(driver, label: str) -> list[str]:
-    from selenium.webdriver.common.by import By
-
-    return [metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricValue"]').text
-            for metric in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]')
-            if metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricLabel"]').text.strip() == label]
 
 
 def query(driver) -> dict[str, list[str]]:
@@ -73,7 +46,7 @@ def open_page_from_sidebar(driver, title: str) -> None:
 
 
 def test_one_setting_gives_one_number_on_every_page_and_in_the_cli(server, browser):
-    cli = subprocess.run([sys.executable, "-m", "drnet_core", "evaluate", "--limit", str(LIMIT), "--tau",
+    cli = subprocess.run([sys.executable, "-m", "drnet_core", "evaluate", "--limit", str(EVAL_LIMIT), "--tau",
                           SETTING["tau"], "--threshold", SETTING["threshold"], "--json"],
                          cwd=ROOT, capture_output=True, text=True, check=True)
     expected = json.loads(cli.stdout)
@@ -95,7 +68,7 @@ def test_one_setting_gives_one_number_on_every_page_and_in_the_cli(server, brows
     settled(browser, showing="Cost audit")
     assert metric_values(browser, "Accuracy") == [f"{accuracy:.1%}"]
     assert metric_values(browser, "Mean MFLOPs") == [mflops]
-    assert metric_values(browser, "Inputs shown") == [f"{LIMIT:,}"]
+    assert metric_values(browser, "Inputs shown") == [f"{EVAL_LIMIT:,}"]
 
 
 def test_a_link_restores_the_checkpoint_the_tab_and_forced_branches(server, browser):

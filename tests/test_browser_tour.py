@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from chromium import AVAILABLE, MISSING_REASON, chromium, serve_app, wait_until_stable
+from harness.chromium import AVAILABLE, MISSING_REASON, metric_values, settled
 
 from drnet_core.analysis import tour
 from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
@@ -17,42 +17,16 @@ from drnet_core.analysis.evaluate import default_setting
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
+EVAL_LIMIT = 500
+WINDOW = "1280,800"
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)]
 
 
-@pytest.fixture(scope="module")
-def server():
-    with serve_app({"DRNET_EVAL_LIMIT": "500"}) as (url, _):
-        yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with chromium("1280,800", page_load_timeout=240, profile_prefix="drnet-tour-") as driver:
-        yield driver
 
 
-def settled(driver, showing: tuple[str, ...] = ()) -> str:
-    from selenium.webdriver.common.by import By
-
-    def ready(driver, text: str) -> bool:
-        failed = "Something went wrong" in text or driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
-        return bool(failed) or (bool(driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] h1'))
-                                and all(needle in text for needle in showing))
-
-    text = wait_until_stable(driver, ready, settle=1.5, timeout=600)
-    assert not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'), text[:2000]
-    assert "Something went wrong" not in text
-    return text
-
-
-def metric_values(driver, label: str) -> list[str]:
-    from selenium.webdriver.common.by import By
-
-    return [metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricValue"]').text
-            for metric in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]')
-            if metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricLabel"]').text.strip() == label]
 
 
 def expected_steps() -> list[tour.TourStep]:

@@ -4,12 +4,11 @@ Several `AppTest` sessions in one process (so they share the cached model and ev
 entry, as sessions of one server do), interleaved, each with its own tau, threshold and noise seed from
 the URL: every one shows exactly the numbers the core computes for its own settings, before and after
 the others ran, and the shared model is unchanged afterwards. Many real browser sessions against one
-server are the soak test's (tests/test_soak.py, scripts/soak_app.py).
+server are the soak test's (tests/test_soak.py, harness/soak.py).
 """
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -110,7 +109,6 @@ def test_interleaved_app_sessions_each_see_their_own_numbers(reference):
         assert float(at.slider(key="threshold").value) == pytest.approx(float(SESSIONS[sessions.index(at)]["threshold"]))
 
     # The shared, cached model was only read.
-    sys.path.insert(0, str(ROOT / "app"))
     from drnet_app import state  # the app's cached loaders; the same process-wide cache the sessions used
 
     shared, _ = state.model_and_meta(str(SHIPPED_CHECKPOINT), sha256_of(SHIPPED_CHECKPOINT))

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,9 +19,10 @@ from drnet_core.data.datasets import (FASHION_CLASSES, DatasetError, augment, lo
 from drnet_core.analysis.distributed import state_fingerprint
 from drnet_core.analysis.evaluate import DEFAULT_SELECTION_RULE, choose_default_setting, run_routed
 from drnet_core.net.model import DRNet
-from drnet_core.training.train import branch_subset_state, train
+from drnet_core.training.train import train
+from drnet_core.training.warm_start import branch_subset_state
 
-from helpers import tiny_model, write_fake_fashion
+from helpers import tiny_model, write_fake_fashion, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -277,9 +276,6 @@ def test_checkpoint_round_trip_keeps_outputs(tmp_path):
     assert meta["default_tau"] == 0.5 and loaded.config == model.config
     assert torch.load(path, weights_only=True)["config"] == ModelConfig.from_dict(model.config.to_dict()).to_dict()
 
-
-def run_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "drnet_core", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def test_evaluate_json_has_every_field(tmp_path, capsys):

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
+from harness.chromium import LAUNCH_TIMEOUT_S, free_port
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -35,14 +36,7 @@ from helpers import tiny_model, write_fake_fashion
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not dist.is_available(), reason="this torch build has no torch.distributed")]
-# Per launch; about 15 s each on an idle 2-core machine. Raise it on a machine busy with other work.
-LAUNCH_TIMEOUT_S = int(os.environ.get("DRNET_TEST_LAUNCH_TIMEOUT", "240"))
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -1,5 +1,5 @@
-"""A short classroom load test (scripts/load_classroom.py): three sessions, one of them in Chromium, the
-others over Streamlit's websocket protocol (scripts/streamlit_client.py), stepping the sidebar's sliders
+"""A short classroom load test (harness/load_classroom.py): three sessions, one of them in Chromium, the
+others over Streamlit's websocket protocol (harness/streamlit_client.py), stepping the sidebar's sliders
 on "Temperature & threshold" against a real `streamlit run` for 20 seconds. Every step must finish, and
 the protocol client must see what a browser sees. The figures for 1, 10 and 30 sessions are in
 docs/DEPLOY.md.
@@ -11,16 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import sys
-from pathlib import Path
 
 import pytest
-from chromium import AVAILABLE, serve_app
+from harness.chromium import AVAILABLE, serve_app
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-import load_classroom  # noqa: E402
-from streamlit_client import ProtocolSession  # noqa: E402
+from harness import load_classroom
+from harness.streamlit_client import ProtocolSession  # noqa: E402
 
 from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
 from drnet_core.data.datasets import load_test_set, to_model_input  # noqa: E402

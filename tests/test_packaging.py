@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -18,6 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from harness.chromium import free_port
 
 pytestmark = pytest.mark.slow  # a real server, browser or virtual environment
 
@@ -99,11 +100,6 @@ def test_installed_drnet_evaluates_from_outside_the_checkout_like_the_checkout(i
                 cwd=elsewhere, env=environment)
     assert Path(where.stdout.strip()) == site_packages(installed) / "drnet_core" / "assets"
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_installed_drnet_app_serves_and_its_script_runs(installed, tmp_path):

@@ -44,10 +44,6 @@ def test_the_sweep_equals_fresh_runs_at_every_threshold():
 
 
 def test_the_warmed_taus_are_one_slider_step_away_and_in_range():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "app"))
     from drnet_app import tradeoff_rows
 
     assert tradeoff_rows.neighbouring_taus(0.25) == [0.3, 0.2]
@@ -56,11 +52,8 @@ def test_the_warmed_taus_are_one_slider_step_away_and_in_range():
 
 
 def test_the_warmer_runs_each_task_once_and_keeps_only_the_latest():
-    import sys
     import threading
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "app"))
     from drnet_app import tradeoff_rows
 
     gate, done, ran = threading.Event(), threading.Event(), []

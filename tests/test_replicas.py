@@ -1,4 +1,4 @@
-"""Two replicas behind nginx on loopback (scripts/serve_replicas.py, deploy/nginx.conf.template): a browser
+"""Two replicas behind nginx on loopback (scripts/replicas.py, deploy/nginx.conf.template): a browser
 stays on one replica, a link gives the same numbers on either, an upload made through one is found by the
 other, and the replicas share the result cache. Real Chromium through the proxy; skipped without nginx,
 chromium or chromedriver.
@@ -9,26 +9,24 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sys
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
-from chromium import AVAILABLE, MISSING_REASON, chromium, free_port
-from test_browser_state import metric_values, query, settled
+from harness.chromium import AVAILABLE, MISSING_REASON, free_port, metric_values, settled
+from test_browser_state import query
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import serve_replicas  # noqa: E402
+from deploy import replicas
 
 COOKIE = "drnet_replica"
 UPLOADED = ROOT / "assets" / "drnet_fashion_small.pt"
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON),
-              pytest.mark.skipif(shutil.which("nginx") is None and not Path(serve_replicas.NGINX).exists(),
+              pytest.mark.skipif(shutil.which("nginx") is None and not Path(replicas.NGINX).exists(),
                                  reason="nginx is not installed (apt-get install nginx-light)")]
 
 
@@ -47,7 +45,7 @@ def served(tmp_path_factory):
     env = {"DRNET_EVAL_LIMIT": "300", "DRNET_UPLOAD_DIR": str(shared / "uploads"),
            "DRNET_RESULT_CACHE_DIR": str(shared / "results")}
     port = free_port()
-    with serve_replicas.replicas(2, port, first_replica_port=free_port(), env=env,
+    with replicas.replicas(2, port, first_replica_port=free_port(), env=env,
                                  log_dir=tmp_path_factory.mktemp("logs")) as running:
         yield {**running, "shared": shared}
 
@@ -64,10 +62,6 @@ def pins(served):
     pytest.fail(f"64 cookies all went to {sorted(found)}")
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with chromium("1280,1400", page_load_timeout=180, profile_prefix="drnet-replicas-") as driver:
-        yield driver
 
 
 def open_on(driver, served, cookie: str, path: str, showing: str | None = None) -> str:

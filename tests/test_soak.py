@@ -1,4 +1,4 @@
-"""A short soak of the app in a real browser (scripts/soak_app.py): ten sessions, each with its own
+"""A short soak of the app in a real browser (scripts/soak.py): ten sessions, each with its own
 setting in its URL, reloaded in turn for 24 seconds after a warm-up round; every page must show its
 own session's numbers, the server must stay healthy and its memory must level off.
 
@@ -7,22 +7,19 @@ missing (the checks of the soak's own logic below still run). The three-minute f
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
-from chromium import AVAILABLE, MISSING_REASON
+from harness.chromium import AVAILABLE, MISSING_REASON
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-import soak_app  # noqa: E402
+from harness import soak
 
 pytestmark = pytest.mark.slow  # a real server, browser or virtual environment
 
 
 @pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)
 def test_ten_sessions_keep_their_own_numbers_and_the_server_levels_off():
-    report = soak_app.soak(sessions=10, minutes=0.4, eval_limit=200, pace=3.0, sample_every=2.5)
+    report = soak.soak(sessions=10, minutes=0.4, eval_limit=200, pace=3.0, sample_every=2.5)
     assert report["page_errors"] == 0, report["page_error_details"]
     assert report["mismatches"] == 0, report["mismatch_details"]
     assert report["health_failures"] == 0
@@ -33,10 +30,10 @@ def test_ten_sessions_keep_their_own_numbers_and_the_server_levels_off():
 
 
 def test_sessions_have_distinct_settings_and_distinguishable_inspect_figures():
-    plan = soak_app.plan_sessions(10)
+    plan = soak.plan_sessions(10)
     assert len({(s.page, s.tau, s.threshold, s.tau_b, s.threshold_b) for s in plan}) == 10
     assert {s.page for s in plan} == {"inspect", "tradeoff"}
-    figures = soak_app.ExpectedFigures(eval_limit=50)
+    figures = soak.ExpectedFigures(eval_limit=50)
     inspected = [figures.for_session(s)["Executed MFLOPs"][0] for s in plan if s.page == "inspect"]
     # A tab showing another session's cost would otherwise go unnoticed.
     assert len({round(mflops, 3) for mflops in inspected}) == len(inspected)
@@ -47,4 +44,4 @@ def test_sessions_have_distinct_settings_and_distinguishable_inspect_figures():
     ("1,234", 1234.2, True), ("T-shirt/top", "T-shirt/top", True), ("Trouser", "T-shirt/top", False),
     ("—", 1.0, False)])
 def test_shown_values_compare_as_rounded_on_the_page(shown, expected, matches):
-    assert soak_app.shown_matches(shown, expected) is matches
+    assert soak.shown_matches(shown, expected) is matches

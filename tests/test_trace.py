@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, save_
 from drnet_core.data.datasets import FASHION_CLASSES
 from drnet_core.analysis.trace import read_trace
 
-from helpers import tiny_model
+from helpers import run_cli, tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 ROW_COLUMNS = ["index", "true_class", "true", "predicted_class", "predicted", "confidence", "correct", "mflops",
@@ -85,10 +83,6 @@ def test_path_pattern_packs_the_ran_columns_and_the_same_path_costs_the_same(tmp
     # path_id ranks paths by frequency: 0 is the most common.
     assert table["path_id"].value_counts().idxmax() == 0
 
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "drnet_core", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
 
 
 @pytest.mark.parametrize("output, message", [("trace.txt", "must end in .parquet or .csv"),

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from drnet_app import navigation  # noqa: E402
 from drnet_app.navigation import View  # noqa: E402
-from test_app import APP, TIMEOUT, assert_clean  # noqa: E402
+from apptest import APP, TIMEOUT, assert_clean  # noqa: E402
 
 TOY_VIEW = '''
 import streamlit as st

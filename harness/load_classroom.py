@@ -1,16 +1,16 @@
 """A classroom against one server: N sessions moving the sliders of "Temperature & threshold" at once.
 
-    PYTHONPATH=. .venv/bin/python scripts/load_classroom.py [--sessions 1,10,30] [--browsers 2] [--minutes 3]
+    python -m harness.load_classroom [--sessions 1,10,30] [--browsers 2] [--minutes 3]
                                                             [--eval-limit N] [--json out.json]
 
-For each class size a fresh `streamlit run` on a free loopback port (tests/chromium.py::serve_app), with
+For each class size a fresh `streamlit run` on a free loopback port (harness/chromium.py::serve_app), with
 an empty result cache of its own, so no class reuses another's results or an earlier run's; the
 sessions open /tradeoff at the app's default setting, then for --minutes each one, after a think time of
 --pace seconds (+-50 %, seeded), steps a sidebar slider and waits for the page's run to end: the
 threshold by +-0.01, and every --tau-every-th step tau by +-0.05 (a random walk from the default, so
 students' settings meet and part as they would in a lesson). The first --browsers sessions are real
-headless Chromium tabs, stepped with the keyboard and timed in the page (scripts/bench_browser.py); the
-others speak Streamlit's websocket protocol (scripts/streamlit_client.py), which costs the server what a
+headless Chromium tabs, stepped with the keyboard and timed in the page (harness/bench_browser.py); the
+others speak Streamlit's websocket protocol (harness/streamlit_client.py), which costs the server what a
 browser costs it, without a browser's CPU on this machine.
 
 Per step: "numbers" (the first metric of the new run arrived: the moment changed numbers show) and
@@ -25,21 +25,19 @@ import argparse
 import asyncio
 import json
 import random
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_browser as bench  # noqa: E402
-from bench_browser import chromium  # noqa: E402
-from soak_app import resident_mb  # noqa: E402
-from streamlit_client import ProtocolSession  # noqa: E402
+from harness import bench_browser as bench
+from harness import chromium
+from harness.soak import resident_mb
+from harness.streamlit_client import ProtocolSession
 
-from drnet_app import result_cache  # noqa: E402
-from drnet_core.defaults import TAU_MAX, TAU_MIN  # noqa: E402
+from drnet_app import result_cache
+from drnet_core.defaults import TAU_MAX, TAU_MIN
 
 DEFAULT_TAU, DEFAULT_THRESHOLD = 0.25, 0.3  # the shipped checkpoint's default, where every session starts
 TAU_SLIDER, THRESHOLD_SLIDER = "Gumbel temperature tau", "Selection threshold"

@@ -1,10 +1,10 @@
 """Soak the explorer in a real browser: many sessions with their own settings, for minutes, checking each
 one keeps showing its own numbers while the server stays healthy and its memory levels off.
 
-    PYTHONPATH=. .venv/bin/python scripts/soak_app.py [--sessions 10] [--minutes 3] [--eval-limit 500]
+    python -m harness.soak [--sessions 10] [--minutes 3] [--eval-limit 500]
                                                       [--json out.json]
 
-Starts the app (`tests/chromium.py::serve_app`, with DRNET_EVAL_LIMIT set to --eval-limit) and one
+Starts the app (`harness/chromium.py::serve_app`, with DRNET_EVAL_LIMIT set to --eval-limit) and one
 headless Chromium holding one tab per session; every tab is its own Streamlit session, opened with its
 own setting in the URL: even sessions on the Inspect page (`/inspect?tau=…&threshold=…`), odd ones on
 Temperature & threshold (`/tradeoff?tau=…&threshold=…&tau_b=…&threshold_b=…`), session k at threshold
@@ -44,11 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for entry in (str(ROOT), str(ROOT / "tests")):
-    if entry not in sys.path:
-        sys.path.insert(0, entry)
 
-from chromium import chromium, serve_app, wait_until_stable  # noqa: E402
+from harness.chromium import chromium, serve_app, wait_until_stable
 
 INSPECT_TAU = 2.0  # at this tau the first gallery image's executed MFLOPs differ at thresholds 0.05, 0.15, …, 0.45
 TRADEOFF_TAU, TRADEOFF_TAU_B = 2.0, 1.0
@@ -421,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sessions < 1 or args.minutes <= 0:
         parser.error("--sessions must be at least 1 and --minutes positive")
 
-    report = {"command": " ".join(["scripts/soak_app.py", *(sys.argv[1:] if argv is None else argv)]),
+    report = {"command": " ".join(["python -m harness.soak", *(sys.argv[1:] if argv is None else argv)]),
               **soak(args.sessions, args.minutes, args.eval_limit, args.pace, args.sample_every, args.rss_tolerance)}
     text = json.dumps(report, indent=2)
     print(text)

@@ -12,36 +12,23 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
+
+from deploy.replicas import stop, wait_healthy
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 AVAILABLE = Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()
 MISSING_REASON = "chromium / chromedriver not installed (apt-get install chromium chromium-driver)"
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app" / "streamlit_app.py"
+# A cold `streamlit run` takes about 15 s on an idle 2-core machine; raise it on a machine busy with other work.
+LAUNCH_TIMEOUT_S = int(os.environ.get("DRNET_TEST_LAUNCH_TIMEOUT", "240"))
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"streamlit exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
-                if response.read().strip() == b"ok":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError("streamlit did not become healthy")
 
 
 @contextlib.contextmanager
@@ -58,18 +45,13 @@ def serve_app(env: dict[str, str] | None = None, log=None):
         [sys.executable, "-m", "streamlit", "run", str(APP),
          "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
          "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+        cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, process)
+        wait_healthy(url, [process], timeout=LAUNCH_TIMEOUT_S)
         yield url, process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         if own_log:
             log.close()
 
@@ -121,3 +103,34 @@ def wait_until_stable(driver, is_ready, settle: float, timeout: float, poll: flo
         previous = text
         time.sleep(poll)
     raise TimeoutError("the app did not finish running")
+
+
+def settled(driver, showing: str | tuple[str, ...] = (), timeout: float = 600) -> str:
+    """Page text once Streamlit's script has finished and the view (every view has a title) is stable,
+    with no exception on the page.
+
+    `showing`: text the rerun an action triggered will put on the page. On a busy machine that rerun can
+    start after the old page already looked settled, so stability alone is not enough.
+    """
+    from selenium.webdriver.common.by import By
+
+    needles = (showing,) if isinstance(showing, str) else tuple(showing)
+
+    def ready(driver, text: str) -> bool:
+        failed = "Something went wrong" in text or driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+        return bool(failed) or (bool(driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] h1'))
+                                and "Please wait" not in text and all(needle in text for needle in needles))
+
+    text = wait_until_stable(driver, ready, settle=1.5, timeout=timeout)
+    assert not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'), text[:2000]
+    assert "Something went wrong" not in text and "Traceback" not in text, text[:2000]
+    return text
+
+
+def metric_values(driver, label: str) -> list[str]:
+    """The values of every metric on the page with this label."""
+    from selenium.webdriver.common.by import By
+
+    return [metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricValue"]').text
+            for metric in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]')
+            if metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricLabel"]').text.strip() == label]

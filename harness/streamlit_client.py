@@ -10,7 +10,7 @@ It connects to /_stcore/stream (subprotocol "streamlit"), sends BackMsg.rerun_sc
 query string and the widget values it has set, and reads ForwardMsgs: the elements of each run (sliders
 by label, with their widget ids; metrics by label) and the end of the run (script_finished). It draws
 nothing and runs no JavaScript, so many sessions fit where a browser each would not; what the server
-does for it is what it does for a browser. Used by scripts/load_classroom.py.
+does for it is what it does for a browser. Used by harness/load_classroom.py.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Serve the app as several Streamlit processes behind nginx, each browser kept on one replica.
 
-    python scripts/serve_replicas.py --replicas 2 --port 8501     # or: make replicas N=2 PORT=8501
+    python -m deploy.replicas --replicas 2 --port 8501     # or: make replicas N=2 PORT=8501
 
 Starts N `streamlit run` replicas on loopback ports (--first-replica-port, then the next ones), renders
 deploy/nginx.conf.template into a run folder and starts nginx on --address:--port in front of them.
@@ -28,11 +28,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from drnet_app import result_cache, upload_store  # noqa: E402
-from drnet_core.cli.commands import streamlit_command  # noqa: E402
+from drnet_app import result_cache, upload_store
+from drnet_core.cli.commands import streamlit_command
 
 TEMPLATE = ROOT / "deploy" / "nginx.conf.template"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -84,7 +82,6 @@ def shared_environment(env: dict[str, str] | None) -> dict[str, str]:
     merged.setdefault(upload_store.DIR_ENV, str(UPLOAD_DIR_DEFAULT))
     merged.setdefault(result_cache.DIR_ENV, str(result_cache.DEFAULT_DIR))
     merged.setdefault("STREAMLIT_SERVER_COOKIE_SECRET", secrets.token_hex(32))
-    merged["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), merged.get("PYTHONPATH")]))
     return merged
 
 

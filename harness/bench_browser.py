@@ -1,6 +1,6 @@
 """Benchmark what a person waits for in the explorer: a real headless Chromium against a real `streamlit run`.
 
-    PYTHONPATH=. .venv/bin/python scripts/bench_browser.py [--repeats 5] [--eval-limit N] [--json out.json]
+    python -m harness.bench_browser [--repeats 5] [--eval-limit N] [--json out.json]
 
 `scripts/bench_app.py` times the computations alone; this script times the whole round trip, browser
 included. It starts the app on a free localhost port (the app's own evaluation size unless --eval-limit
@@ -38,11 +38,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # tests/chromium.py: the browser and server helpers
-sys.path.insert(0, str(ROOT))
 
-import chromium  # noqa: E402
-from drnet_app.navigation import VIEWS  # noqa: E402
+from harness import chromium
+from drnet_app.navigation import VIEWS
 
 # The default view is served at the root whatever its url_path says.
 PAGES = tuple(("/" if index == 0 else f"/{view.url_path}", view.title) for index, view in enumerate(VIEWS))
