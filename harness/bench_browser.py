@@ -29,44 +29,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from harness import chromium
-from drnet_app.navigation import VIEWS
+from harness.bench_report import PAGES, print_table, spread, summarise_steps, verdicts
+from harness.page_log import (SETTLE_S, MeasureTimeout, assert_page_shows, finish_time, first_change, install_observer,
+                              is_busy, nav_link, slider_input, slider_value, start_log, wait_finished)
 
-# The default view is served at the root whatever its url_path says.
-PAGES = tuple(("/" if index == 0 else f"/{view.url_path}", view.title) for index, view in enumerate(VIEWS))
 INSPECT = next(page for page in PAGES if page[0] == "/inspect")
 TRADEOFF = next(page for page in PAGES if page[0] == "/tradeoff")
 
 HELD_PRESSES, HELD_GAP_S = 8, 0.05
 EVAL_LIMIT_ENV = "DRNET_EVAL_LIMIT"  # read by app/state.py
-# Quiet time after the script's last run before a measure counts as over: a rerun the app asks for
-# itself (a fragment, st.rerun) would start within it.
-SETTLE_S = 0.75
-POLL_S = 0.1
-
-# Which measures each target covers, and the limit for their "numbers updated" medians (warm visits:
-# their finish time, the page's numbers being up once its script has finished).
-TARGETS = (
-    {"name": "slider step on /tradeoff, numbers updated", "limit_s": 1.0, "strict": False,
-     "measures": ("tradeoff_b_threshold", "tradeoff_b_tau", "tradeoff_a_threshold", "tradeoff_a_tau")},
-    {"name": "slider step on Inspect, numbers updated", "limit_s": 0.5, "strict": False,
-     "measures": ("inspect_threshold", "inspect_tau")},
-    {"name": "tau step on /tradeoff, page finished with every chart", "limit_s": 3.0, "strict": False,
-     "measures": ("tradeoff_a_tau",), "figure": "finished_s"},
-    {"name": "warm page visit", "limit_s": 2.0, "strict": True,
-     "measures": tuple(f"warm_visit {path}" for path, _ in PAGES)},
-)
-
 # Watched values: a metric's value by its label; `after` names the bold heading ("Setting B · tau …") the
 # metric row follows, `nth` which of the equally labelled metrics to take when that heading cannot be
 # found. `containing`: the first caption or metric delta holding that text, "" when there is none (the
@@ -106,185 +84,6 @@ DEFINITIONS = {
     "held_key": "final numbers: from the last keydown, the last change into the values and setting B heading "
                 "that a fresh load of the final link shows; stale: the values at finish or at the end differ from those",
 }
-
-# Installed once per loaded document. Every change of what matters is logged with performance.now():
-# the script state, busy elements, the title, the watched values, and the key presses and clicks.
-OBSERVER_JS = r"""
-if (!window.__bench) {
-  const bench = window.__bench = {events: [], watch: null, lastKey: null, stateChanges: 0};
-  const text = (element) => element ? element.textContent.trim() : null;
-  const heading = (prefix) => Array.from(document.querySelectorAll('[data-testid="stMain"] [data-testid="stMarkdown"]'))
-    .find((element) => text(element).startsWith(prefix)) || null;
-  const metric = (spec) => {
-    const labelled = Array.from(document.querySelectorAll('[data-testid="stMetric"]'))
-      .filter((m) => text(m.querySelector('[data-testid="stMetricLabel"]')) === spec.label);
-    const anchor = spec.after ? heading(spec.after) : null;
-    const chosen = anchor
-      ? labelled.find((m) => anchor.compareDocumentPosition(m) & Node.DOCUMENT_POSITION_FOLLOWING)
-      : labelled[spec.nth || 0];
-    if (!chosen) return null;
-    return text(chosen.querySelector('[data-testid="stMetricValue"]'));
-  };
-  const containing = (fragment) => {
-    const found = Array.from(document.querySelectorAll('[data-testid="stMain"] [data-testid="stCaptionContainer"], '
-                                                      + '[data-testid="stMain"] [data-testid="stMetricDelta"]'))
-      .find((element) => text(element).includes(fragment));
-    return found ? text(found) : '';
-  };
-  const watched = (spec) => spec.containing ? containing(spec.containing) : metric(spec);
-  bench.snapshot = () => {
-    const app = document.querySelector('[data-testid="stApp"]');
-    const watch = bench.watch;
-    return {
-      state: app ? app.getAttribute('data-test-script-state') : null,
-      connection: app ? app.getAttribute('data-test-connection-state') : null,
-      spinning: !!document.querySelector('[data-testid="stSpinner"], [data-testid="stSkeleton"]'),
-      exception: !!document.querySelector('[data-testid="stException"]'),
-      h1: text(document.querySelector('[data-testid="stMain"] h1')),
-      charts: document.querySelectorAll('[data-testid="stMain"] [data-testid="stPlotlyChart"]').length,
-      values: watch ? watch.values.map(watched) : null,
-      heading: watch && watch.heading ? text(heading(watch.heading)) : null,
-      stateChanges: bench.stateChanges,
-    };
-  };
-  bench.record = (extra) => {
-    const snapshot = bench.snapshot();
-    const key = JSON.stringify(snapshot);
-    if (extra || key !== bench.lastKey) {
-      bench.events.push(Object.assign({t: performance.now()}, snapshot, extra || {}));
-      bench.lastKey = key;
-    }
-  };
-  new MutationObserver((records) => {
-    // Count every script-state change, so that a run too short to be seen in a snapshot still counts.
-    bench.stateChanges += records.filter((r) => r.type === 'attributes').length;
-    bench.record();
-  }).observe(document.documentElement, {subtree: true, childList: true, characterData: true, attributes: true,
-                                         attributeFilter: ['data-test-script-state']});
-  document.addEventListener('keydown', (e) => bench.record({input: 'key', key: e.key}), true);
-  document.addEventListener('click', () => bench.record({input: 'click'}), true);
-}
-"""
-
-
-class MeasureTimeout(Exception):
-    """A measure did not finish within its timeout; the message says what was awaited."""
-
-
-# ---- the in-page log -------------------------------------------------------------------------------
-
-def install_observer(driver) -> None:
-    driver.execute_script(OBSERVER_JS)
-
-
-def start_log(driver, watch: dict | None) -> dict:
-    """Watch these values from now on; empty the log and return the current snapshot."""
-    install_observer(driver)
-    return driver.execute_script(
-        "const b = window.__bench; b.watch = arguments[0]; b.events = []; b.lastKey = null; b.record();"
-        "return b.events[0];", watch)
-
-
-def read_log(driver, start: int) -> tuple[list[dict], float]:
-    """Events logged since index `start`, and the page's clock now."""
-    return driver.execute_script("return [window.__bench.events.slice(arguments[0]), performance.now()];", start)
-
-
-def is_busy(event: dict) -> bool:
-    return event["state"] != "notRunning" or event["spinning"]
-
-
-def wait_finished(driver, what: str, timeout: float, title: str | None = None, inputs: int = 1) -> list[dict]:
-    """The log once the page has run a script after the action and has been idle for SETTLE_S.
-
-    inputs: the key presses or clicks the action makes (all must have reached the page). title: the h1
-    the finished page must show.
-    """
-    events: list[dict] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(POLL_S)
-        new, now = read_log(driver, len(events))
-        events += new
-        pressed = [event for event in events if "input" in event]
-        if len(pressed) < inputs:
-            continue
-        ran = True  # a page load: its first run may be over before the observer arrived
-        if inputs:
-            after = [event for event in events if event["t"] >= pressed[-1]["t"]]
-            ran = after[-1]["stateChanges"] > pressed[-1]["stateChanges"] or any(map(is_busy, after))
-        last = events[-1]
-        if (ran and not is_busy(last) and now - last["t"] >= SETTLE_S * 1000
-                and (title is None or title in (last["h1"] or ""))):
-            return events
-    raise MeasureTimeout(f"{what}: no finished run within {timeout:g} s "
-                         f"(last state {events[-1]['state'] if events else 'unknown'!r})")
-
-
-def finish_time(events: list[dict]) -> float:
-    """Page time (ms) at which the last busy period ended."""
-    last_busy = max(index for index, event in enumerate(events) if is_busy(event) or "input" in event)
-    return events[min(last_busy + 1, len(events) - 1)]["t"]
-
-
-def first_change(events: list[dict], since: float, before: list) -> float | None:
-    """Page time (ms) at which every watched value was present and one differed from `before`."""
-    for event in events:
-        values = event["values"]
-        if event["t"] >= since and values and None not in values and values != before:
-            return event["t"]
-    return None
-
-
-# ---- finding things on the page -------------------------------------------------------------------
-
-def slider_input(driver, label: str, in_sidebar: bool, page: str):
-    """The keyboard-focusable element of the slider labelled `label`, or a LookupError naming it."""
-    from selenium.webdriver.common.by import By
-
-    scope = '[data-testid="stSidebar"] ' if in_sidebar else '[data-testid="stMain"] '
-    quoted = json.dumps(label)
-    for selector in (f'input[type="range"][aria-label={quoted}]', f'[role="slider"][aria-label={quoted}]'):
-        found = driver.find_elements(By.CSS_SELECTOR, scope + selector)
-        if found:
-            return found[0]
-    # Fall back to the widget whose visible label is `label`.
-    for slider in driver.find_elements(By.CSS_SELECTOR, scope + '[data-testid="stSlider"]'):
-        labels = slider.find_elements(By.CSS_SELECTOR, '[data-testid="stWidgetLabel"]')
-        if labels and labels[0].text.strip() == label:
-            thumbs = slider.find_elements(By.CSS_SELECTOR, 'input[type="range"], [role="slider"]')
-            if thumbs:
-                return thumbs[0]
-    where = "sidebar" if in_sidebar else "main area"
-    raise LookupError(f"no slider labelled {label!r} in the {where} of {page}")
-
-
-def slider_value(element) -> str:
-    return element.get_attribute("aria-valuetext") or element.get_attribute("value") or ""
-
-
-def nav_link(driver, path: str, title: str):
-    """The sidebar link to a page, found by its title (its visible text), else by its address."""
-    from selenium.webdriver.common.by import By
-
-    links = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNavLink"]')
-    for link in links:
-        if link.text.strip().splitlines()[-1:] == [title]:
-            return link
-    for link in links + driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebar"] a'):
-        href = (link.get_attribute("href") or "").split("?")[0].rstrip("/")
-        if href.endswith(path.rstrip("/")) and (path != "/" or href.count("/") == 2):
-            return link
-    raise LookupError(f"no sidebar navigation link to {title!r} ({path})")
-
-
-def assert_page_shows(driver, events: list[dict], title: str, page: str) -> None:
-    last = events[-1]
-    if last["exception"]:
-        raise RuntimeError(f"{page} shows a Python exception")
-    if title not in (last["h1"] or ""):
-        raise LookupError(f"{page}: the title {title!r} is not on the page (its h1 reads {last['h1']!r})")
-
 
 # ---- the measures ---------------------------------------------------------------------------------
 
@@ -400,12 +199,6 @@ def held_key(driver, timeout: float) -> dict:
 
 # ---- running and reporting -----------------------------------------------------------------------
 
-def spread(samples: list[float]) -> dict | None:
-    if not samples:
-        return None
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "n": len(samples)}
-
-
 def attempt(record: dict, measure, *args) -> bool:
     """Run one sample of a measure into record["samples"]; a timeout is recorded in record["failures"]."""
     started = time.monotonic()
@@ -437,36 +230,6 @@ def go_to(driver, page: tuple[str, str], timeout: float) -> None:
         start_log(driver, None)
         nav_link(driver, path, title).click()
         wait_finished(driver, f"going to {path}", timeout, title=title)
-
-
-def summarise_steps(record: dict) -> dict:
-    samples = record["samples"]
-    # "Numbers updated" of an unchanged step is its finish time: nothing newer ever showed.
-    effective = [s["finished_s"] if s["unchanged"] else s["numbers_s"] for s in samples]
-    return {**record, "numbers_updated_s": spread(effective), "finished_s": spread([s["finished_s"] for s in samples]),
-            "unchanged": sum(s["unchanged"] for s in samples),
-            "no_chart_disappeared": all(s["fewest_charts"] >= s["charts_before"] for s in samples),
-            "every_chart_at_finish": all(s["charts_after"] >= s["charts_before"] for s in samples)}
-
-
-def verdicts(measures: dict) -> list[dict]:
-    results = []
-    for target in TARGETS:
-        figures = {}
-        for name in target["measures"]:
-            record = measures.get(name)
-            summary = record and (record.get(target["figure"]) if "figure" in target else
-                                  record.get("numbers_updated_s") or record.get("finished_s"))
-            if summary:
-                figures[name] = summary["median"]
-        if not figures:
-            continue
-        worst = max(figures.values())
-        met = worst < target["limit_s"] if target["strict"] else worst <= target["limit_s"]
-        results.append({"target": target["name"], "limit_s": target["limit_s"],
-                        "comparison": "<" if target["strict"] else "<=", "medians_s": figures,
-                        "worst_median_s": worst, "verdict": "met" if met else "missed"})
-    return results
 
 
 def machine_facts() -> dict:
@@ -560,64 +323,6 @@ def held_keys(driver, repeats: int, timeout: float) -> dict:
 
 def browser():
     return chromium.chromium("1500,1150", page_load_timeout=300, profile_prefix="drnet-bench-")
-
-
-def seconds(summary: dict | None) -> str:
-    if not summary:
-        return "      -"
-    return f"{summary['median']:7.3f} ({summary['min']:.3f}-{summary['max']:.3f})"
-
-
-def print_table(report: dict) -> None:
-    machine, app = report["machine"], report["app"]
-    print(f"{machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads, Streamlit "
-          f"{machine['streamlit_version']}; evaluating on {app.get('evaluating_on')}; {report['repeats']} repeats")
-    print("\ncold first load (once)")
-    for path, value in report.get("cold_first_load_s", {}).items():
-        print(f"  {path:<28} {value:7.3f} s")
-    print("\nmedian seconds (min-max)        numbers updated            finished")
-    for name, record in report["measures"].items():
-        if name == "held_key":
-            continue
-        numbers = record.get("numbers_updated_s") or record.get("title_s")
-        extra = f"  [{record['unchanged']} unchanged]" if record.get("unchanged") else ""
-        extra += f"  [{len(record['failures'])} timed out]" if record["failures"] else ""
-        if "no_chart_disappeared" in record:
-            extra += "" if record["no_chart_disappeared"] else "  [a chart disappeared]"
-            extra += "" if record["every_chart_at_finish"] else "  [a chart missing at finish]"
-        print(f"  {name:<28} {seconds(numbers)}  {seconds(record['finished_s'])}{extra}")
-    held = report["measures"].get("held_key")
-    if held:
-        print(f"\nheld key, {held['presses']} presses {held['gap_s'] * 1000:.0f} ms apart on {held['slider']!r}:")
-        print(f"  finished after the last key   {seconds(held['finished_after_last_key_s'])}")
-        print(f"  final numbers after last key  {seconds(held['final_numbers_after_last_key_s'])}")
-        print(f"  stale numbers at the end: {held['stale_at_end']} of {len(held['samples'])}")
-    print("\n(warm visits: 'numbers updated' column is the title showing)")
-    for verdict in report["targets"]:
-        print(f"target {verdict['target']} {verdict['comparison']} {verdict['limit_s']:g} s: {verdict['verdict']} "
-              f"(worst median {verdict['worst_median_s']:.3f} s)")
-
-
-def check_report(report: dict) -> list[str]:
-    """Problems with a report's figures: a time that is missing, not finite or not positive; empty when sound."""
-    problems = []
-
-    def walk(value, where: str, times: bool = False) -> None:
-        # Every number under a key ending in "_s" is a time (cold_first_load_s: one per page).
-        key = where.rsplit(".", 1)[-1]
-        times = times or key.endswith("_s")
-        if isinstance(value, dict):
-            for name, item in value.items():
-                walk(item, f"{where}.{name}", times and name != "n")
-        elif isinstance(value, list):
-            for index, item in enumerate(value):
-                walk(item, f"{where}[{index}]", times)
-        elif value is not None and times:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                problems.append(f"{where} = {value!r}")
-
-    walk({"cold_first_load_s": report.get("cold_first_load_s"), "measures": report.get("measures")}, "report")
-    return problems
 
 
 def main(argv: list[str] | None = None) -> dict:

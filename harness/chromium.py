@@ -105,7 +105,7 @@ def wait_until_stable(driver, is_ready, settle: float, timeout: float, poll: flo
     raise TimeoutError("the app did not finish running")
 
 
-def settled(driver, showing: str | tuple[str, ...] = (), timeout: float = 600) -> str:
+def settled(driver, showing: str | tuple[str, ...] | None = (), timeout: float = 600) -> str:
     """Page text once Streamlit's script has finished and the view (every view has a title) is stable,
     with no exception on the page.
 
@@ -114,7 +114,7 @@ def settled(driver, showing: str | tuple[str, ...] = (), timeout: float = 600) -
     """
     from selenium.webdriver.common.by import By
 
-    needles = (showing,) if isinstance(showing, str) else tuple(showing)
+    needles = (showing,) if isinstance(showing, str) else tuple(showing or ())
 
     def ready(driver, text: str) -> bool:
         failed = "Something went wrong" in text or driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from harness import bench_browser as bench
 from harness import chromium
-from harness.soak import resident_mb
+from harness.server_monitor import resident_mb
 from harness.streamlit_client import ProtocolSession
 
 from drnet_app import result_cache

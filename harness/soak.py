@@ -37,15 +37,13 @@ import json
 import re
 import statistics
 import sys
-import threading
 import time
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
+from typing import Callable
 
 from harness.chromium import chromium, serve_app, wait_until_stable
+from harness.server_monitor import ServerMonitor, levels_off
 
 INSPECT_TAU = 2.0  # at this tau the first gallery image's executed MFLOPs differ at thresholds 0.05, 0.15, …, 0.45
 TRADEOFF_TAU, TRADEOFF_TAU_B = 2.0, 1.0
@@ -218,93 +216,72 @@ def compare(session: Session, expected: dict[str, list], shown: dict[str, list[s
     return mismatches
 
 
-# ---- the server side ------------------------------------------------------------------------------
-
-def process_tree(pid: int) -> list[int]:
-    """A process and all its descendants (Linux /proc)."""
-    tree, pending = [], [pid]
-    while pending:
-        current = pending.pop()
-        tree.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            try:
-                pending += [int(child) for child in (task / "children").read_text().split()]
-            except OSError:  # the task or process ended meanwhile
-                continue
-    return tree
-
-
-def resident_mb(pid: int) -> float:
-    """VmRSS of a process and its descendants, in MB."""
-    total_kb = 0
-    for member in process_tree(pid):
-        try:
-            status = Path(f"/proc/{member}/status").read_text()
-        except OSError:
-            continue
-        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        total_kb += int(match.group(1)) if match else 0
-    return total_kb / 1024
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/_stcore/health", timeout=15) as response:
-            return response.read().strip() == b"ok"
-    except OSError:
-        return False
-
-
-class ServerMonitor:
-    """Polls health and samples the server's RSS every `every` seconds, in a background thread."""
-
-    def __init__(self, url: str, pid: int, every: float):
-        self.url, self.pid, self.every = url, pid, every
-        self.phase = "warm-up"
-        self.samples: list[dict] = []
-        self.health_failures: list[dict] = []
-        self._started = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="server-monitor", daemon=True)
-
-    def __enter__(self) -> ServerMonitor:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            t = round(time.monotonic() - self._started, 1)
-            if not healthy(self.url):
-                self.health_failures.append({"t_s": t, "phase": self.phase})
-            self.samples.append({"t_s": t, "phase": self.phase, "rss_mb": round(resident_mb(self.pid), 1)})
-            self._stop.wait(self.every)
-
-
-def levels_off(samples: list[dict], tolerance: float) -> dict:
-    """The levels-off verdict over the soak-phase samples (see the module docstring for the rule)."""
-    soak = [s for s in samples if s["phase"] == "soak"]
-    if len(soak) < 6:
-        return {"levels_off": False, "reason": f"only {len(soak)} soak samples; 6 needed"}
-    start, end = soak[0]["t_s"], soak[-1]["t_s"]
-    cut = start + (end - start) * 2 / 3
-    early = [s["rss_mb"] for s in soak if s["t_s"] < cut]
-    late = [s["rss_mb"] for s in soak if s["t_s"] >= cut]
-    if len(early) < 3 or len(late) < 3:
-        return {"levels_off": False, "reason": f"{len(early)} / {len(late)} samples in the two parts; 3 each needed"}
-    growth = (max(late) - max(early)) / max(early)
-    return {"levels_off": growth <= tolerance, "rule": f"peak RSS of the last third <= (1 + {tolerance:g}) x "
-                                                      "peak of the first two thirds (soak phase)",
-            "peak_first_two_thirds_mb": max(early), "peak_last_third_mb": max(late),
-            "last_third_range_mb": [min(late), max(late)],
-            "peak_warm_up_and_soak_mb": max(s["rss_mb"] for s in samples),
-            "growth": round(growth, 4), "tolerance": tolerance}
-
-
 # ---- the soak ---------------------------------------------------------------------------------------
+
+@dataclass
+class SoakRun:
+    """One soak's plan, expected figures and everything it recorded, page by page."""
+
+    plan: list[Session]
+    expected: dict[int, dict[str, list]]
+    log: Callable[[str], None]
+    loads: dict[int, int] = field(default_factory=dict)
+    mismatches: list[dict] = field(default_factory=list)
+    page_errors: list[dict] = field(default_factory=list)
+    check_seconds: list[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.loads = {session.index: 0 for session in self.plan}
+
+    def record(self, session: Session, phase: str, shown: dict[str, list[str]], error: str | None) -> None:
+        if error:
+            self.page_errors.append({"session": session.index, "page": session.page, "phase": phase, "error": error})
+            self.log(f"session {session.index} ({session.page}): {error}")
+            return
+        found = compare(session, self.expected[session.index], shown)
+        for mismatch in found:
+            self.log(f"mismatch: {mismatch}")
+        self.mismatches.extend({**mismatch, "phase": phase} for mismatch in found)
+
+    def check(self, driver, url: str, handle: str, session: Session, phase: str, reload: bool) -> None:
+        started = time.monotonic()
+        driver.switch_to.window(handle)
+        error = open_url(driver, session.url(url)) if reload else None
+        self.loads[session.index] += reload
+        shown, error = ({}, error) if error else read_when_finished(driver, list(self.expected[session.index]),
+                                                                    LOAD_TIMEOUT_S)
+        if phase == "soak":
+            self.check_seconds.append(time.monotonic() - started)
+        self.record(session, phase, shown, error)
+
+    def warm_up(self, driver, url: str) -> list[str]:
+        """Every tab opened at once, so the server computes while the browser draws; then each tab is
+        checked once its run has finished. Returns the tabs' window handles, in plan order."""
+        handles, not_opened = [], set()
+        for session in self.plan:
+            if handles:
+                driver.switch_to.new_window("tab")
+            handles.append(driver.current_window_handle)
+            error = open_url(driver, session.url(url))
+            self.loads[session.index] += 1
+            if error:
+                not_opened.add(session.index)
+                self.record(session, "warm-up", {}, error)
+        for handle, session in zip(handles, self.plan):
+            if session.index not in not_opened:
+                self.check(driver, url, handle, session, "warm-up", reload=False)
+        return handles
+
+    def cycle(self, driver, url: str, handles: list[str], server, minutes: float, pace: float) -> None:
+        """Reload and check the sessions in turn, one at least every `pace` seconds, for `minutes`."""
+        started, turn = time.monotonic(), 0
+        while time.monotonic() - started < minutes * 60 and server.poll() is None:
+            turn_started = time.monotonic()
+            self.check(driver, url, handles[turn % len(self.plan)], self.plan[turn % len(self.plan)], "soak",
+                       reload=True)
+            turn += 1
+            time.sleep(max(0.0, pace - (time.monotonic() - turn_started)))
+
 
 def soak(sessions: int = 10, minutes: float = 3.0, eval_limit: int = 500, pace: float = 3.0,
          sample_every: float = 5.0, rss_tolerance: float = 0.10, log=None) -> dict:
@@ -312,73 +289,33 @@ def soak(sessions: int = 10, minutes: float = 3.0, eval_limit: int = 500, pace: 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     plan = plan_sessions(sessions)
     figures = ExpectedFigures(eval_limit)
-    expected = {session.index: figures.for_session(session) for session in plan}
+    run = SoakRun(plan, {session.index: figures.for_session(session) for session in plan}, log)
     log(f"expected figures computed for {len(plan)} sessions on {figures.dataset_name}")
-
-    loads = {session.index: 0 for session in plan}
-    mismatches, page_errors, check_seconds = [], [], []
-
-    def record(session: Session, phase: str, shown: dict[str, list[str]], error: str | None) -> None:
-        if error:
-            page_errors.append({"session": session.index, "page": session.page, "phase": phase, "error": error})
-            log(f"session {session.index} ({session.page}): {error}")
-            return
-        found = compare(session, expected[session.index], shown)
-        for mismatch in found:
-            log(f"mismatch: {mismatch}")
-        mismatches.extend({**mismatch, "phase": phase} for mismatch in found)
-
-    def check(driver, handle: str, session: Session, phase: str, reload: bool) -> None:
-        started = time.monotonic()
-        driver.switch_to.window(handle)
-        error = open_url(driver, session.url(url)) if reload else None
-        loads[session.index] += reload
-        shown, error = ({}, error) if error else read_when_finished(driver, list(expected[session.index]),
-                                                                    LOAD_TIMEOUT_S)
-        if phase == "soak":
-            check_seconds.append(time.monotonic() - started)
-        record(session, phase, shown, error)
-
     with serve_app({"DRNET_EVAL_LIMIT": str(eval_limit)}) as (url, server):
         log(f"server at {url}, pid {server.pid}")
         with chromium("1400,1000", page_load_timeout=LOAD_TIMEOUT_S, profile_prefix="drnet-soak-") as driver:
             with ServerMonitor(url, server.pid, sample_every) as monitor:
-                warm_up_started = time.monotonic()
-                # Warm-up: every tab opened at once, so the server computes while the browser draws; then
-                # each tab is checked once its run has finished.
-                handles, not_opened = [], set()
-                for session in plan:
-                    if handles:
-                        driver.switch_to.new_window("tab")
-                    handles.append(driver.current_window_handle)
-                    error = open_url(driver, session.url(url))
-                    loads[session.index] += 1
-                    if error:
-                        not_opened.add(session.index)
-                        record(session, "warm-up", {}, error)
-                for handle, session in zip(handles, plan):
-                    if session.index not in not_opened:
-                        check(driver, handle, session, "warm-up", reload=False)
-                warm_up_s = time.monotonic() - warm_up_started
+                started = time.monotonic()
+                handles = run.warm_up(driver, url)
+                warm_up_s = time.monotonic() - started
                 log(f"warm-up: {len(plan)} sessions loaded in {warm_up_s:.0f} s")
-
                 monitor.phase = "soak"
-                soak_started = time.monotonic()
-                turn = 0
-                while time.monotonic() - soak_started < minutes * 60 and server.poll() is None:
-                    turn_started = time.monotonic()
-                    session = plan[turn % len(plan)]
-                    check(driver, handles[turn % len(plan)], session, "soak", reload=True)
-                    turn += 1
-                    time.sleep(max(0.0, pace - (time.monotonic() - turn_started)))
-                soak_s = time.monotonic() - soak_started
+                started = time.monotonic()
+                run.cycle(driver, url, handles, server, minutes, pace)
+                soak_s = time.monotonic() - started
                 server_exit = server.poll()
+    return soak_report(run, figures, monitor, minutes=minutes, warm_up_s=warm_up_s, soak_s=soak_s,
+                       server_exit=server_exit, rss_tolerance=rss_tolerance)
 
+
+def soak_report(run: SoakRun, figures: ExpectedFigures, monitor: ServerMonitor, *, minutes: float,
+                warm_up_s: float, soak_s: float, server_exit: int | None, rss_tolerance: float) -> dict:
+    plan, loads = run.plan, run.loads
     verdict = levels_off(monitor.samples, rss_tolerance)
     report = {
         "sessions": len(plan),
         "pages": {page: sum(s.page == page for s in plan) for page in ("inspect", "tradeoff")},
-        "settings": [{"session": s.index, "page": s.page, "url": s.url(""), "expected": expected[s.index]}
+        "settings": [{"session": s.index, "page": s.page, "url": s.url(""), "expected": run.expected[s.index]}
                      for s in plan],
         "eval_limit": figures.limit,
         "minutes": minutes,
@@ -387,20 +324,20 @@ def soak(sessions: int = 10, minutes: float = 3.0, eval_limit: int = 500, pace: 
         "page_loads": sum(loads.values()),
         "soak_page_loads": sum(loads.values()) - len(plan),
         "page_loads_per_session": loads,
-        "soak_check_seconds": ({"median": round(statistics.median(check_seconds), 2),
-                                "max": round(max(check_seconds), 2)} if check_seconds else None),
-        "mismatches": len(mismatches),
-        "mismatch_details": mismatches,
-        "page_errors": len(page_errors),
-        "page_error_details": page_errors,
+        "soak_check_seconds": ({"median": round(statistics.median(run.check_seconds), 2),
+                                "max": round(max(run.check_seconds), 2)} if run.check_seconds else None),
+        "mismatches": len(run.mismatches),
+        "mismatch_details": run.mismatches,
+        "page_errors": len(run.page_errors),
+        "page_error_details": run.page_errors,
         "health_checks": len(monitor.samples),
         "health_failures": len(monitor.health_failures),
         "server_exit_code": server_exit,
         "rss_samples": monitor.samples,
         "rss": verdict,
     }
-    report["passed"] = (not mismatches and not page_errors and not monitor.health_failures and server_exit is None
-                        and verdict["levels_off"] and report["soak_page_loads"] > 0)
+    report["passed"] = (not run.mismatches and not run.page_errors and not monitor.health_failures
+                        and server_exit is None and verdict["levels_off"] and report["soak_page_loads"] > 0)
     return report
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 
 from harness import bench_browser as bench
+from harness import page_log
+from harness.bench_report import seconds, spread
 from harness import chromium
 
 from drnet_app import result_cache
@@ -37,8 +39,8 @@ def browser(prefix: str):
 
 def start_step(driver, label: str, in_sidebar: bool) -> None:
     """One step of a slider, not waited for."""
-    bench.start_log(driver, None)
-    thumb = bench.slider_input(driver, label, in_sidebar, bench.TRADEOFF[0])
+    page_log.start_log(driver, None)
+    thumb = page_log.slider_input(driver, label, in_sidebar, bench.TRADEOFF[0])
     bench.press(driver, thumb, [bench.step_key(thumb)])
 
 
@@ -55,10 +57,10 @@ def measure(driver_a, driver_b, repeats: int, delay: float | None, timeout: floa
             time.sleep(delay)
         bench.attempt(record, a_step, driver_a, timeout)
         if delay is not None:
-            bench.wait_finished(driver_b, "browser B's tau step", timeout * 4)
+            page_log.wait_finished(driver_b, "browser B's tau step", timeout * 4)
     samples = record["samples"]
-    return {**record, "numbers_s": bench.spread([s["numbers_s"] for s in samples if s["numbers_s"] is not None]),
-            "finished_s": bench.spread([s["finished_s"] for s in samples])}
+    return {**record, "numbers_s": spread([s["numbers_s"] for s in samples if s["numbers_s"] is not None]),
+            "finished_s": spread([s["finished_s"] for s in samples])}
 
 
 def run(repeats: int, eval_limit: int | None, delay: float, sweep_delay: float, timeout: float) -> dict:
@@ -92,8 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = run(args.repeats, args.eval_limit, args.delay, args.sweep_delay, args.timeout)
     for key in ("alone", "during_tau_step", "during_sweep"):
         numbers, finished = report[key]["numbers_s"], report[key]["finished_s"]
-        print(f"A's threshold step, {key.replace('_', ' ')}: numbers {bench.seconds(numbers)} s, "
-              f"finished {bench.seconds(finished)} s, failures {len(report[key]['failures'])}")
+        print(f"A's threshold step, {key.replace('_', ' ')}: numbers {seconds(numbers)} s, "
+              f"finished {seconds(finished)} s, failures {len(report[key]['failures'])}")
     print(f"target (numbers <= {TARGET_S} s while B steps tau): {'met' if report['target_met'] else 'missed'}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

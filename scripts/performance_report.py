@@ -107,6 +107,42 @@ def plot(rows: list[dict], path: Path, title: str, defaults: dict[str, float]) -
     figure.savefig(path)
 
 
+def drnet_curve(checkpoint: str | None, inputs, labels, args, device) -> tuple[list[dict], dict]:
+    """A DRNet's rows over the thresholds at its default tau, each with its random-routing control, and
+    its entry in the report (its default setting and the checks made there)."""
+    model, meta = load_checkpoint(checkpoint, device=device, fold_batch_norms=True)
+    model_name = "DRNet " + (Path(checkpoint).stem if checkpoint else "(shipped)")
+    tau, default_threshold = default_setting(meta)
+    epochs = total_epochs(meta)
+    rows, checks = [], {}
+    for threshold in sorted(set(args.thresholds) | {default_threshold} - {None}):
+        row, run = evaluate_row(model, inputs, labels, name=f"{model_name} threshold {threshold:g}",
+                                kind="drnet", tau=tau, threshold=threshold, epochs=epochs,
+                                single_images=args.single_images, repeats=args.repeats)
+        # The router's paths dealt out at random: the same cost distribution, blind to the input.
+        control = random_control_row(model, inputs, run, model_name=model_name, epochs=epochs)
+        rows += [dict(model=model_name, **row), control]
+        if threshold == default_threshold:
+            checks = {"routing_health": routing_health(model, run), "cost_against_difficulty":
+                      cost_against_difficulty(run), "random_routing_accuracy": control["accuracy"]}
+    where = Path(checkpoint).resolve() if checkpoint else None
+    shown = "shipped" if where is None else str(where.relative_to(ROOT) if where.is_relative_to(ROOT) else where)
+    return rows, {"model": model_name, "checkpoint": shown, "sha256": sha256_of(checkpoint or SHIPPED_CHECKPOINT),
+                  "config": model.config.to_dict(), "default": {"tau": tau, "threshold": default_threshold},
+                  "epochs": epochs, "default_checks": checks}
+
+
+def baseline_row(path: str, inputs, labels, args, device) -> dict:
+    baseline, baseline_meta = load_baseline(path, device=device, fold_batch_norms=True)
+    kind = baseline_kind(baseline.config.kind)
+    name = {"static": "static cells", "plain": "plain CNN"}[kind] + f" ({Path(path).stem})"
+    row, _ = evaluate_row(baseline, inputs, labels, name=name, kind=kind, tau=1.0, threshold=0.0,
+                          epochs=total_epochs(baseline_meta), single_images=args.single_images, repeats=args.repeats)
+    row.update(checkpoint=str(Path(path).relative_to(ROOT) if Path(path).is_absolute() else path),
+               config=baseline.config.to_dict())
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", nargs="*", default=None,
@@ -129,42 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     test = load_test_set(args.data_dir)
     inputs = to_model_input(test.images)
     others = [str(path) for path in BUNDLED_CHECKPOINTS.values() if path != SHIPPED_CHECKPOINT and path.is_file()]
-    checkpoints = args.checkpoint or [None] + others
     rows, drnets, defaults = [], [], {}
-    for checkpoint in checkpoints:
-        model, meta = load_checkpoint(checkpoint, device=device, fold_batch_norms=True)
-        model_name = "DRNet " + (Path(checkpoint).stem if checkpoint else "(shipped)")
-        tau, defaults[model_name] = default_setting(meta)
-        epochs = total_epochs(meta)
-        checks = {}
-        for threshold in sorted(set(args.thresholds) | {defaults[model_name]} - {None}):
-            row, run = evaluate_row(model, inputs, test.labels, name=f"{model_name} threshold {threshold:g}",
-                                    kind="drnet", tau=tau, threshold=threshold, epochs=epochs,
-                                    single_images=args.single_images, repeats=args.repeats)
-            # The router's paths dealt out at random: the same cost distribution, blind to the input.
-            control = random_control_row(model, inputs, run, model_name=model_name, epochs=epochs)
-            rows += [dict(model=model_name, **row), control]
-            if threshold == defaults[model_name]:
-                checks = {"routing_health": routing_health(model, run), "cost_against_difficulty":
-                          cost_against_difficulty(run), "random_routing_accuracy": control["accuracy"]}
-        where = Path(checkpoint).resolve() if checkpoint else None
-        shown = "shipped" if where is None else str(where.relative_to(ROOT) if where.is_relative_to(ROOT) else where)
-        drnets.append({"model": model_name, "checkpoint": shown, "sha256": sha256_of(checkpoint or SHIPPED_CHECKPOINT),
-                       "config": model.config.to_dict(),
-                       "default": {"tau": tau, "threshold": defaults[model_name]}, "epochs": epochs,
-                       "default_checks": checks})
+    for checkpoint in args.checkpoint or [None] + others:
+        drnet_rows, entry = drnet_curve(checkpoint, inputs, test.labels, args, device)
+        rows += drnet_rows
+        drnets.append(entry)
+        defaults[entry["model"]] = entry["default"]["threshold"]
     baseline_paths = args.baselines if args.baselines is not None else sorted(
         str(p) for p in (ROOT / "assets" / "baselines").glob("*.pt"))
-    for path in baseline_paths:
-        baseline, baseline_meta = load_baseline(path, device=device, fold_batch_norms=True)
-        kind = baseline_kind(baseline.config.kind)
-        name = {"static": "static cells", "plain": "plain CNN"}[kind] + f" ({Path(path).stem})"
-        row, _ = evaluate_row(baseline, inputs, test.labels, name=name, kind=kind, tau=1.0, threshold=0.0,
-                              epochs=total_epochs(baseline_meta),
-                              single_images=args.single_images, repeats=args.repeats)
-        row.update(checkpoint=str(Path(path).relative_to(ROOT) if Path(path).is_absolute() else path),
-                   config=baseline.config.to_dict())
-        rows.append(row)
+    rows += [baseline_row(path, inputs, test.labels, args, device) for path in baseline_paths]
     first = drnets[0]
     default_row = next(r for r in rows if r["model"] == first["model"] and r["kind"] == "drnet"
                        and r["threshold"] == first["default"]["threshold"])

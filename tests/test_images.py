@@ -140,15 +140,8 @@ HTML = b"<!DOCTYPE html>\n<html><body><img src='shirt.png'></body></html>\n"
 TEXT = b"This is a note about a shirt, not a picture of one.\n" * 4
 
 
-def build_corpus() -> dict[str, tuple[bytes, str]]:
-    png = encode(garment(), "PNG")
-    jpeg = encode(garment().convert("RGB"), "JPEG", quality=90)
-    webp = encode(garment().convert("RGB"), "WEBP")
-    gif = encode(garment(), "GIF")
-    noise = np.random.default_rng(1).integers(0, 256, (120, 160, 3), dtype=np.uint8)
-    photo_jpeg = encode(Image.fromarray(noise), "JPEG", quality=90)
-    corpus = {
-        # accepted
+def accepted_corpus(png: bytes, jpeg: bytes, webp: bytes, gif: bytes) -> dict[str, tuple[bytes, str]]:
+    return {
         "png_garment_on_white": (png, "shirt.png"),
         "png_light_garment_on_black": (encode(garment(background=0, ink=230), "PNG"), "shirt.png"),
         "jpeg_rgb": (jpeg, "shirt.jpg"),
@@ -174,7 +167,13 @@ def build_corpus() -> dict[str, tuple[bytes, str]]:
         "png_named_jpg": (png, "actually_png.jpg"),
         "jpeg_named_txt": (jpeg, "notes.txt"),
         "jpeg_photo_3000x2000": (encode(Image.new("RGB", (3000, 2000), (200, 180, 160)), "JPEG"), "photo.jpg"),
-        # refused
+    }
+
+
+def refused_corpus(png: bytes, jpeg: bytes, webp: bytes, gif: bytes) -> dict[str, tuple[bytes, str]]:
+    noise = np.random.default_rng(1).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    photo_jpeg = encode(Image.fromarray(noise), "JPEG", quality=90)
+    return {
         "zero_bytes": (b"", "empty.png"),
         "over_upload_limit": (png + b"\x00" * (images.MAX_UPLOAD_BYTES + 1 - len(png)), "huge.png"),
         "png_truncated": (png[: len(png) // 2], "cut.png"),
@@ -201,7 +200,13 @@ def build_corpus() -> dict[str, tuple[bytes, str]]:
         "png_bomb_real_8000x8000": (encode(Image.new("1", (8000, 8000), 0), "PNG", optimize=True), "bomb.png"),
         "gif_bomb_header_65535x65535": (gif_declaring(65535, 65535), "bomb.gif"),
     }
-    return corpus
+
+
+def build_corpus() -> dict[str, tuple[bytes, str]]:
+    """Every upload case by name: (bytes, file name), the accepted ones first."""
+    encoded = dict(png=encode(garment(), "PNG"), jpeg=encode(garment().convert("RGB"), "JPEG", quality=90),
+                   webp=encode(garment().convert("RGB"), "WEBP"), gif=encode(garment(), "GIF"))
+    return {**accepted_corpus(**encoded), **refused_corpus(**encoded)}
 
 
 EXPECTED = {
