@@ -18,9 +18,11 @@ replicas: setup data proxy
 	$(PY) -m deploy.replicas --replicas $(N) --port $(PORT) --address $(ADDRESS)
 
 # `lint-imports` checks the import rules in pyproject.toml (docs/ARCHITECTURE.md) before any test runs.
+# Two workers, each test file on one of them (its served app and browser shared by its tests): the
+# browser tests spend much of their time waiting on pages, which the other worker fills.
 test: setup data browser proxy
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # Everything but the tests marked slow (real servers, browsers, several processes): the loop while developing.
 test-fast: setup data
