@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum 
 PORT ?= 8501
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test test-fast setup data browser proxy replicas evaluate train clean
+.PHONY: run test test-fast setup data browser proxy replicas evaluate train train-supernet clean
 
 run: setup data
 	$(PY) -m streamlit run app/streamlit_app.py --server.port=$(PORT) --server.headless=true
@@ -89,6 +89,20 @@ train: setup data
 		--init-from runs/nopool/drnet_nopool.pt --phase routers --epochs 3 --lr 0.05 --tau-start 1.5 \
 		--tau-end 0.5 --train-threshold 0.2 --threshold-warmup-epochs 0 --target-mflops 5.5 --budget-weight 1 \
 		--gate-weight 4 --balance-weight 0.5 --output runs/routers/drnet_routers.pt
+
+# The supernet recipe and routers retrained on it (docs/MODEL.md, "The supernet recipe"): measured, not
+# shipped. About six hours on 2 CPU cores; each step resumes when rerun.
+SUPERNET_BRANCHES := sep_conv_3x3,sep_conv_5x5,dil_conv_3x3,identity
+train-supernet: setup data
+	$(PY) -m drnet_core train --preset fashion-wide --branches $(SUPERNET_BRANCHES) \
+		--init-from assets/drnet_fashion_joint.pt --phase supernet --epochs 40 --lr 0.05 --tau-start 1 \
+		--tau-end 1 --random-paths 1 --random-path-keep 0.5 --random-erasing 0.5 \
+		--output runs/supernet/drnet_supernet.pt
+	$(PY) -m drnet_core train --preset fashion-wide --branches $(SUPERNET_BRANCHES) \
+		--init-from runs/supernet/drnet_supernet.pt --phase routers --epochs 3 --lr 0.05 --tau-start 1.5 \
+		--tau-end 0.5 --train-threshold 0.2 --threshold-warmup-epochs 0 --target-mflops 5.0 --budget-weight 1 \
+		--gate-weight 4 --balance-weight 0.5 --random-erasing 0.5 \
+		--output runs/supernet_routers/drnet_supernet_routers.pt
 
 clean:
 	rm -rf $(VENV) test-artifacts .pytest_cache
