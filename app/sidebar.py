@@ -9,7 +9,6 @@ DRNET_UPLOAD_MAX_FILES and DRNET_UPLOAD_MAX_MB place and bound the uploaded chec
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import streamlit as st
@@ -17,30 +16,20 @@ import streamlit as st
 from drnet_core.net.checkpoint import BUNDLED_CHECKPOINTS, SHIPPED_CHECKPOINT, CheckpointError, sha256_of
 from drnet_core.defaults import TAU_MAX, TAU_MIN
 from drnet_core.analysis.evaluate import default_setting
-from drnet_app.upload_store import DIGEST, UploadStore, UploadTooLarge
-from drnet_app.state import Settings, bound, evaluation_set, model_and_meta, publish
+from drnet_core.data.datasets import FASHION_CLASSES
+from drnet_app.caches import bundled_sha256, evaluation_set, model_and_meta, upload_store
+from drnet_app.upload_store import DIGEST, UploadTooLarge
+from drnet_app.state import Checkpoint, Settings, bound, publish
 
 EVAL_LIMIT_ENV = "DRNET_EVAL_LIMIT"
 SERVER_PATHS_ENV = "DRNET_ALLOW_SERVER_PATHS"
-UPLOAD_DIR = Path(tempfile.gettempdir()) / "drnet-explorer-checkpoints"
 UPLOAD_SOURCE = "Upload a file"
 CHECKPOINT_PARAM = "checkpoint"  # ?checkpoint=<bundled name> or <sha256 of an uploaded file>
 
 
 # ---- checkpoint choice ----------------------------------------------------------------------------
 
-# Once per process: creating the store applies its bounds to what an earlier run left on disk.
-@st.cache_resource(show_spinner=False)
-def upload_store() -> UploadStore:
-    return UploadStore.from_environment(UPLOAD_DIR)
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def bundled_sha256(path: str) -> str:
-    return sha256_of(path)
-
-
-def _uploaded_checkpoint() -> tuple[str, str, str] | None:
+def _uploaded_checkpoint() -> Checkpoint | None:
     """The checkpoint uploaded now, or the one this session (or its link) uploaded before, if still stored."""
     upload = st.file_uploader("DRNet checkpoint (.pt)", key="checkpoint_upload")
     # Stored once per uploaded file rather than on every rerun while the uploader holds it; again only if
@@ -69,7 +58,7 @@ def _uploaded_checkpoint() -> tuple[str, str, str] | None:
     name = st.session_state.get("_uploaded_name") or f"upload {digest[:12]}…"
     if upload is None:
         st.caption(f"Using the uploaded checkpoint `{name}` (sha256 {digest[:12]}…).")
-    return str(path), digest, name
+    return Checkpoint(str(path), digest, name)
 
 
 def _checkpoint_from_url(bundled: list[str]) -> None:
@@ -84,13 +73,14 @@ def _checkpoint_from_url(bundled: list[str]) -> None:
         st.session_state["_uploaded_sha"] = wanted
 
 
-def checkpoint_choice() -> tuple[str, str, str]:
-    """(path, sha256, display name) of the checkpoint to use; errors fall back to the shipped one.
+def checkpoint_choice() -> Checkpoint:
+    """The checkpoint to use; errors fall back to the shipped one.
 
     The choice is in the URL: a bundled checkpoint by name, an uploaded one by sha256 (restored from the
     upload store while it is still there).
     """
-    shipped = (str(SHIPPED_CHECKPOINT), bundled_sha256(str(SHIPPED_CHECKPOINT)), SHIPPED_CHECKPOINT.name)
+    shipped = Checkpoint(str(SHIPPED_CHECKPOINT), bundled_sha256(str(SHIPPED_CHECKPOINT)),
+                         SHIPPED_CHECKPOINT.name)
     with st.sidebar.expander("Checkpoint", expanded=False):
         # Reading arbitrary server paths is for a local install only: anyone reaching a shared app could
         # otherwise make the server open any file it can read.
@@ -104,7 +94,7 @@ def checkpoint_choice() -> tuple[str, str, str]:
         try:
             if source in bundled:
                 path = BUNDLED_CHECKPOINTS[source]
-                chosen = (str(path), bundled_sha256(str(path)), path.name)
+                chosen = Checkpoint(str(path), bundled_sha256(str(path)), path.name)
                 st.query_params[CHECKPOINT_PARAM] = source
             elif source == UPLOAD_SOURCE:
                 chosen = _uploaded_checkpoint()
@@ -115,9 +105,9 @@ def checkpoint_choice() -> tuple[str, str, str]:
                     path = Path(text.strip()).expanduser()
                     if not path.is_file():
                         raise CheckpointError(f"{path}: no such checkpoint file.")
-                    chosen = (str(path.resolve()), sha256_of(path), path.name)
+                    chosen = Checkpoint(str(path.resolve()), sha256_of(path), path.name)
             if chosen is not None:
-                model_and_meta(chosen[0], chosen[1])  # validate now, so a bad file never reaches a page
+                model_and_meta(chosen)  # validate now, so a bad file never reaches a page
                 return chosen
         except (CheckpointError, UploadTooLarge) as error:
             st.error(f"{error} Using the shipped checkpoint instead.")
@@ -131,17 +121,17 @@ def checkpoint_choice() -> tuple[str, str, str]:
 def sidebar() -> Settings:
     """Draw the global settings and return them; their values are mirrored into the URL."""
     st.sidebar.title("DRNet Explorer")
-    path, sha, name = checkpoint_choice()
-    model, meta = model_and_meta(path, sha)
+    checkpoint = checkpoint_choice()
+    model, meta = model_and_meta(checkpoint)
     images = evaluation_set()
     default_limit = int(os.environ.get(EVAL_LIMIT_ENV) or len(images))
     default_limit = max(1, min(default_limit, len(images)))
     default_tau, default_threshold = default_setting(meta)
     # Another checkpoint was chosen: its own default setting replaces the last one's (sliders are drawn
     # below, so their state can still be set in this run). The first run keeps what the URL says.
-    if st.session_state.get("_defaults_of", sha) != sha:
+    if st.session_state.get("_defaults_of", checkpoint.sha256) != checkpoint.sha256:
         st.session_state["tau"], st.session_state["threshold"] = default_tau, default_threshold
-    st.session_state["_defaults_of"] = sha
+    st.session_state["_defaults_of"] = checkpoint.sha256
 
     st.sidebar.subheader("Routing")
     st.sidebar.slider("Gumbel temperature tau", TAU_MIN, TAU_MAX, step=0.05, key=bound("tau", default_tau, low=TAU_MIN, high=TAU_MAX),
@@ -158,14 +148,14 @@ def sidebar() -> Settings:
                             help="Fewer images answer faster; the full set gives the real figures.")
     publish("tau", "threshold", "noise", "seed", "n")
 
-    settings = Settings(checkpoint_path=path, checkpoint_sha=sha, checkpoint_name=name,
+    settings = Settings(checkpoint=checkpoint, class_names=tuple(meta.get("class_names", FASHION_CLASSES)),
                         tau=float(st.session_state["tau"]), threshold=float(st.session_state["threshold"]),
                         noise=bool(st.session_state["noise"]), seed=int(st.session_state["seed"]),
                         eval_limit=int(st.session_state["n"]), dataset_name=images.name)
 
     st.sidebar.subheader("Model")
     device = str(model.device).upper() if model.device.type == "cuda" else "CPU"
-    st.sidebar.markdown(f"**Checkpoint:** `{name}`  \n**Device:** {device}")
+    st.sidebar.markdown(f"**Checkpoint:** `{checkpoint.name}`  \n**Device:** {device}")
     test = meta.get("test_default") or {}
     if "accuracy" in test:
         st.sidebar.markdown(f"**Test accuracy:** {test['accuracy']:.1%} at tau {test.get('tau', default_tau):g}, "

@@ -44,7 +44,7 @@ INSPECT = next(page for page in PAGES if page[0] == "/inspect")
 TRADEOFF = next(page for page in PAGES if page[0] == "/tradeoff")
 
 HELD_PRESSES, HELD_GAP_S = 8, 0.05
-EVAL_LIMIT_ENV = "DRNET_EVAL_LIMIT"  # read by app/state.py
+EVAL_LIMIT_ENV = "DRNET_EVAL_LIMIT"  # read by app/sidebar.py
 # Watched values: a metric's value by its label; `after` names the bold heading ("Setting B · tau …") the
 # metric row follows, `nth` which of the equally labelled metrics to take when that heading cannot be
 # found. `containing`: the first caption or metric delta holding that text, "" when there is none (the

@@ -94,7 +94,7 @@ class ExpectedFigures:
         from drnet_core.data.datasets import FASHION_CLASSES, load_test_set, to_model_input
         from drnet_core.data.images import prepare_dataset_image
 
-        # As app/state.py loads it: batch norms folded, on the default device.
+        # As app/caches.py loads it: batch norms folded, on the default device.
         self.model, meta = load_checkpoint(SHIPPED_CHECKPOINT, device=default_device(), verify_sha256=True,
                                            fold_batch_norms=True)
         self.classes = tuple(meta.get("class_names", FASHION_CLASSES))

@@ -109,9 +109,11 @@ def test_interleaved_app_sessions_each_see_their_own_numbers(reference):
         assert float(at.slider(key="threshold").value) == pytest.approx(float(SESSIONS[sessions.index(at)]["threshold"]))
 
     # The shared, cached model was only read.
-    from drnet_app import state  # the app's cached loaders; the same process-wide cache the sessions used
+    from drnet_app import caches  # the same process-wide cache the sessions used
+    from drnet_app.state import Checkpoint
 
-    shared, _ = state.model_and_meta(str(SHIPPED_CHECKPOINT), sha256_of(SHIPPED_CHECKPOINT))
+    shared, _ = caches.model_and_meta(Checkpoint(str(SHIPPED_CHECKPOINT), sha256_of(SHIPPED_CHECKPOINT),
+                                                 SHIPPED_CHECKPOINT.name))
     fresh, _ = load_checkpoint(fold_batch_norms=True)  # the app serves the inference-folded network
     assert not shared.training
     for key, value in fresh.state_dict().items():

@@ -83,7 +83,7 @@ def test_wheel_installs_offline_with_every_dependency_already_present(installed)
                     "assets/baselines/plain_cnn.pt", "streamlit_config/config.toml", "net/model.py",
                     "training/phases.py", "analysis/evaluate.py", "figures/routing_graph.py", "cli/commands.py"):
         assert (packaged / shipped).is_file(), shipped
-    for shipped in ("streamlit_app.py", "views/audit.py", "audit_rows.py"):
+    for shipped in ("streamlit_app.py", "views/audit.py", "audit_rows.py", "caches.py"):
         assert (site_packages(installed) / "drnet_app" / shipped).is_file(), shipped
     assert list((packaged / "assets" / "ood").glob("*.npz")), "the shipped calibration of the unfamiliar-input warning"
 

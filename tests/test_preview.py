@@ -54,10 +54,10 @@ def test_the_warmed_taus_are_one_slider_step_away_and_in_range():
 def test_the_warmer_runs_each_task_once_and_keeps_only_the_latest():
     import threading
 
-    from drnet_app import tradeoff_rows
+    from drnet_app.warmer import Warmer
 
     gate, done, ran = threading.Event(), threading.Event(), []
-    warmer = tradeoff_rows.Warmer(kept=2)
+    warmer = Warmer(kept=2)
     warmer.submit(("block",), gate.wait)  # holds the thread while the queue fills
     for key in ("a", "b", "b", "c"):
         warmer.submit((key,), lambda key=key: ran.append(key))

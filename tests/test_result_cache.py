@@ -198,28 +198,28 @@ def test_crafted_checkpoint_digests_and_kinds_are_refused(tmp_path, sha, kind):
 def test_the_apps_runs_and_summaries_come_from_disk_after_a_restart_exactly(tmp_path, monkeypatch):
     import streamlit as st
     monkeypatch.setenv("DRNET_RESULT_CACHE_DIR", str(tmp_path))
-    monkeypatch.syspath_prepend(str(result_cache.Path(__file__).resolve().parent.parent / "app"))
-    from drnet_app import state
+    from drnet_app import caches
+    from drnet_app.state import Checkpoint
     from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, sha256_of
 
-    path, sha = str(SHIPPED_CHECKPOINT), sha256_of(SHIPPED_CHECKPOINT)
+    checkpoint = Checkpoint(str(SHIPPED_CHECKPOINT), sha256_of(SHIPPED_CHECKPOINT), SHIPPED_CHECKPOINT.name)
     st.cache_data.clear(), st.cache_resource.clear()
-    images = state.evaluation_set()
-    arguments = (path, sha, images.name, 300, 0.25, 0.3, None)
-    first = state.routed(*arguments)
-    summary = state.routed_summary(*arguments, images.subset(300).name, state.FASHION_CLASSES)
-    model, _ = state.model_and_meta(path, sha)
-    fresh = run_routed(model, state.evaluation_inputs(images.name)[:300], images.labels[:300], tau=0.25, threshold=0.3)
+    images = caches.evaluation_set()
+    arguments = (checkpoint, images.name, 300, 0.25, 0.3, None)
+    first = caches.routed(*arguments)
+    summary = caches.routed_summary(*arguments, images.subset(300).name, caches.FASHION_CLASSES)
+    model, _ = caches.model_and_meta(checkpoint)
+    fresh = run_routed(model, caches.evaluation_inputs(images.name)[:300], images.labels[:300], tau=0.25, threshold=0.3)
 
     st.cache_data.clear(), st.cache_resource.clear()  # a restarted server, or another replica
 
     def no_evaluation(*args, **kwargs):
         raise AssertionError("evaluated again instead of reading the stored result")
 
-    monkeypatch.setattr(state, "run_routed", no_evaluation)
-    monkeypatch.setattr(state, "rerun_at_threshold", no_evaluation)
-    again = state.routed(*arguments)
-    assert state.routed_summary(*arguments, images.subset(300).name, state.FASHION_CLASSES) == summary
+    monkeypatch.setattr(caches, "run_routed", no_evaluation)
+    monkeypatch.setattr(caches, "rerun_at_threshold", no_evaluation)
+    again = caches.routed(*arguments)
+    assert caches.routed_summary(*arguments, images.subset(300).name, caches.FASHION_CLASSES) == summary
     for field in dataclasses.fields(fresh):
         expected = getattr(fresh, field.name)
         for stored in (getattr(first, field.name), getattr(again, field.name)):

@@ -18,11 +18,11 @@ from apptest import APP, TIMEOUT, assert_clean  # noqa: E402
 TOY_VIEW = '''
 import streamlit as st
 
-from drnet_app import state
+from drnet_app import caches, state
 from drnet_core.figures import charts
 
 settings = state.current_settings()
-model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
+model, meta = caches.model_and_meta(settings.checkpoint)
 st.title("Toy view")
 st.markdown(f"toy view at tau {settings.tau:g}: {model.architecture().total_branches} branches")
 st.plotly_chart(charts.weight_heatmap(model.architecture(), [0.5] * model.architecture().total_branches,

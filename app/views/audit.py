@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from drnet_app import audit_rows
-from drnet_app import state
+from drnet_app import audit_rows, caches, evaluation, state, ui
 from drnet_core.analysis import audit, batch_audit
 from drnet_core.figures import charts as figures, sponge as sponge_figures
 from drnet_core.data.zip_intake import MAX_DEPTH, MAX_MEMBERS, MAX_TOTAL_BYTES
 
 settings = state.current_settings()
 classes = settings.class_names
-evaluated = state.limited_set(settings)
-calibration, calibration_origin = audit_rows.ood_calibration(settings.checkpoint_path, settings.checkpoint_sha)
+evaluated = evaluation.limited_set(settings)
+calibration, calibration_origin = caches.ood_calibration(settings.checkpoint)
 SOURCES = ["Evaluation set", "Your images"]
 
 st.title("Cost audit")
@@ -21,11 +20,10 @@ st.title("Cost audit")
 
 def evaluation_table():
     """(table, thumbnails' pixels, set name, run-like setting) of the evaluation set."""
-    run = state.routed_run(settings)
-    times = state.time_table(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name)
+    run = evaluation.routed_run(settings)
+    times = caches.time_table(settings.checkpoint, settings.dataset_name)
     table = audit.instance_table(run, classes, evaluated.indices, time_table=times)
-    scores = audit_rows.evaluation_ood_scores(settings.checkpoint_path, settings.checkpoint_sha,
-                                              settings.dataset_name, settings.eval_limit)
+    scores = caches.evaluation_ood_scores(settings.checkpoint, settings.dataset_name, settings.eval_limit)
     table["ood"] = calibration.flags(scores) if scores is not None else None
     table["ood_score"] = scores if scores is not None else float("nan")
     return table, evaluated.images, evaluated.name, run
@@ -43,8 +41,8 @@ def uploaded_table():
         st.info("Upload images, or a zip of them, to audit what they cost.")
         return None
     uploads = audit_rows.uploads_of(files)
-    table, pixels, skipped = audit_rows.uploaded_audit(settings.checkpoint_path, settings.checkpoint_sha, uploads,
-                                                       settings.tau, settings.threshold)
+    table, pixels, skipped = caches.uploaded_audit(settings.checkpoint, settings.dataset_name, uploads,
+                                                   settings.tau, settings.threshold)
     if skipped:
         with st.expander(f"{len(skipped)} input(s) skipped", expanded=table is None):
             st.dataframe([{"input": s.name, "why": s.reason} for s in skipped], hide_index=True, key="skipped_table")
@@ -116,7 +114,7 @@ def costliest_section(filtered, pixels):
                        key=state.bound("rank_by", "MFLOPs", options=list(rankings)))
     count = c2.slider("How many", 4, 48, step=4, key=state.bound("top", 12, low=4, high=48))
     state.publish("rank_by", "top")
-    times = state.time_table(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name)
+    times = caches.time_table(settings.checkpoint, settings.dataset_name)
     st.caption(f"Estimated ms: what each input costs in a batch of {times.batch} on this machine ({times.device}), "
                "the always-on part's share plus every branch it ran, each timed alone. Pooling costs time but no "
                "multiply-adds, so the two rankings differ. The executor's gathers and scatters are left out, so "
@@ -124,7 +122,7 @@ def costliest_section(filtered, pixels):
     top = audit.costliest(filtered, count, by=rankings[rank_by])
     name = "input" if "input" in top else "index"
     if len(top):
-        state.thumbnails([pixels[p] for p in top["position"]],
+        ui.thumbnails([pixels[p] for p in top["position"]],
                          [f"{'' if name == 'input' else '#'}{i} {t}→{p} · {c:.{3 if rank_by == 'estimated ms' else 2}f}"
                           f"{' · unfamiliar' if o is True else ''}"
                           for i, t, p, c, o in zip(top[name], top["true"], top["predicted"], top[rankings[rank_by]],
@@ -188,15 +186,15 @@ def costs_tab() -> None:
     headline(filtered, table)
     costliest_section(filtered, pixels)
     figures_section(filtered, tuple(class_list))
-    times = state.time_table(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name)
+    times = caches.time_table(settings.checkpoint, settings.dataset_name)
     whole = (float(table["mflops"].min()), float(table["mflops"].max()))
     narrowed = None if tuple(cost_range) == whole else cost_range  # the whole range filters nothing
-    origin = audit.provenance(settings.checkpoint_sha, run, set_name, checkpoint_name=settings.checkpoint_name,
+    origin = audit.provenance(settings.checkpoint.sha256, run, set_name, checkpoint_name=settings.checkpoint.name,
                               filters=audit.describe_filters(chosen, correctness, narrowed),
                               timing_machine=audit.machine_description(times.device))
     # Written when the button is clicked: a page run would otherwise build and send the CSV every time.
     st.download_button("Download per-instance results (CSV)", lambda: audit.to_csv(filtered.drop(columns=["position"]), origin),
-                       file_name=audit.csv_file_name(settings.checkpoint_name, settings.tau, settings.threshold),
+                       file_name=audit.csv_file_name(settings.checkpoint.name, settings.tau, settings.threshold),
                        mime="text/csv", key="download_csv", icon=":material/download:")
 
 
@@ -213,8 +211,7 @@ def worst_case_tab() -> None:
     if not st.toggle("Run the search", key="sponge_run",
                      help="A few seconds per image and budget on a CPU; the results are kept for the next visit."):
         return
-    rows = audit_rows.sponge_sweep(settings.checkpoint_path, settings.checkpoint_sha, limit,
-                                   tuple(sorted(b / 255 for b in budgets)))
+    rows = caches.sponge_sweep(settings.checkpoint, limit, tuple(sorted(b / 255 for b in budgets)))
     st.plotly_chart(sponge_figures.sponge_sweep_figure(rows), key="sponge_figure")
     st.dataframe(rows, hide_index=True, key="sponge_table")
     st.caption("`python -m drnet_core sponge --eps 0.0314 --limit 300 --json` gives the same figures from the "

@@ -4,15 +4,15 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from drnet_app import state
+from drnet_app import caches, evaluation, state, ui
 from drnet_core.analysis import clusters
 from drnet_core.figures import charts as figures, routing_graph
 from drnet_core.compute_gate import heavy_work
 
 settings = state.current_settings()
-model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
+model, meta = caches.model_and_meta(settings.checkpoint)
 classes = settings.class_names
-evaluated = state.limited_set(settings)
+evaluated = evaluation.limited_set(settings)
 
 st.title("Routing clusters")
 st.caption(f"Do inputs that route alike belong together? Routing vectors of {evaluated.name} at tau {settings.tau:g}, "
@@ -40,20 +40,12 @@ embedding = c5.selectbox("Embedding", clusters.EMBEDDINGS, format_func=str.upper
 state.publish("vector", "method", "metric", "k", "embedding")
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def clustered(path, sha, dataset, limit, tau, threshold, noise_seed, kind, method, metric, k, embedding):
-    run = state.routed(path, sha, dataset, limit, tau, threshold, noise_seed)
-    vectors = clusters.routing_vectors(run, kind)
-    result = clusters.cluster_routes(vectors, k, method=method, metric=metric)
-    return result, clusters.embed_2d(vectors, method=embedding), vectors
-
-
-run = state.routed_run(settings)
+run = evaluation.routed_run(settings)
 try:
     with st.spinner("Clustering and embedding…", show_time=True), heavy_work():
-        result, coords, vectors = clustered(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name,
-                                            settings.eval_limit, settings.tau, settings.threshold, settings.noise_seed,
-                                            kind, method, metric, k, embedding)
+        result, coords, vectors = caches.clustered(settings.checkpoint, settings.dataset_name, settings.eval_limit,
+                                                   settings.tau, settings.threshold, settings.noise_seed,
+                                                   kind, method, metric, k, embedding)
 except ValueError as error:
     st.error(str(error))
     st.stop()
@@ -105,7 +97,7 @@ if st.session_state[cluster_key] >= result.k:
 chosen = st.selectbox("Cluster", list(range(result.k)), format_func=lambda c: f"cluster {c + 1}", key=cluster_key)
 state.publish("cluster")
 exemplar_positions = clusters.exemplars(result, vectors, chosen, count=8)
-state.thumbnails([evaluated.images[p] for p in exemplar_positions],
+ui.thumbnails([evaluated.images[p] for p in exemplar_positions],
                  [f"#{split_index[p]}: {names[labels[p]]}" for p in exemplar_positions])
 weights, mask = clusters.typical_path(result, run, chosen)
 graph = routing_graph.routing_graph(model.architecture(), weights, mask)

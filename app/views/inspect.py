@@ -6,15 +6,14 @@ import math
 
 import streamlit as st
 
-from drnet_app import audit_rows
-from drnet_app import state
+from drnet_app import caches, evaluation, state, ui
 from drnet_core.analysis import attribution, explorer, sponge
 from drnet_core.figures import charts as figures, routing_graph
 from drnet_core.defaults import MAX_UPLOAD_MB, TAU_MAX, TAU_MIN
 
 settings = state.current_settings()
-model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
-images = state.evaluation_set()
+model, meta = caches.model_and_meta(settings.checkpoint)
+images = caches.evaluation_set()
 classes = settings.class_names
 architecture = model.architecture()
 labels = architecture.branch_labels()
@@ -46,31 +45,30 @@ with left:
         if upload is None:
             st.info("Choose a picture to upload, or switch to the gallery.")
         else:
-            prepared = state.uploaded_image(upload, invert)
+            prepared = evaluation.uploaded_image(upload, invert)
             name = upload.name
     else:
         position = st.selectbox("Gallery image", gallery, format_func=gallery_name, persist_state="session",
                                 key=state.bound("image", gallery[0], options=gallery))
-        prepared = state.gallery_image(position, invert=invert is True)
+        prepared = evaluation.gallery_image(position, invert=invert is True)
         true_class, name = int(images.labels[position]), gallery_name(position)
     state.publish("source", "invert", "image")
 
 if prepared is None:
     st.stop()
 
-key = state.image_key(prepared)
-result = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, key, prepared.model_input,
-                          settings.tau, settings.threshold, settings.noise_seed)
+key = evaluation.image_key(prepared)
+result = caches.inspection(settings.checkpoint, key, prepared.model_input, settings.tau, settings.threshold,
+                           settings.noise_seed)
 
 with left:
     a, b, c = st.columns(3)
-    a.image(state.crisp(prepared.original), caption="original", width="stretch")
-    b.image(state.crisp(prepared.grayscale), caption="grayscale, square", width="stretch")
-    c.image(state.enlarge(prepared.pixels, 4), caption="model input 28×28" + (" (inverted)" if prepared.inverted else ""),
+    a.image(ui.crisp(prepared.original), caption="original", width="stretch")
+    b.image(ui.crisp(prepared.grayscale), caption="grayscale, square", width="stretch")
+    c.image(ui.enlarge(prepared.pixels, 4), caption="model input 28×28" + (" (inverted)" if prepared.inverted else ""),
             width="stretch")
-    calibration, calibration_origin = audit_rows.ood_calibration(settings.checkpoint_path, settings.checkpoint_sha)
-    unfamiliarity = audit_rows.image_ood_score(settings.checkpoint_path, settings.checkpoint_sha, key,
-                                               prepared.model_input)
+    calibration, calibration_origin = caches.ood_calibration(settings.checkpoint)
+    unfamiliarity = caches.image_ood_score(settings.checkpoint, key, prepared.model_input)
     if calibration is None:
         st.caption(f"Unfamiliar-input warning unavailable: {calibration_origin}.")
     elif calibration.flags([unfamiliarity])[0]:
@@ -112,10 +110,10 @@ def branch_weights_tab() -> None:
 
 
 def cost_tab() -> None:
-    run = state.routed_run(settings)
+    run = evaluation.routed_run(settings)
     st.plotly_chart(figures.flops_distribution_figure(
         run.mflops.numpy(), result.mflops, result.dense_mflops,
-        f"This image's cost against {state.limited_set(settings).name}"), key="cost_distribution")
+        f"This image's cost against {evaluation.limited_set(settings).name}"), key="cost_distribution")
 
 
 def attribution_tab() -> None:
@@ -125,9 +123,8 @@ def attribution_tab() -> None:
                                       options=["integrated_gradients", "saliency"]))
     state.publish("attr_method")
     with st.spinner("Attributing…", show_time=True):
-        explained, cost = state.attributions(settings.checkpoint_path, settings.checkpoint_sha, key,
-                                             prepared.model_input, result.prediction, settings.tau,
-                                             settings.threshold, method, classes)
+        explained, cost = caches.attributions(settings.checkpoint, key, prepared.model_input, result.prediction,
+                                              settings.tau, settings.threshold, method, classes)
     x1, x2 = st.columns(2)
     x1.plotly_chart(figures.attribution_figure(
         explained.pixels, prepared.pixels.numpy(), f"What drives '{classes[result.prediction]}' "
@@ -155,9 +152,9 @@ def counterfactual_tab() -> None:
     force_off = off_col.multiselect("Force off", range(len(labels)), format_func=labels.__getitem__,
                                     key="force_off", bind="query-params")
     try:
-        changed = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, key, prepared.model_input,
-                                   settings.tau, settings.threshold, settings.noise_seed,
-                                   tuple(sorted(force_on)), tuple(sorted(force_off)))
+        changed = caches.inspection(settings.checkpoint, key, prepared.model_input, settings.tau,
+                                    settings.threshold, settings.noise_seed, tuple(sorted(force_on)),
+                                    tuple(sorted(force_off)))
     except ValueError as error:
         st.error(str(error))
         return
@@ -167,7 +164,7 @@ def counterfactual_tab() -> None:
     c2.metric("Confidence", f"{changed.confidence:.1%}")
     cost_change = changed.mflops - result.mflops
     c3.metric("Executed MFLOPs", f"{changed.mflops:.3f}",
-              state.nonzero_delta(f"{cost_change:+.3f}"), delta_color="inverse")
+              ui.nonzero_delta(f"{cost_change:+.3f}"), delta_color="inverse")
     diff = routing_graph.path_diff_graph(architecture, result.executed, changed.executed, result.weights, changed.weights)
     st.plotly_chart(routing_graph.path_diff_figure(diff, "Router's path (A) vs. counterfactual path (B)",
                                                    "router", "counterfactual"), key="counterfactual_diff")
@@ -181,8 +178,8 @@ def noise_tab() -> None:
                         key=state.bound("samples", 64, low=16, high=256))
     state.publish("samples")
     with st.spinner(f"Routing {samples} noisy copies…"):
-        table = state.noise_paths(settings.checkpoint_path, settings.checkpoint_sha, key, prepared.model_input,
-                                  settings.tau, settings.threshold, samples, settings.seed, classes)
+        table = caches.noise_paths(settings.checkpoint, key, prepared.model_input, settings.tau,
+                                   settings.threshold, samples, settings.seed, classes)
     s1, s2, s3 = st.columns(3)
     s1.metric("Distinct paths", f"{len(table)}")
     s1.caption(f"in {samples} samples")
@@ -211,9 +208,10 @@ def compare_tab() -> None:
     if mode == "Another image":
         other = st.selectbox("Image B", gallery, format_func=gallery_name, persist_state="session",
                              key=state.bound("image_b", gallery[1], options=gallery))
-        other_image = state.gallery_image(other)
-        other_result = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, state.image_key(other_image),
-                                        other_image.model_input, settings.tau, settings.threshold, settings.noise_seed)
+        other_image = evaluation.gallery_image(other)
+        other_result = caches.inspection(settings.checkpoint, evaluation.image_key(other_image),
+                                         other_image.model_input, settings.tau, settings.threshold,
+                                         settings.noise_seed)
         label_b = gallery_name(other)
     else:
         t_col, h_col = st.columns(2)
@@ -221,8 +219,8 @@ def compare_tab() -> None:
                              key=state.bound("cmp_tau", 1.0, low=TAU_MIN, high=TAU_MAX))
         threshold_b = h_col.slider("threshold for B", 0.0, 1.0, step=0.01, persist_state="session",
                                    key=state.bound("cmp_threshold", 0.3, low=0.0, high=1.0))
-        other_result = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, key, prepared.model_input,
-                                        tau_b, threshold_b, settings.noise_seed)
+        other_result = caches.inspection(settings.checkpoint, key, prepared.model_input, tau_b, threshold_b,
+                                         settings.noise_seed)
         label_b = f"tau {tau_b:g}, threshold {threshold_b:g}"
     state.publish("compare", "image_b", "cmp_tau", "cmp_threshold")
     d1, d2 = st.columns(2)
@@ -244,19 +242,19 @@ def worst_case_tab() -> None:
     eps = st.select_slider("Budget eps (x 1/255)", [1, 2, 4, 8, 16, 32], persist_state="session",
                            key=state.bound("sponge_eps", 8, options=[1, 2, 4, 8, 16, 32]))
     state.publish("sponge_eps")
-    forced = audit_rows.sponge_one(settings.checkpoint_path, settings.checkpoint_sha, key, prepared.pixels,
-                                   eps / 255, settings.tau, settings.threshold)
+    forced = caches.sponge_one(settings.checkpoint, key, prepared.pixels, eps / 255, settings.tau,
+                               settings.threshold)
     forced_input = sponge.normalise(forced.forced_pixels)
-    changed = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, f"{key}-sponge-{eps}", forced_input,
-                               settings.tau, settings.threshold, None)
+    changed = caches.inspection(settings.checkpoint, f"{key}-sponge-{eps}", forced_input, settings.tau,
+                                settings.threshold, None)
     c1, c2, c3 = st.columns(3)
     c1.metric("Forced MFLOPs", f"{float(forced.forced_mflops[0]):.3f}",
-              state.nonzero_delta(f"{float(forced.forced_mflops[0] - forced.clean_mflops[0]):+.3f}"),
+              ui.nonzero_delta(f"{float(forced.forced_mflops[0] - forced.clean_mflops[0]):+.3f}"),
               delta_color="inverse")
     c1.caption(f"from {float(forced.clean_mflops[0]):.3f}; dense {forced.dense_mflops:.2f} is the ceiling")
     c2.metric("Prediction after", classes[changed.prediction])
     c2.caption("unchanged" if changed.prediction == result.prediction else f"was {classes[result.prediction]}")
-    c3.image(state.enlarge((forced.forced_pixels[0, 0] * 255).round().byte(), 4),
+    c3.image(ui.enlarge((forced.forced_pixels[0, 0] * 255).round().byte(), 4),
              caption=f"perturbed image (eps {eps}/255)", width="stretch")
     diff = routing_graph.path_diff_graph(architecture, result.executed, changed.executed, result.weights, changed.weights)
     st.plotly_chart(routing_graph.path_diff_figure(diff, "This image's path (A) vs. the perturbed image's path (B)",

@@ -7,8 +7,7 @@ import math
 import pandas as pd
 import streamlit as st
 
-from drnet_app import payoff_rows
-from drnet_app import state
+from drnet_app import caches, payoff_rows, state
 from drnet_core.analysis import payoff
 from drnet_core.figures import payoff as payoff_figures
 from drnet_core.compute_gate import heavy_work
@@ -16,8 +15,8 @@ from drnet_core.data.datasets import DatasetError
 from drnet_core.analysis.evaluate import SWEEP_TAUS, SWEEP_THRESHOLDS, summarize
 
 settings = state.current_settings()
-model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
-model_name = f"DRNet {settings.checkpoint_name}"
+model, meta = caches.model_and_meta(settings.checkpoint)
+model_name = f"DRNet {settings.checkpoint.name}"
 epochs = meta.get("total_epochs", meta.get("epochs"))
 
 st.title("Does routing pay off?")
@@ -28,7 +27,7 @@ st.caption("A routed network earns its routers if it is more accurate than stati
 # One set of images for the whole page: the comparison table's (the full test split) when the table was
 # made for this checkpoint at this tau, else the sidebar's first N evaluation images.
 from_table = payoff_rows.comparison_table_rows(settings)
-full_set = state.evaluation_set()
+full_set = caches.evaluation_set()
 limit = len(full_set) if from_table else settings.eval_limit
 shown_set = full_set.subset(limit).name
 if limit != settings.eval_limit:
@@ -41,14 +40,13 @@ else:
 
 
 def routed(tau: float, threshold: float):
-    return state.routed(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name, limit, tau, threshold,
-                        settings.noise_seed)
+    return caches.routed(settings.checkpoint, settings.dataset_name, limit, tau, threshold, settings.noise_seed)
 
 
 with st.spinner(f"Routing {limit:,} images and their random-routing control…", show_time=True):
     run = routed(settings.tau, settings.threshold)
-    control = payoff_rows.random_control(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name, limit,
-                                   settings.tau, settings.threshold, settings.noise_seed, model_name)
+    control = caches.random_control(settings.checkpoint, settings.dataset_name, limit, settings.tau,
+                                    settings.threshold, settings.noise_seed, model_name)
 current = payoff.comparison_row(run, model, name=f"{model_name}, current setting", kind="drnet", model=model_name,
                                 epochs=epochs)
 summary = summarize(run, model, shown_set, settings.class_names)
@@ -115,8 +113,7 @@ if budget_mflops is not None:
     if held_out_rows is None:
         try:
             with st.spinner("Sweeping the held-out images…", show_time=True):
-                held_out_rows, held_out_name = payoff_rows.held_out_sweep(
-                    settings.checkpoint_path, settings.checkpoint_sha, settings.eval_limit)
+                held_out_rows, held_out_name = caches.held_out_sweep(settings.checkpoint, settings.eval_limit)
         except DatasetError as error:
             right.warning(f"No held-out images to choose on: {error}")
     if held_out_rows is not None:
@@ -156,7 +153,7 @@ if from_table:
 else:
     with st.spinner(f"Sweeping thresholds at tau {settings.tau:g}…", show_time=True), heavy_work():
         # Nearest the current threshold first: each run then starts from a neighbour already routed and
-        # re-routes only the paths that change (`state.routed`); the rows are sorted by cost below.
+        # re-routes only the paths that change (`caches.routed`); the rows are sorted by cost below.
         thresholds = sorted(set(SWEEP_THRESHOLDS) | {settings.threshold}, key=lambda h: abs(h - settings.threshold))
         curve_runs = [routed(settings.tau, threshold) for threshold in thresholds]
     curves = {f"tau {settings.tau:g}": payoff.drnet_curve_rows(model, curve_runs, model_name=model_name,
@@ -165,7 +162,7 @@ else:
     # when it was made on these images.
     table_baselines = payoff_rows.table_baseline_rows(limit)
     with st.spinner("Evaluating the static baselines…", show_time=True):
-        baselines = table_baselines or payoff_rows.baseline_rows(settings.dataset_name, limit)
+        baselines = table_baselines or caches.baseline_rows(settings.dataset_name, limit)
     controls = baselines + [control]
     source = (f"Curve, current setting and random-routing control computed now on {shown_set}"
               + (" with the sidebar's Gumbel noise" if settings.noise else "")

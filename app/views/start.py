@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from drnet_app import state
+from drnet_app import caches, evaluation, state
 from drnet_core.analysis import payoff, tour
 from drnet_core.figures import routing_graph
 
 settings = state.current_settings()
-model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
-images = state.evaluation_set()
+model, meta = caches.model_and_meta(settings.checkpoint)
+images = caches.evaluation_set()
 classes = settings.class_names
 
 st.title("Start here")
@@ -23,9 +23,9 @@ st.markdown(
 st.subheader("How to read the routing graph")
 steps = tour.tour_steps(images.labels, classes, settings.tau, settings.threshold, indices=images.indices)
 example_position = int(steps[0].params["image"])
-example = state.gallery_image(example_position)
-result = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, state.image_key(example),
-                          example.model_input, settings.tau, settings.threshold, settings.noise_seed)
+example = evaluation.gallery_image(example_position)
+result = caches.inspection(settings.checkpoint, evaluation.image_key(example), example.model_input, settings.tau,
+                           settings.threshold, settings.noise_seed)
 cell = model.cells[0]
 connections = ", ".join(f"n{source}→n{target}" for source, target in cell.connections)
 key_rows = "\n".join(f'<span style="color:{row["color"]}">■</span> `{row["branch"]}`: {row["what"]}'
@@ -55,9 +55,9 @@ for number, step in enumerate(steps, start=1):
     st.markdown(f"{number}. **[{step.title}]({tour.tour_link(step)})**: {step.what_to_see}")
 
 st.subheader("Where this model really routes")
-run = state.routed_run(settings)
+run = evaluation.routed_run(settings)
 note = tour.cell_routing_note(payoff.routing_health(model, run))
-st.markdown(f"On {state.limited_set(settings).name} at tau {settings.tau:g}, threshold {settings.threshold:g}: "
+st.markdown(f"On {evaluation.limited_set(settings).name} at tau {settings.tau:g}, threshold {settings.threshold:g}: "
             f"{note['sentence']}")
 if note["barely"]:
     st.markdown(

@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from drnet_app import state
+from drnet_app import caches, evaluation, state, ui
 from drnet_core.analysis import explorer
 from drnet_core.figures import charts as figures
 
 settings = state.current_settings()
-model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
-images = state.evaluation_set()
+model, meta = caches.model_and_meta(settings.checkpoint)
+images = caches.evaluation_set()
 classes = settings.class_names
 
 st.title("How it works")
@@ -44,9 +44,9 @@ gallery = explorer.gallery_positions(images.labels, per_class=1)
 c1, c2, c3 = st.columns(3)
 position = c1.selectbox("Test image", gallery, format_func=lambda p: classes[int(images.labels[p])],
                         key=state.bound("demo_image", gallery[0], options=gallery))
-prepared = state.gallery_image(position)
-inspected = state.inspection(settings.checkpoint_path, settings.checkpoint_sha, state.image_key(prepared),
-                             prepared.model_input, settings.tau, settings.threshold, None)
+prepared = evaluation.gallery_image(position)
+inspected = caches.inspection(settings.checkpoint, evaluation.image_key(prepared), prepared.model_input,
+                              settings.tau, settings.threshold, None)
 # Until a link or the widgets say otherwise, show the connection whose weights move most with tau: many
 # connections are saturated (one branch at weight ~1 over most of the range) and would show nothing.
 default_cell, default_connection = 0, 0
@@ -77,7 +77,7 @@ curve = explorer.gumbel_softmax_demo(logits, DEMO_TAUS, threshold=settings.thres
 now = explorer.gumbel_softmax_demo(logits, np.array([tau]), threshold=settings.threshold, noise=noise)
 
 left, right = st.columns([1, 3])
-left.image(state.enlarge(prepared.pixels, 5), caption=f"{classes[int(images.labels[position])]} (test image)",
+left.image(ui.enlarge(prepared.pixels, 5), caption=f"{classes[int(images.labels[position])]} (test image)",
            width="stretch")
 selected = [branch_names[b] for b in now.loc[now["selected"], "branch"]]
 left.metric("Branches that run", f"{len(selected)} of {len(branch_names)}")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from drnet_app import state
-from drnet_app import tradeoff_rows
+from drnet_app import caches, evaluation, state, tradeoff_rows, ui
 from drnet_core.figures import charts as figures
 from drnet_core.analysis import tradeoff
 from drnet_core.defaults import TAU_MAX, TAU_MIN
@@ -13,9 +12,9 @@ from drnet_core.analysis.evaluate import SWEEP_THRESHOLDS
 from drnet_core.runtime import use_every_core_in_this_thread
 
 settings = state.current_settings()
-model, meta = state.model_and_meta(settings.checkpoint_path, settings.checkpoint_sha)
+model, meta = caches.model_and_meta(settings.checkpoint)
 classes = settings.class_names
-evaluated = state.limited_set(settings)
+evaluated = evaluation.limited_set(settings)
 
 st.title("Temperature & threshold")
 st.caption(f"Setting A is the sidebar's; setting B is chosen here. Both are evaluated on {evaluated.name}.")
@@ -25,9 +24,9 @@ def metric_row(label: str, summary: dict, other: dict) -> None:
     st.markdown(f"**{label}** · tau {summary['tau']:g}, threshold {summary['threshold']:g}")
     c1, c2, c3, c4, c5 = st.columns(5)
     accuracy_change = summary['accuracy'] - other['accuracy']
-    c1.metric("Accuracy", f"{summary['accuracy']:.2%}", state.nonzero_delta(f"{accuracy_change:+.2%}"))
+    c1.metric("Accuracy", f"{summary['accuracy']:.2%}", ui.nonzero_delta(f"{accuracy_change:+.2%}"))
     cost_change = summary['mean_mflops'] - other['mean_mflops']
-    c2.metric("Mean MFLOPs", f"{summary['mean_mflops']:.3f}", state.nonzero_delta(f"{cost_change:+.3f}"),
+    c2.metric("Mean MFLOPs", f"{summary['mean_mflops']:.3f}", ui.nonzero_delta(f"{cost_change:+.3f}"),
               delta_color="inverse")
     c3.metric("FLOPs vs dense", f"{summary['mflops_fraction_of_dense']:.1%}")
     c3.caption(f"dense: {summary['dense_mflops']:.2f} MFLOPs")
@@ -54,7 +53,7 @@ def flip_list(flips, total: int) -> None:
                 "predictions change between A and B.")
     if len(flips):
         shown = flips.head(16)
-        state.thumbnails([evaluated.images[p] for p in shown["position"]],
+        ui.thumbnails([evaluated.images[p] for p in shown["position"]],
                          [f"#{i}: {a} → {b}" if a != b else f"#{i}: {a}, {n} branches"
                           for i, a, b, n in zip(shown["index"], shown["predicted A"], shown["predicted B"],
                                                 shown["branches changed"])])
@@ -82,7 +81,7 @@ def compare_settings() -> None:
     numbers_slot, work = st.empty(), st.empty()
 
     # A threshold step re-routes only the paths that change, so only a new tau is worth a preview.
-    context = (settings.checkpoint_sha, settings.dataset_name, settings.eval_limit, settings.noise_seed)
+    context = (settings.checkpoint.sha256, settings.dataset_name, settings.eval_limit, settings.noise_seed)
     taus = {context + (settings.tau,), context + (tau_b,)}
     seen = st.session_state.setdefault("_tradeoff_taus_seen", set())
     new_tau = not taus <= seen
@@ -96,11 +95,12 @@ def compare_settings() -> None:
                     icon=":material/hourglass_top:")
             numbers(preview_a, preview_b)
 
-    run_a = state.routed(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name,
-                         settings.eval_limit, settings.tau, settings.threshold, settings.noise_seed)
-    run_b = state.routed(settings.checkpoint_path, settings.checkpoint_sha, settings.dataset_name,
-                         settings.eval_limit, tau_b, threshold_b, settings.noise_seed)
-    summary_a, summary_b = state.setting_summary(settings), state.setting_summary(settings, tau_b, threshold_b)
+    run_a = caches.routed(settings.checkpoint, settings.dataset_name, settings.eval_limit, settings.tau,
+                          settings.threshold, settings.noise_seed)
+    run_b = caches.routed(settings.checkpoint, settings.dataset_name, settings.eval_limit, tau_b, threshold_b,
+                          settings.noise_seed)
+    summary_a = evaluation.setting_summary(settings)
+    summary_b = evaluation.setting_summary(settings, tau_b, threshold_b)
     with numbers_slot.container():
         numbers(summary_a, summary_b, (run_a, run_b))
 
