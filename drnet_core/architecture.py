@@ -4,8 +4,10 @@
 routing space (which connections each cell has, which branches each connection offers, what each
 branch costs, its colour) reads this instead, so drawing never touches an `nn.Module`.
 
-Routing vectors (`RoutingTrace.path_masks`, `branch_weights`, one inspection's weights) are flattened
-cell by cell, connection by connection, branch by branch; `split_per_cell` undoes that.
+Batch-level routing vectors (`RoutingTrace.path_masks`, `branch_weights`, selection frequencies) are
+flattened cell by cell, connection by connection, branch by branch; `split_per_cell` undoes that. One
+input's routing (`drnet_core.inspection.Inspection`) is kept per cell from the start and flattens in the
+same order.
 """
 from __future__ import annotations
 

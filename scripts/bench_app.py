@@ -61,7 +61,7 @@ def bench_upload(model, upload: bytes, tau: float, threshold: float, repeats: in
     def once():
         prepared = image_from_bytes(upload, "garment.png")
         result = explorer.inspect_input(model, prepared.model_input, tau=tau, threshold=threshold)
-        graph = routing_graph.routing_graph(model.architecture(), result.weights, result.executed)
+        graph = routing_graph.routing_graph(result)
         return routing_graph.routing_figure(graph, "routing path").to_json()
 
     once()  # first call pays plotly's one-off imports and validators

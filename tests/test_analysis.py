@@ -48,9 +48,17 @@ def total_branches(model) -> int:
 
 # ---- routing graph ------------------------------------------------------------------------------
 
+def row_graph(model, run, row):
+    """The routing graph of one row of a batch run: batch-level flat vectors split per cell here, in the test."""
+    architecture = model.architecture()
+    weights = architecture.split_per_cell(run.branch_weights[row].numpy())
+    return routing_graph.routing_graph_of_cells(architecture, weights,
+                                                architecture.split_per_cell(run.path_masks[row].numpy()))
+
+
 def test_routing_graph_has_every_branch_with_its_attributes(model, runs):
     run, _ = runs
-    graph = routing_graph.routing_graph(model.architecture(), run.branch_weights[0], run.path_masks[0])
+    graph = row_graph(model, run, 0)
     assert isinstance(graph, nx.DiGraph)
     branches = [d for _, d in graph.nodes(data=True) if d["kind"] == "branch"]
     assert len(branches) == total_branches(model)
@@ -63,8 +71,7 @@ def test_routing_graph_has_every_branch_with_its_attributes(model, runs):
 
 def test_routing_figure_hover_names_op_weight_and_flops(model, runs):
     run, _ = runs
-    graph = routing_graph.routing_graph(model.architecture(), run.branch_weights[0], run.path_masks[0])
-    figure = routing_graph.routing_figure(graph, "t")
+    figure = routing_graph.routing_figure(row_graph(model, run, 0), "t")
     hovers = [h for trace in figure.data if trace.hovertext is not None for h in trace.hovertext]
     assert any("weight" in h and "MFLOPs" in h and "sep_conv_3x3" in h for h in hovers)
     assert figure.layout.title.text == "t"
@@ -73,20 +80,26 @@ def test_routing_figure_hover_names_op_weight_and_flops(model, runs):
 def test_routing_figure_changes_with_the_path(model, runs):
     run_a, run_b = runs
     differs = int(torch.nonzero((run_a.path_masks != run_b.path_masks).any(dim=1))[0])
-    a = routing_graph.routing_figure(routing_graph.routing_graph(model.architecture(), run_a.branch_weights[differs],
-                                                                 run_a.path_masks[differs]))
-    b = routing_graph.routing_figure(routing_graph.routing_graph(model.architecture(), run_b.branch_weights[differs],
-                                                                 run_b.path_masks[differs]))
+    a = routing_graph.routing_figure(row_graph(model, run_a, differs))
+    b = routing_graph.routing_figure(row_graph(model, run_b, differs))
     assert a.to_json() != b.to_json()
 
 
-def test_path_diff_counts_match_the_masks(model, runs):
+def test_path_diff_counts_match_the_masks(model, images, runs):
     run_a, run_b = runs
-    graph = routing_graph.path_diff_graph(model.architecture(), run_a.path_masks[3], run_b.path_masks[3])
+    differs = int(torch.nonzero((run_a.path_masks != run_b.path_masks).any(dim=1))[0])
+    x = to_model_input(images[0][differs:differs + 1])
+    before = explorer.inspect_input(model, x, tau=1.0, threshold=0.15)
+    after = explorer.inspect_input(model, x, tau=0.3, threshold=0.3)
+    graph = routing_graph.path_diff_graph(before, after)
     counts = routing_graph.diff_counts(graph)
-    a, b = run_a.path_masks[3].numpy(), run_b.path_masks[3].numpy()
+    a, b = run_a.path_masks[differs].numpy(), run_b.path_masks[differs].numpy()
     assert counts == {"both": int((a & b).sum()), "only A": int((a & ~b).sum()), "only B": int((~a & b).sum())}
-    same = routing_graph.diff_counts(routing_graph.path_diff_graph(model.architecture(), a, a))
+    assert counts["only A"] + counts["only B"] > 0
+    weights = {k: (d["weight_a"], d["weight_b"]) for k, d in graph.nodes(data=True) if d["kind"] == "branch"}
+    assert [w for w, _ in weights.values()] == pytest.approx(before.flat("weights").tolist())
+    assert [w for _, w in weights.values()] == pytest.approx(after.flat("weights").tolist())
+    same = routing_graph.diff_counts(routing_graph.path_diff_graph(before, before))
     assert same["only A"] == same["only B"] == 0
     routing_graph.path_diff_figure(graph)
 
@@ -104,7 +117,8 @@ def test_inspection_matches_the_batch_evaluation(model, images, runs):
     result = explorer.inspect_input(model, to_model_input(pixels[:1]), tau=1.0, threshold=0.15)
     assert result.prediction == int(run.predictions[0])
     assert result.mflops == pytest.approx(float(run.mflops[0]))
-    assert np.array_equal(result.executed, run.path_masks[0].numpy())
+    assert np.array_equal(result.flat("executed"), run.path_masks[0].numpy())
+    assert np.allclose(result.flat("weights"), run.branch_weights[0].numpy())
     assert result.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
     assert 0 < result.fraction_of_dense <= 1
 
@@ -118,13 +132,14 @@ def test_counterfactual_forces_branches_without_touching_the_model(model, images
     x = to_model_input(images[0][:1])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     base = explorer.inspect_input(model, x, tau=1.0, threshold=0.15)
-    off = list(np.flatnonzero(base.executed)[:1])
-    on = list(np.flatnonzero(~base.executed & (np.arange(len(base.executed)) < 6))[:1])
+    executed = base.flat("executed")
+    off = list(np.flatnonzero(executed)[:1])
+    on = list(np.flatnonzero(~executed & (np.arange(len(executed)) < 6))[:1])
     changed = explorer.inspect_input(model, x, tau=1.0, threshold=0.15,
                                      branch_overrides=explorer.branch_overrides(model, on, off))
-    assert not changed.executed[off].any()
+    assert not changed.flat("executed")[off].any()
     if on:
-        assert changed.executed[on].all()
+        assert changed.flat("executed")[on].all()
     assert changed.mflops != base.mflops or not on
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not model.training
@@ -163,10 +178,12 @@ def test_gumbel_softmax_demo_sharpens_as_tau_falls():
 def test_connection_logits_and_noise_have_one_value_per_branch(model, images):
     result = explorer.inspect_input(model, to_model_input(images[0][:1]), tau=1.0, threshold=0.1)
     branches = len(model.cells[1].branch_names)
-    assert explorer.connection_logits(model, result, 1, 2).shape == (branches,)
+    assert explorer.connection_logits(result, 1, 2).shape == (branches,)
     assert explorer.connection_noise(model, 5, 1, 2).shape == (branches,)
     with pytest.raises(ValueError):
-        explorer.connection_logits(model, result, 9, 0)
+        explorer.connection_logits(result, 9, 0)
+    with pytest.raises(ValueError):
+        explorer.connection_logits(result, 1, len(model.cells[1].connections))
 
 
 def test_gallery_takes_the_first_images_of_every_class():
@@ -251,7 +268,7 @@ def test_embeddings_are_finite_2d(runs, embedding):
     assert coords.shape == (96, 2) and np.isfinite(coords).all()
 
 
-def test_cluster_tables_and_ami(runs):
+def test_cluster_tables_and_ami(model, runs):
     run, _ = runs
     vectors = clusters.routing_vectors(run, "mask")
     result = clusters.cluster_routes(vectors, 3)
@@ -259,8 +276,10 @@ def test_cluster_tables_and_ami(runs):
     assert summary["size"].sum() == 96
     mix = clusters.class_mix(result, run, FASHION_CLASSES)
     assert mix.to_numpy().sum() == 96 and mix.shape == (result.k, 10)
-    weights, mask = clusters.typical_path(result, run, 0)
-    assert mask.dtype == bool and weights.shape == mask.shape
+    weights, mask = clusters.typical_path(result, run, 0, model.architecture())
+    assert [w.shape for w in weights] == [m.shape for m in mask] == model.architecture().routing_shape()
+    assert all(m.dtype == bool for m in mask)
+    routing_graph.routing_graph_of_cells(model.architecture(), weights, mask)
     exemplar = clusters.exemplars(result, vectors, 0, count=4)
     assert len(exemplar) <= 4 and (result.labels[exemplar] == 0).all()
     assert clusters.adjusted_mutual_information(run.labels.numpy(), run.labels.numpy()) == pytest.approx(1.0)
@@ -342,13 +361,13 @@ def test_per_class_table_and_sweep_grid(model, runs):
 
 # ---- figures -------------------------------------------------------------------------------------
 
-def test_figures_build_without_nan(model, runs):
+def test_figures_build_without_nan(model, images, runs):
     run, other = runs
     summary = summarize(run, model, "random", FASHION_CLASSES)
     table = audit.instance_table(run, FASHION_CLASSES)
     built = [
         figures.probabilities_figure(run.probabilities[0].numpy(), FASHION_CLASSES, 1),
-        figures.weight_heatmap(model.architecture(), run.branch_weights[0].numpy(), run.path_masks[0].numpy()),
+        figures.weight_heatmap(explorer.inspect_input(model, to_model_input(images[0][:1]), tau=1.0, threshold=0.15)),
         figures.flops_distribution_figure(run.mflops.numpy(), float(run.mflops[0]), model.dense_mflops()),
         figures.attribution_figure(np.random.default_rng(0).normal(size=(28, 28)), np.zeros((28, 28)), "a"),
         figures.tradeoff_figure([summary], summary, summary),

@@ -9,6 +9,7 @@ import json
 import os
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from drnet_core.net import ops
 from drnet_core.net.checkpoint import load_checkpoint
 from drnet_core.training.config import PRESETS
 from drnet_core.net.cost import module_macs
-from drnet_core.figures.routing_graph import routing_figure, routing_graph
+from drnet_core.figures.routing_graph import routing_figure, routing_graph_of_cells
 from drnet_core.training.train import train
 
 from helpers import write_fake_fashion
@@ -70,8 +71,9 @@ def test_the_toy_op_trains_and_is_costed_from_its_module(trained_with_toy):
 def test_the_toy_op_has_its_own_colour_and_legend_entry(trained_with_toy):
     path, _ = trained_with_toy
     model, _ = load_checkpoint(path)
-    total = sum(c * b for c, b in model.routing_shape())
-    figure = routing_figure(routing_graph(model.architecture(), torch.full((total,), 0.5).numpy(), torch.ones(total).numpy()))
+    shapes = model.architecture().routing_shape()
+    figure = routing_figure(routing_graph_of_cells(model.architecture(), [np.full(shape, 0.5) for shape in shapes],
+                                                   [np.ones(shape, dtype=bool) for shape in shapes]))
     legend = {trace.name: trace.marker.color for trace in figure.data if trace.showlegend is not False and trace.name}
     assert legend[TOY] == TOY_COLOR
     assert set(legend) == set(model.config.branches)

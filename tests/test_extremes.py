@@ -128,8 +128,9 @@ def test_single_input_inspection_at_extremes(models, inputs, tau, threshold):
     model = models["shipped"]
     for row in range(len(x)):
         inspection = explorer.inspect_input(model, x[row:row + 1], tau=tau, threshold=threshold, noise_seed=2**31 - 1)
-        for value in (inspection.probabilities, inspection.weights, inspection.router_logits):
-            assert np.isfinite(value).all()
+        assert np.isfinite(inspection.probabilities).all()
+        for cell in inspection.cells:
+            assert np.isfinite(cell.weights).all() and np.isfinite(cell.router_logits).all()
         assert math.isfinite(inspection.mflops) and 0 < inspection.fraction_of_dense <= 1 + 1e-9
     table = explorer.noise_path_frequencies(model, x[:1], tau=tau, threshold=threshold, samples=16, seed=2**31 - 1,
                                             class_names=FASHION_CLASSES)
@@ -156,8 +157,8 @@ def test_more_clusters_than_distinct_paths(models, inputs, kind, method, metric,
     assert np.isfinite(numeric).all() and table["size"].sum() == 5
     assert clusters.class_mix(clustering, run, FASHION_CLASSES).to_numpy().sum() == 5
     for cluster in range(clustering.k):
-        weights, mask = clusters.typical_path(clustering, run, cluster)
-        assert np.isfinite(weights).all() and mask.dtype == bool
+        weights, mask = clusters.typical_path(clustering, run, cluster, model.architecture())
+        assert all(np.isfinite(w).all() for w in weights) and all(m.dtype == bool for m in mask)
         assert len(clusters.exemplars(clustering, vectors, cluster)) >= 1
     for embedding in clusters.EMBEDDINGS:
         coords = clusters.embed_2d(vectors, method=embedding)

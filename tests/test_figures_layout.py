@@ -105,21 +105,21 @@ def shipped():
 def test_the_demo_connection_is_the_one_tau_moves_most(shipped):
     model, inspection = shipped
     taus = np.geomspace(0.05, 5.0, 60)
-    scores = {(c, e): explorer.connection_tau_sensitivity(explorer.connection_logits(model, inspection, c, e), taus)
+    scores = {(c, e): explorer.connection_tau_sensitivity(explorer.connection_logits(inspection, c, e), taus)
               for c, cell in enumerate(model.cells) for e in range(len(cell.connections))}
-    chosen = explorer.most_tau_sensitive_connection(model, inspection, taus)
+    chosen = explorer.most_tau_sensitive_connection(inspection, taus)
     assert scores[chosen] == max(scores.values())
 
     # A saturated connection: one branch keeps nearly all the weight at tau 1.
     def top_weight(key):
-        logits = explorer.connection_logits(model, inspection, *key)
+        logits = explorer.connection_logits(inspection, *key)
         return explorer.gumbel_softmax_demo(logits, np.array([1.0]), threshold=0.5)["weight"].max()
 
     saturated = max(scores, key=top_weight)
     assert top_weight(saturated) > 0.95 and saturated != chosen
     assert scores[chosen] > 1.5 * scores[saturated]
     # The chosen connection's weights really travel: its largest weight falls by a third or more over the range.
-    curve = explorer.gumbel_softmax_demo(explorer.connection_logits(model, inspection, *chosen), taus, threshold=0.5)
+    curve = explorer.gumbel_softmax_demo(explorer.connection_logits(inspection, *chosen), taus, threshold=0.5)
     largest = curve.groupby("tau")["weight"].max()
     assert largest.iloc[0] - largest.iloc[-1] > 0.33
 

@@ -18,15 +18,16 @@ from apptest import APP, TIMEOUT, assert_clean  # noqa: E402
 TOY_VIEW = '''
 import streamlit as st
 
-from drnet_app import caches, state
+from drnet_app import caches, evaluation, state
 from drnet_core.figures import charts
 
 settings = state.current_settings()
-model, meta = caches.model_and_meta(settings.checkpoint)
+image = evaluation.gallery_image(0)
+inspection = caches.inspection(settings.checkpoint, evaluation.image_key(image), image.model_input, settings.tau,
+                               settings.threshold, settings.noise_seed)
 st.title("Toy view")
-st.markdown(f"toy view at tau {settings.tau:g}: {model.architecture().total_branches} branches")
-st.plotly_chart(charts.weight_heatmap(model.architecture(), [0.5] * model.architecture().total_branches,
-                                      [True] * model.architecture().total_branches), key="toy_heatmap")
+st.markdown(f"toy view at tau {settings.tau:g}: {inspection.architecture.total_branches} branches")
+st.plotly_chart(charts.weight_heatmap(inspection), key="toy_heatmap")
 '''
 
 

@@ -99,7 +99,7 @@ state.publish("cluster")
 exemplar_positions = clusters.exemplars(result, vectors, chosen, count=8)
 ui.thumbnails([evaluated.images[p] for p in exemplar_positions],
                  [f"#{split_index[p]}: {names[labels[p]]}" for p in exemplar_positions])
-weights, mask = clusters.typical_path(result, run, chosen)
-graph = routing_graph.routing_graph(model.architecture(), weights, mask)
+weights, mask = clusters.typical_path(result, run, chosen, model.architecture())
+graph = routing_graph.routing_graph_of_cells(model.architecture(), weights, mask)
 st.plotly_chart(routing_graph.routing_figure(graph, f"Typical path of cluster {chosen + 1} (branches most members run, "
                                                     "mean weights)"), key="cluster_path")

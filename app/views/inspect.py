@@ -88,15 +88,15 @@ with right:
     m2.caption(f"{result.fraction_of_dense:.0%} of dense ({result.dense_mflops:.2f})")
     m3.metric("Active parameters", f"{result.active_params:,.0f}")
     m3.caption(f"of {model.dense_params():,}")
-    if not result.executed.any():
+    if result.branches_run == 0:
         st.warning(f"At tau {settings.tau:g} and threshold {settings.threshold:g} no branch runs for this image: every "
                    "cell passes its input through unchanged, and the prediction comes from the stem, reductions and "
                    "head alone.")
 
 
 def routing_path_tab() -> None:
-    graph = routing_graph.routing_graph(architecture, result.weights, result.executed)
-    ran = int(result.executed.sum())
+    graph = routing_graph.routing_graph(result)
+    ran = result.branches_run
     # The setting goes in the caption: in the title it was cut off at the column's width.
     st.plotly_chart(routing_graph.routing_figure(
         graph, f"Routing path of {name}: {ran} of {len(labels)} branches ran"), key="routing_graph")
@@ -106,7 +106,7 @@ def routing_path_tab() -> None:
 
 
 def branch_weights_tab() -> None:
-    st.plotly_chart(figures.weight_heatmap(architecture, result.weights, result.executed), key="weights")
+    st.plotly_chart(figures.weight_heatmap(result), key="weights")
 
 
 def cost_tab() -> None:
@@ -165,7 +165,7 @@ def counterfactual_tab() -> None:
     cost_change = changed.mflops - result.mflops
     c3.metric("Executed MFLOPs", f"{changed.mflops:.3f}",
               ui.nonzero_delta(f"{cost_change:+.3f}"), delta_color="inverse")
-    diff = routing_graph.path_diff_graph(architecture, result.executed, changed.executed, result.weights, changed.weights)
+    diff = routing_graph.path_diff_graph(result, changed)
     st.plotly_chart(routing_graph.path_diff_figure(diff, "Router's path (A) vs. counterfactual path (B)",
                                                    "router", "counterfactual"), key="counterfactual_diff")
 
@@ -228,8 +228,7 @@ def compare_tab() -> None:
     d1.caption(f"{result.mflops:.3f} MFLOPs")
     d2.metric(f"B ({label_b})", classes[other_result.prediction])
     d2.caption(f"{other_result.mflops:.3f} MFLOPs")
-    diff = routing_graph.path_diff_graph(architecture, result.executed, other_result.executed, result.weights,
-                                         other_result.weights)
+    diff = routing_graph.path_diff_graph(result, other_result)
     counts = routing_graph.diff_counts(diff)
     st.plotly_chart(routing_graph.path_diff_figure(
         diff, f"Path diff: {counts['both']} shared, {counts['only A']} only in A, {counts['only B']} only in B"),
@@ -256,7 +255,7 @@ def worst_case_tab() -> None:
     c2.caption("unchanged" if changed.prediction == result.prediction else f"was {classes[result.prediction]}")
     c3.image(ui.enlarge((forced.forced_pixels[0, 0] * 255).round().byte(), 4),
              caption=f"perturbed image (eps {eps}/255)", width="stretch")
-    diff = routing_graph.path_diff_graph(architecture, result.executed, changed.executed, result.weights, changed.weights)
+    diff = routing_graph.path_diff_graph(result, changed)
     st.plotly_chart(routing_graph.path_diff_figure(diff, "This image's path (A) vs. the perturbed image's path (B)",
                                                    "original", "perturbed"), key="sponge_diff")
     st.caption("The search and the measurement use the sidebar's tau and threshold, without noise. "

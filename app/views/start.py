@@ -43,7 +43,7 @@ graph_text.markdown(
     "* **Identity** is the free choice: it hands its input on, scaled by its weight like every branch, with no "
     "multiply-adds. A cell whose connections run only identity costs nothing beyond its router.")
 graph_text.markdown(key_rows, unsafe_allow_html=True)
-graph = routing_graph.routing_graph(model.architecture(), result.weights, result.executed)
+graph = routing_graph.routing_graph(result)
 example_name = tour.gallery_name(example_position, classes[int(images.labels[example_position])], images.indices)
 graph_figure.plotly_chart(routing_graph.routing_figure(graph, f"Example: {example_name}", height=380),
                           key="start_graph")

@@ -51,7 +51,7 @@ inspected = caches.inspection(settings.checkpoint, evaluation.image_key(prepared
 # connections are saturated (one branch at weight ~1 over most of the range) and would show nothing.
 default_cell, default_connection = 0, 0
 if "demo_cell" not in st.session_state or "demo_connection" not in st.session_state:
-    default_cell, default_connection = explorer.most_tau_sensitive_connection(model, inspected, DEMO_TAUS)
+    default_cell, default_connection = explorer.most_tau_sensitive_connection(inspected, DEMO_TAUS)
 cell = c2.selectbox("Cell", list(range(len(model.cells))), format_func=lambda c: f"cell {c + 1}",
                     key=state.bound("demo_cell", default_cell, low=0, high=len(model.cells) - 1))
 connections = model.cells[cell].connections
@@ -70,7 +70,7 @@ seed = d3.number_input("Noise seed", 0, 10_000, step=1, key=state.bound("demo_se
                        disabled=not noisy)
 state.publish("demo_image", "demo_cell", "demo_connection", "demo_noise", "demo_seed")
 
-logits = explorer.connection_logits(model, inspected, cell, connection)
+logits = explorer.connection_logits(inspected, cell, connection)
 noise = explorer.connection_noise(model, int(seed), cell, connection) if noisy else None
 branch_names = model.cells[cell].branch_names
 curve = explorer.gumbel_softmax_demo(logits, DEMO_TAUS, threshold=settings.threshold, noise=noise)

@@ -18,6 +18,7 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.metrics import adjusted_mutual_info_score, pairwise_distances
 
+from drnet_core.architecture import Architecture
 from drnet_core.analysis.evaluate import RoutedRun
 
 VECTOR_KINDS = ("mask", "weights")
@@ -154,14 +155,16 @@ def class_mix(clustering: Clustering, run: RoutedRun, class_names: tuple[str, ..
     return pd.DataFrame(table, index=[f"cluster {c + 1}" for c in range(clustering.k)], columns=list(class_names))
 
 
-def typical_path(clustering: Clustering, run: RoutedRun, cluster: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean branch weights, majority-vote selected mask) of one cluster (0-based)."""
+def typical_path(clustering: Clustering, run: RoutedRun, cluster: int,
+                 architecture: Architecture) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per cell, (connections, branches) mean branch weights and majority-vote selected masks of one
+    cluster (0-based), as `routing_graph.routing_graph_of_cells` draws them."""
     members = clustering.labels == cluster
     if not members.any():
         raise ValueError(f"cluster {cluster + 1} is empty")
     masks = run.path_masks.numpy()[members]
     weights = run.branch_weights.numpy()[members]
-    return weights.mean(axis=0), masks.mean(axis=0) >= 0.5
+    return architecture.split_per_cell(weights.mean(axis=0)), architecture.split_per_cell(masks.mean(axis=0) >= 0.5)
 
 
 def exemplars(clustering: Clustering, vectors: np.ndarray, cluster: int, count: int = 8) -> np.ndarray:

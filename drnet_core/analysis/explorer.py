@@ -1,5 +1,8 @@
 """Single-image inspection: prediction, routing trace, counterfactuals and Gumbel-noise resampling.
 
+`inspect_input` returns a frozen `drnet_core.inspection.Inspection`, per-cell routing taken straight from
+the model's trace; the figures draw it without the model.
+
 Everything here runs one input (or copies of it) through a loaded DRNet in eval mode without ever
 changing the model: counterfactuals go through `branch_overrides` (force a branch on or off, see
 `Cell.forward`), and Gumbel noise is drawn per request from an explicit seed (`DRNet.sample_noise`),
@@ -8,36 +11,13 @@ paper (softmax((logits + g) / tau)) for one connection, for the teaching view.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 import torch
 
-from drnet_core.net.model import DRNet
+from drnet_core.inspection import CellRouting, Inspection
+from drnet_core.net.model import DRNet, RoutingTrace
 from drnet_core.analysis.payoff import entropy_bits
-
-
-@dataclass
-class Inspection:
-    """One input under one setting. Routing arrays are flattened over all branches (path_masks order)."""
-
-    probabilities: np.ndarray   # (classes,)
-    prediction: int
-    weights: np.ndarray         # (total branches,) recalibrated weights
-    executed: np.ndarray        # (total branches,) bool, branches that ran
-    router_logits: np.ndarray   # (total branches,)
-    mflops: float
-    active_params: float
-    dense_mflops: float
-
-    @property
-    def confidence(self) -> float:
-        return float(self.probabilities[self.prediction])
-
-    @property
-    def fraction_of_dense(self) -> float:
-        return self.mflops / self.dense_mflops
 
 
 def _check_input(model: DRNet, model_input: torch.Tensor) -> torch.Tensor:
@@ -51,6 +31,14 @@ def _check_input(model: DRNet, model_input: torch.Tensor) -> torch.Tensor:
     return model_input.to(model.device)
 
 
+def cell_routings(trace: RoutingTrace, row: int = 0) -> tuple[CellRouting, ...]:
+    """One instance's routing from a model's trace, per cell. The trace is already per cell, so nothing is
+    split again: the flat `path_masks` / `branch_weights` are concatenations of these same arrays."""
+    return tuple(CellRouting(weights=weights[row].float().cpu().numpy(), executed=executed[row].cpu().numpy(),
+                             router_logits=logits[row].float().cpu().numpy())
+                 for weights, executed, logits in zip(trace.weights, trace.executed, trace.logits))
+
+
 @torch.inference_mode()
 def inspect_input(model: DRNet, model_input: torch.Tensor, *, tau: float, threshold: float,
                   noise_seed: int | None = None, branch_overrides: list[torch.Tensor] | None = None) -> Inspection:
@@ -60,11 +48,10 @@ def inspect_input(model: DRNet, model_input: torch.Tensor, *, tau: float, thresh
     logits, trace = model(x, tau=tau, threshold=threshold, gumbel_noise=noise, branch_overrides=branch_overrides)
     probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
     return Inspection(
+        architecture=model.architecture(),
+        cells=cell_routings(trace),
         probabilities=probabilities,
         prediction=int(probabilities.argmax()),
-        weights=trace.branch_weights()[0].float().cpu().numpy(),
-        executed=trace.path_masks()[0].cpu().numpy(),
-        router_logits=torch.cat([lg.flatten(1) for lg in trace.logits], dim=1)[0].float().cpu().numpy(),
         mflops=float(model.mflops_per_instance(trace)[0]),
         active_params=float(model.active_params_per_instance(trace)[0]),
         dense_mflops=model.dense_mflops(),
@@ -72,7 +59,8 @@ def inspect_input(model: DRNet, model_input: torch.Tensor, *, tau: float, thresh
 
 
 def branch_overrides(model: DRNet, force_on: list[int] = (), force_off: list[int] = ()) -> list[torch.Tensor] | None:
-    """Per-cell override tensors from flat branch positions (indices into `model.architecture().branch_labels()`).
+    """Per-cell override tensors from flat branch positions (indices into `model.architecture().branch_labels()`,
+    as in `Inspection.flat`).
 
     A branch named in both lists is an error rather than a silent choice of one.
     """
@@ -161,11 +149,11 @@ def gumbel_softmax_demo(logits: np.ndarray, taus: np.ndarray, *, threshold: floa
     return pd.DataFrame(rows)
 
 
-def connection_logits(model: DRNet, inspection: Inspection, cell: int, connection: int) -> np.ndarray:
+def connection_logits(inspection: Inspection, cell: int, connection: int) -> np.ndarray:
     """The router logits of one connection of one inspected input: (branches,)."""
-    if not 0 <= cell < len(model.cells):
-        raise ValueError(f"the model has {len(model.cells)} cells, got cell {cell}")
-    per_connection = model.split_per_cell(inspection.router_logits)[cell]
+    if not 0 <= cell < len(inspection.cells):
+        raise ValueError(f"the model has {len(inspection.cells)} cells, got cell {cell}")
+    per_connection = inspection.cells[cell].router_logits
     if not 0 <= connection < len(per_connection):
         raise ValueError(f"cell {cell + 1} has {len(per_connection)} connections, got connection {connection}")
     return per_connection[connection]
@@ -196,14 +184,14 @@ def connection_tau_sensitivity(logits: np.ndarray, taus: np.ndarray, *, noise: n
     return float(np.abs(np.diff(weights, axis=0)).sum())
 
 
-def most_tau_sensitive_connection(model: DRNet, inspection: Inspection, taus: np.ndarray) -> tuple[int, int]:
+def most_tau_sensitive_connection(inspection: Inspection, taus: np.ndarray) -> tuple[int, int]:
     """(cell, connection), 0-based, of the inspected input whose weights move most over `taus`
     (`connection_tau_sensitivity` of its router logits): the connection where changing tau shows the most.
     Ties go to the first in cell, then connection order."""
     best, best_score = (0, 0), -1.0
-    for cell, block in enumerate(model.cells):
-        for connection in range(len(block.connections)):
-            score = connection_tau_sensitivity(connection_logits(model, inspection, cell, connection), taus)
+    for cell, routing in enumerate(inspection.cells):
+        for connection, logits in enumerate(routing.router_logits):
+            score = connection_tau_sensitivity(logits, taus)
             if score > best_score + 1e-12:
                 best, best_score = (cell, connection), score
     return best

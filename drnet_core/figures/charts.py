@@ -1,7 +1,8 @@
 """Plotly figures for the explorer's views: pure functions from results to figures.
 
 Each function takes plain arrays or tables (from `explorer`, `evaluate`, `clusters`, `audit`,
-`tradeoff`) and returns a `plotly.graph_objects.Figure` with a title, labelled axes and hover text.
+`tradeoff`), or one input's frozen `Inspection`, and returns a `plotly.graph_objects.Figure` with a
+title, labelled axes and hover text.
 The routing-path graph itself is drawn in `routing_graph`.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from drnet_core.architecture import Architecture
+from drnet_core.inspection import Inspection
 
 ACCENT = "#3a86ff"
 MUTED = "#8d99ae"
@@ -78,11 +80,11 @@ def probabilities_figure(probabilities: np.ndarray, class_names: tuple[str, ...]
     return _style(figure, title, height=340)
 
 
-def weight_heatmap(architecture: Architecture, weights: np.ndarray, executed: np.ndarray,
-                   title: str = "Branch weights per cell") -> go.Figure:
-    """One heatmap per cell: connections x branches, colour = weight, ● = branch ran."""
-    per_cell_w = architecture.split_per_cell(np.nan_to_num(np.asarray(weights, dtype=float)))
-    per_cell_x = architecture.split_per_cell(np.asarray(executed, dtype=bool))
+def weight_heatmap(inspection: Inspection, title: str = "Branch weights per cell") -> go.Figure:
+    """One heatmap per cell of one inspected input: connections x branches, colour = weight, ● = branch ran."""
+    architecture = inspection.architecture
+    per_cell_w = [np.nan_to_num(cell.weights.astype(float)) for cell in inspection.cells]
+    per_cell_x = [cell.executed for cell in inspection.cells]
     cells = len(architecture.cells)
     figure = make_subplots(rows=1, cols=cells, subplot_titles=[f"Cell {c + 1}" for c in range(cells)],
                            horizontal_spacing=0.06)

@@ -1,11 +1,13 @@
 """The routing path of one input as a graph, and plotly drawings of it (DRNet, arXiv 1905.04849).
 
-`routing_graph` builds a networkx DiGraph of the whole network for one instance: the input, every
-cell's nodes (node 0 = cell input, then the intermediate nodes, then the cell output), and one
-graph node per candidate branch on every connection, sitting between the connection's source and
-target. Branch nodes carry their op, recalibrated weight, multiply-adds and whether they ran.
-`path_diff_graph` marks, for two selected-branch patterns, the branches only in A, only in B or in
-both. `routing_figure` / `path_diff_figure` are pure functions from such a graph to a plotly figure.
+`routing_graph` builds a networkx DiGraph of the whole network for one inspected input (an
+`Inspection`): the input, every cell's nodes (node 0 = cell input, then the intermediate nodes, then the
+cell output), and one graph node per candidate branch on every connection, sitting between the
+connection's source and target. Branch nodes carry their op, recalibrated weight, multiply-adds and
+whether they ran. `routing_graph_of_cells` builds the same from an architecture and per-cell arrays that
+are not one input's (a cluster's typical path). `path_diff_graph` marks, for two inspections, the
+branches only in A, only in B or in both. `routing_figure` / `path_diff_figure` are pure functions from
+such a graph to a plotly figure. Everything is read per cell; nothing here splits a flat vector.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from drnet_core.architecture import Architecture
+from drnet_core.inspection import Inspection
 from drnet_core.figures.charts import TITLE_BELOW_TOOLBAR, TOP_MARGIN
 
 # Each branch op's colour comes from the branch registry (`net.ops.OPS`) through the architecture
@@ -26,13 +29,6 @@ NODE_COLOR = "#33415c"
 CELL_WIDTH = 4.0  # x distance from a cell's input node to its output node
 
 
-def flat_routing(values) -> np.ndarray:
-    """A flat routing vector from either a flat vector or a per-cell list of (connections, branches)."""
-    if isinstance(values, (list, tuple)):
-        return np.concatenate([np.asarray(v, dtype=float).ravel() for v in values])
-    return np.asarray(values, dtype=float).ravel()
-
-
 def _connection_lane(source: int, target: int) -> float:
     """Vertical centre of a connection's branch fan: short hops above the node line, long ones below."""
     span = target - source
@@ -40,15 +36,19 @@ def _connection_lane(source: int, target: int) -> float:
     return side * (2.2 + 3.2 * ((span - 1) // 2))
 
 
-def routing_graph(architecture: Architecture, weights: np.ndarray | Sequence,
-                  executed: np.ndarray | Sequence) -> nx.DiGraph:
-    """DiGraph of the network for one instance.
+def routing_graph(inspection: Inspection) -> nx.DiGraph:
+    """DiGraph of the network for one inspected input."""
+    return routing_graph_of_cells(inspection.architecture, [cell.weights for cell in inspection.cells],
+                                  [cell.executed for cell in inspection.cells])
 
-    weights, executed: flattened over all branches (one row of `RoutedRun.branch_weights` /
-    `path_masks`) or per-cell (connections, branches) arrays.
-    """
-    per_cell_w = architecture.split_per_cell(flat_routing(weights))
-    per_cell_x = architecture.split_per_cell(flat_routing(executed).astype(bool))
+
+def routing_graph_of_cells(architecture: Architecture, weights: Sequence[np.ndarray],
+                           executed: Sequence[np.ndarray]) -> nx.DiGraph:
+    """DiGraph of the network for per-cell (connections, branches) weights and selected-branch masks."""
+    shapes = [np.shape(w) for w in weights], [np.shape(x) for x in executed]
+    if shapes[0] != architecture.routing_shape() or shapes[1] != architecture.routing_shape():
+        raise ValueError(f"per-cell weights {shapes[0]} and masks {shapes[1]} do not fit the architecture's "
+                         f"{architecture.routing_shape()}")
     graph = nx.DiGraph()
     graph.add_node("input", kind="io", label="image", x=-1.5, y=0.0)
     previous = "input"
@@ -72,7 +72,7 @@ def routing_graph(architecture: Architecture, weights: np.ndarray | Sequence,
                 offset = (b - (branches - 1) / 2) * 0.42
                 graph.add_node(key, kind="branch", cell=c, connection=e, branch=b, op=name, color=architecture.color(name),
                                source=source, target=target,
-                               weight=float(per_cell_w[c][e, b]), executed=bool(per_cell_x[c][e, b]),
+                               weight=float(weights[c][e, b]), executed=bool(executed[c][e, b]),
                                mflops=cell.branch_mflops[e][b],
                                x=x0 + (source + target) / 2 * step, y=lane + offset)
                 graph.add_edge(("node", c, source), key, kind="branch")
@@ -89,22 +89,19 @@ def executed_mflops(graph: nx.DiGraph) -> float:
     return sum(data["mflops"] for _, data in graph.nodes(data=True) if data.get("kind") == "branch" and data["executed"])
 
 
-def path_diff_graph(architecture: Architecture, executed_a, executed_b, weights_a=None, weights_b=None) -> nx.DiGraph:
-    """Routing graph whose branch nodes carry `status`: 'both', 'only A', 'only B' or 'neither'."""
-    mask_a = np.asarray(executed_a, dtype=bool).ravel()
-    mask_b = np.asarray(executed_b, dtype=bool).ravel()
-    weights_a = np.zeros(mask_a.shape) if weights_a is None else np.asarray(weights_a).ravel()
-    weights_b = np.zeros(mask_b.shape) if weights_b is None else np.asarray(weights_b).ravel()
-    graph = routing_graph(architecture, weights_a, mask_a | mask_b)
-    flat_index = 0
-    for c, (connections, branches) in enumerate(architecture.routing_shape()):
-        for e in range(connections):
-            for b in range(branches):
-                data = graph.nodes[("branch", c, e, b)]
-                a, bb = mask_a[flat_index], mask_b[flat_index]
-                data["status"] = "both" if a and bb else "only A" if a else "only B" if bb else "neither"
-                data["weight_a"], data["weight_b"] = float(weights_a[flat_index]), float(weights_b[flat_index])
-                flat_index += 1
+def path_diff_graph(before: Inspection, after: Inspection) -> nx.DiGraph:
+    """Routing graph whose branch nodes carry `status`: 'both', 'only A', 'only B' or 'neither', with A the
+    branches that ran in `before` and B those in `after`, and each side's weight."""
+    if before.architecture != after.architecture:
+        raise ValueError("the two inspections route through different networks")
+    either = [a.executed | b.executed for a, b in zip(before.cells, after.cells)]
+    graph = routing_graph_of_cells(before.architecture, [cell.weights for cell in before.cells], either)
+    for c, (cell_a, cell_b) in enumerate(zip(before.cells, after.cells)):
+        for (e, b), ran_a in np.ndenumerate(cell_a.executed):
+            ran_b = cell_b.executed[e, b]
+            data = graph.nodes[("branch", c, e, b)]
+            data["status"] = "both" if ran_a and ran_b else "only A" if ran_a else "only B" if ran_b else "neither"
+            data["weight_a"], data["weight_b"] = float(cell_a.weights[e, b]), float(cell_b.weights[e, b])
     return graph
 
 
