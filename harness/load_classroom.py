@@ -30,7 +30,6 @@ import threading
 import time
 from pathlib import Path
 
-
 from harness import bench_browser as bench
 from harness import chromium
 from harness.server_monitor import resident_mb

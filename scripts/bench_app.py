@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-
 from drnet_core.analysis import attribution, explorer
 
 from drnet_core.figures import routing_graph

@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from harness import bench_browser as bench
 from harness import page_log
 from harness.bench_report import seconds, spread

@@ -1,14 +1,17 @@
 """Fixtures every test module may use: a private result cache, a served app and a headless browser.
 
-A browser test module sets `EVAL_LIMIT` (images each page evaluates) and `WINDOW` ("width,height") at its
-top; `server` and `browser` read them. Shared plain functions are in tests/helpers.py (tiny models, fake
-data, the `drnet` command) and harness/chromium.py (free ports, `settled`, `metric_values`).
+Browser test modules share one served app and one Chromium per test worker; a module sets its
+`WINDOW` ("width,height") at its top, and every page evaluates `helpers.BROWSER_EVAL_LIMIT` images.
+Shared plain functions are in tests/helpers.py (tiny models, fake data, the `drnet` command) and
+harness/chromium.py (free ports, `settled`, `metric_values`).
 """
+import contextlib
 import os
 
 import pytest
 
 from harness.chromium import chromium, serve_app
+from helpers import BROWSER_EVAL_LIMIT
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -18,18 +21,46 @@ def private_result_cache(tmp_path_factory):
     os.environ["DRNET_RESULT_CACHE_DIR"] = str(tmp_path_factory.mktemp("results"))
 
 
-@pytest.fixture(scope="module")
-def server(request):
-    """`streamlit run` of the app for one test module, evaluating the module's `EVAL_LIMIT` images."""
-    limit = getattr(request.module, "EVAL_LIMIT", 500)
-    with serve_app({"DRNET_EVAL_LIMIT": str(limit)}) as (url, _):
-        yield url
+@pytest.fixture(scope="session")
+def served_app():
+    """This worker's one `streamlit run` for every browser test module, started on first use.
+
+    Shared because a server's start and its first page (torch, the model, the data) cost more CPU than
+    most tests; each `browser.get` is a new Streamlit session, so tests still start from a fresh page."""
+    with contextlib.ExitStack() as stack:
+        url = []
+        def start() -> str:
+            if not url:
+                served, _ = stack.enter_context(serve_app({"DRNET_EVAL_LIMIT": str(BROWSER_EVAL_LIMIT)}))
+                url.append(served)
+            return url[0]
+        yield start
+
+
+@pytest.fixture(scope="session")
+def shared_browser():
+    """This worker's one headless Chromium, started on first use and reused by every browser module."""
+    with contextlib.ExitStack() as stack:
+        driver = []
+        def start():
+            if not driver:
+                driver.append(stack.enter_context(chromium("1280,1400", page_load_timeout=240,
+                                                           profile_prefix="drnet-tests-")))
+            return driver[0]
+        yield start
 
 
 @pytest.fixture(scope="module")
-def browser(request):
-    """A fresh headless Chromium for one test module, its window the module's `WINDOW`."""
-    window = getattr(request.module, "WINDOW", "1280,1400")
-    name = request.module.__name__.rpartition(".")[2]
-    with chromium(window, page_load_timeout=240, profile_prefix=f"drnet-{name}-") as driver:
-        yield driver
+def server(served_app):
+    """The URL of the served app, evaluating the first `BROWSER_EVAL_LIMIT` test images."""
+    return served_app()
+
+
+@pytest.fixture(scope="module")
+def browser(request, shared_browser):
+    """The shared Chromium, its window set to the module's `WINDOW` ("width,height") and on a blank page."""
+    driver = shared_browser()
+    width, height = (int(size) for size in getattr(request.module, "WINDOW", "1280,1400").split(","))
+    driver.get("about:blank")
+    driver.set_window_size(width, height)
+    return driver

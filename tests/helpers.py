@@ -12,6 +12,9 @@ import torch
 from drnet_core.training.config import PRESETS
 from drnet_core.net.model import DRNet
 
+# Test images each page of the browser tests' served app evaluates (tests/conftest.py::served_app).
+BROWSER_EVAL_LIMIT = 500
+
 
 def tiny_model(seed: int = 0) -> DRNet:
     torch.manual_seed(seed)

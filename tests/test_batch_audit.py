@@ -67,7 +67,6 @@ def test_archive_declaring_more_than_the_total_limit_is_refused_whole(monkeypatc
         zip_intake.read_zip(make_zip(entries), "huge.zip")
 
 
-
 @pytest.mark.parametrize("name", ["../../etc/evil.png", "/etc/evil.png", "a/../../evil.png", "C:\\evil.png",
                                   "..\\..\\evil.png"])
 def test_path_traversal_names_are_skipped_and_nothing_is_written(name, tmp_path, monkeypatch):

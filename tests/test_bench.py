@@ -25,7 +25,6 @@ TINY = PRESETS["tiny"]
 BUNDLED_BASELINES = sorted((ROOT / "assets" / "baselines").glob("*.pt"))
 
 
-
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")

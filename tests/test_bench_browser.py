@@ -10,7 +10,6 @@ import math
 import pytest
 from harness.chromium import AVAILABLE, MISSING_REASON
 
-
 from harness import bench_browser, bench_report
 
 pytestmark = pytest.mark.slow  # a real server, browser or virtual environment

@@ -16,18 +16,12 @@ from drnet_app.navigation import VIEWS
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
-EVAL_LIMIT = 200
 WINDOW = "1500,1150"
 # The default page is served at the root: Streamlit ignores its url_path.
 PAGES = {("" if index == 0 else view.url_path): view.title for index, view in enumerate(VIEWS)}
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE,
                                 reason=MISSING_REASON)]
-
-
-
-
-
 
 
 def assert_no_error(driver, text: str) -> None:

@@ -16,7 +16,6 @@ from test_browser import assert_no_error, metric_value, screenshot
 from drnet_core.analysis import audit
 from drnet_core.data.datasets import load_shipped_subset
 
-EVAL_LIMIT = 200
 WINDOW = "1500,1150"
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)]

@@ -15,12 +15,7 @@ from drnet_core.data.datasets import FASHION_CLASSES
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)]
 
 WIDTH = 1280
-EVAL_LIMIT = 300
 WINDOW = f"{WIDTH},2400"
-
-
-
-
 
 
 def visit(driver, url: str) -> str:

@@ -1,9 +1,9 @@
 """One setting, one number, and every state in the URL, checked in a real browser.
 
-Debian's headless Chromium against `streamlit run` on the first 500 test images: the same setting
-gives the same accuracy and cost on every page and in the CLI; a link restores the checkpoint, the open
-tab and forced branches; the chosen gallery image survives a visit to another page. Skipped without
-chromium / chromedriver.
+Debian's headless Chromium against `streamlit run` on the first `BROWSER_EVAL_LIMIT` test images: the
+same setting gives the same accuracy and cost on every page and in the CLI; a link restores the
+checkpoint, the open tab and forced branches; the chosen gallery image survives a visit to another page.
+Skipped without chromium / chromedriver.
 """
 from __future__ import annotations
 
@@ -16,19 +16,13 @@ from pathlib import Path
 
 import pytest
 from harness.chromium import AVAILABLE, MISSING_REASON, metric_values, settled
+from helpers import BROWSER_EVAL_LIMIT
 
 ROOT = Path(__file__).resolve().parent.parent
-EVAL_LIMIT = 500
 WINDOW = "1280,1400"
 SETTING = {"tau": "0.5", "threshold": "0.2"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)]
-
-
-
-
-
-
 
 
 def query(driver) -> dict[str, list[str]]:
@@ -46,7 +40,7 @@ def open_page_from_sidebar(driver, title: str) -> None:
 
 
 def test_one_setting_gives_one_number_on_every_page_and_in_the_cli(server, browser):
-    cli = subprocess.run([sys.executable, "-m", "drnet_core", "evaluate", "--limit", str(EVAL_LIMIT), "--tau",
+    cli = subprocess.run([sys.executable, "-m", "drnet_core", "evaluate", "--limit", str(BROWSER_EVAL_LIMIT), "--tau",
                           SETTING["tau"], "--threshold", SETTING["threshold"], "--json"],
                          cwd=ROOT, capture_output=True, text=True, check=True)
     expected = json.loads(cli.stdout)
@@ -68,7 +62,7 @@ def test_one_setting_gives_one_number_on_every_page_and_in_the_cli(server, brows
     settled(browser, showing="Cost audit")
     assert metric_values(browser, "Accuracy") == [f"{accuracy:.1%}"]
     assert metric_values(browser, "Mean MFLOPs") == [mflops]
-    assert metric_values(browser, "Inputs shown") == [f"{EVAL_LIMIT:,}"]
+    assert metric_values(browser, "Inputs shown") == [f"{BROWSER_EVAL_LIMIT:,}"]
 
 
 def test_a_link_restores_the_checkpoint_the_tab_and_forced_branches(server, browser):

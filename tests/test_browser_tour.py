@@ -1,7 +1,8 @@
 """The Start page in a real browser: it is the first page, its five tour links are the ones
 `drnet_core.analysis.tour` builds, and each opens its view in the state the step states; at 1280x800 the
 Inspect page shows the routing graph above the fold. Debian's headless Chromium against `streamlit run`
-on the first 500 test images; screenshots go to test-artifacts/. Skipped without chromium.
+on the first `BROWSER_EVAL_LIMIT` test images; screenshots go to test-artifacts/. Skipped without
+chromium.
 """
 from __future__ import annotations
 
@@ -17,16 +18,9 @@ from drnet_core.analysis.evaluate import default_setting
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
-EVAL_LIMIT = 500
 WINDOW = "1280,800"
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=MISSING_REASON)]
-
-
-
-
-
-
 
 
 def expected_steps() -> list[tour.TourStep]:

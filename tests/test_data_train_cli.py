@@ -277,7 +277,6 @@ def test_checkpoint_round_trip_keeps_outputs(tmp_path):
     assert torch.load(path, weights_only=True)["config"] == ModelConfig.from_dict(model.config.to_dict()).to_dict()
 
 
-
 def test_evaluate_json_has_every_field(tmp_path, capsys):
     model = tiny_model()
     path = save_checkpoint(tmp_path / "m.pt", model, {"default_tau": 0.5, "default_threshold": 0.2,

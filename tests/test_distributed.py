@@ -38,7 +38,6 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not dist.is_available(), reason="this torch build has no torch.distributed")]
 
 
-
 def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
                "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "drnet_core", *args]

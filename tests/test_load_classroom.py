@@ -13,15 +13,14 @@ import asyncio
 import random
 
 import pytest
-from harness.chromium import AVAILABLE, serve_app
-
 
 from harness import load_classroom
-from harness.streamlit_client import ProtocolSession  # noqa: E402
+from harness.chromium import AVAILABLE, serve_app
+from harness.streamlit_client import ProtocolSession
 
-from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
-from drnet_core.data.datasets import load_test_set, to_model_input  # noqa: E402
-from drnet_core.analysis.evaluate import run_routed  # noqa: E402
+from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
+from drnet_core.data.datasets import load_test_set, to_model_input
+from drnet_core.analysis.evaluate import run_routed
 
 
 @pytest.mark.slow

@@ -101,7 +101,6 @@ def test_installed_drnet_evaluates_from_outside_the_checkout_like_the_checkout(i
     assert Path(where.stdout.strip()) == site_packages(installed) / "drnet_core" / "assets"
 
 
-
 def test_installed_drnet_app_serves_and_its_script_runs(installed, tmp_path):
     port = free_port()
     server = subprocess.Popen([installed / "bin" / "drnet", "app", "--port", str(port), "--address", "127.0.0.1"],

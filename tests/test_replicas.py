@@ -1,4 +1,4 @@
-"""Two replicas behind nginx on loopback (scripts/replicas.py, deploy/nginx.conf.template): a browser
+"""Two replicas behind nginx on loopback (deploy/replicas.py, deploy/nginx.conf.template): a browser
 stays on one replica, a link gives the same numbers on either, an upload made through one is found by the
 other, and the replicas share the result cache. Real Chromium through the proxy; skipped without nginx,
 chromium or chromedriver.
@@ -18,9 +18,9 @@ import pytest
 from harness.chromium import AVAILABLE, MISSING_REASON, free_port, metric_values, settled
 from test_browser_state import query
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from deploy import replicas
+
+ROOT = Path(__file__).resolve().parent.parent
 
 COOKIE = "drnet_replica"
 UPLOADED = ROOT / "assets" / "drnet_fashion_small.pt"
@@ -60,8 +60,6 @@ def pins(served):
         if len(found) == 2:
             return [found[replica] for replica in sorted(found)]
     pytest.fail(f"64 cookies all went to {sorted(found)}")
-
-
 
 
 def open_on(driver, served, cookie: str, path: str, showing: str | None = None) -> str:

@@ -7,10 +7,8 @@ missing (the checks of the soak's own logic below still run). The three-minute f
 """
 from __future__ import annotations
 
-
 import pytest
 from harness.chromium import AVAILABLE, MISSING_REASON
-
 
 from harness import soak
 

@@ -84,7 +84,6 @@ def test_path_pattern_packs_the_ran_columns_and_the_same_path_costs_the_same(tmp
     assert table["path_id"].value_counts().idxmax() == 0
 
 
-
 @pytest.mark.parametrize("output, message", [("trace.txt", "must end in .parquet or .csv"),
                                              ("missing/trace.csv", "does not exist")])
 def test_trace_refuses_an_output_it_cannot_write_in_one_line(tmp_path, output, message):

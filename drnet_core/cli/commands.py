@@ -13,7 +13,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-
 from drnet_core.net.checkpoint import default_device, load_checkpoint
 from drnet_core.training.config import TrainConfig, preset
 from drnet_core.analysis.evaluate import default_setting
