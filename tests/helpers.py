@@ -65,3 +65,18 @@ def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """`python -m drnet_core ARGS` in a fresh process, its output captured."""
     return subprocess.run([sys.executable, "-m", "drnet_core", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300)
+
+
+def shipped_gallery_input(class_index: int):
+    """The shipped model, its default (tau, threshold) and the model input of the gallery's image of
+    class `class_index` (the first test image of that class): (model, model_input, tau, threshold)."""
+    from drnet_core.analysis import explorer
+    from drnet_core.analysis.evaluate import default_setting
+    from drnet_core.data.datasets import load_test_set
+    from drnet_core.data.images import prepare_dataset_image
+    from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
+
+    model, meta = load_checkpoint(SHIPPED_CHECKPOINT)
+    images = load_test_set()
+    position = explorer.gallery_positions(images.labels, per_class=1)[class_index]
+    return (model, prepare_dataset_image(images.images[position]).model_input, *default_setting(meta))

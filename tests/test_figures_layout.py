@@ -12,6 +12,7 @@ from drnet_core.analysis import explorer
 from drnet_core.figures import charts as figures, payoff as payoff_figures
 from drnet_core.data.datasets import FASHION_CLASSES
 from drnet_core.net.ops import OPS
+from helpers import shipped_gallery_input
 
 CLASSES = tuple(FASHION_CLASSES)
 
@@ -88,17 +89,9 @@ def test_the_class_mix_legend_sits_below_the_plot():
 def shipped():
     import torch
 
-    from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
-    from drnet_core.data.datasets import load_test_set, to_model_input
-    from drnet_core.analysis.evaluate import default_setting
-
-    model, meta = load_checkpoint(SHIPPED_CHECKPOINT)
-    tau, threshold = default_setting(meta)
-    images = load_test_set()
-    position = explorer.gallery_positions(images.labels, per_class=1)[0]
+    model, model_input, tau, threshold = shipped_gallery_input(0)
     with torch.inference_mode():
-        inspection = explorer.inspect_input(model, to_model_input(images.images[position:position + 1]), tau=tau,
-                                            threshold=threshold)
+        inspection = explorer.inspect_input(model, model_input, tau=tau, threshold=threshold)
     return model, inspection
 
 

@@ -15,23 +15,18 @@ import torch
 from drnet_app import caches
 from drnet_app.state import Checkpoint
 from drnet_core.analysis import explorer
-from drnet_core.analysis.evaluate import default_setting, run_routed
-from drnet_core.data.datasets import load_test_set
-from drnet_core.data.images import prepare_dataset_image
+from drnet_core.analysis.evaluate import run_routed
 from drnet_core.figures import routing_graph
 from drnet_core.inspection import CellRouting, Inspection
-from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, sha256_of
+from drnet_core.net.checkpoint import SHIPPED_CHECKPOINT, sha256_of
+from helpers import shipped_gallery_input
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def shipped():
-    model, meta = load_checkpoint(SHIPPED_CHECKPOINT)
-    tau, threshold = default_setting(meta)
-    images = load_test_set()
-    position = explorer.gallery_positions(images.labels, per_class=1)[3]
-    return model, prepare_dataset_image(images.images[position]).model_input, tau, threshold
+    return shipped_gallery_input(3)
 
 
 def flat_trace(model, model_input, tau, threshold, noise_seed=None, branch_overrides=None):
