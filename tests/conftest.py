@@ -5,7 +5,6 @@ Browser test modules share one served app and one Chromium per test worker; a mo
 Shared plain functions are in tests/helpers.py (tiny models, fake data, the `drnet` command) and
 harness/chromium.py (free ports, `settled`, `metric_values`).
 """
-import contextlib
 import os
 
 import pytest
@@ -22,45 +21,27 @@ def private_result_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def served_app():
-    """This worker's one `streamlit run` for every browser test module, started on first use.
+def server():
+    """This worker's one `streamlit run` for every browser test module (pytest starts it on first use),
+    evaluating the first `BROWSER_EVAL_LIMIT` test images.
 
-    Shared because a server's start and its first page (torch, the model, the data) cost more CPU than
-    most tests; each `browser.get` is a new Streamlit session, so tests still start from a fresh page."""
-    with contextlib.ExitStack() as stack:
-        url = []
-        def start() -> str:
-            if not url:
-                served, _ = stack.enter_context(serve_app({"DRNET_EVAL_LIMIT": str(BROWSER_EVAL_LIMIT)}))
-                url.append(served)
-            return url[0]
-        yield start
+    Shared because a server's start and first page (torch, the model, the data) cost about ten CPU
+    seconds; each `browser.get` opens a new Streamlit session, so every test still starts from a fresh page."""
+    with serve_app({"DRNET_EVAL_LIMIT": str(BROWSER_EVAL_LIMIT)}) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="session")
-def shared_browser():
-    """This worker's one headless Chromium, started on first use and reused by every browser module."""
-    with contextlib.ExitStack() as stack:
-        driver = []
-        def start():
-            if not driver:
-                driver.append(stack.enter_context(chromium("1280,1400", page_load_timeout=240,
-                                                           profile_prefix="drnet-tests-")))
-            return driver[0]
-        yield start
+def chromium_driver():
+    """This worker's one headless Chromium, shared by every browser test module."""
+    with chromium("1280,1400", page_load_timeout=240, profile_prefix="drnet-tests-") as driver:
+        yield driver
 
 
 @pytest.fixture(scope="module")
-def server(served_app):
-    """The URL of the served app, evaluating the first `BROWSER_EVAL_LIMIT` test images."""
-    return served_app()
-
-
-@pytest.fixture(scope="module")
-def browser(request, shared_browser):
-    """The shared Chromium, its window set to the module's `WINDOW` ("width,height") and on a blank page."""
-    driver = shared_browser()
+def browser(request, chromium_driver):
+    """The shared Chromium on a blank page, its window set to the module's `WINDOW` ("width,height")."""
     width, height = (int(size) for size in getattr(request.module, "WINDOW", "1280,1400").split(","))
-    driver.get("about:blank")
-    driver.set_window_size(width, height)
-    return driver
+    chromium_driver.get("about:blank")
+    chromium_driver.set_window_size(width, height)
+    return chromium_driver

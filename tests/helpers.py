@@ -12,7 +12,7 @@ import torch
 from drnet_core.training.config import PRESETS
 from drnet_core.net.model import DRNet
 
-# Test images each page of the browser tests' served app evaluates (tests/conftest.py::served_app).
+# Test images each page of the browser tests' served app evaluates (tests/conftest.py::server).
 BROWSER_EVAL_LIMIT = 500
 
 
