@@ -1,5 +1,5 @@
-"""Does another session's heavy work stall a slider step? Two real headless Chromium sessions against one
-`streamlit run`, both on "Temperature & threshold".
+"""Does another session's heavy work stall a slider step? Browser A (headless Chromium) and session B, both
+on "Temperature & threshold" of one `streamlit run` (or of two replicas, `--replicas 2`).
 
     python -m scripts.bench_contention [--repeats 3] [--eval-limit N] [--replicas 2] [--b-client protocol]
                                        [--json out.json]
@@ -31,9 +31,8 @@ import time
 from pathlib import Path
 
 from harness import bench_browser as bench
-from harness import page_log
+from harness import chromium, page_log
 from harness.bench_report import seconds, spread
-from harness import chromium
 from harness.load_classroom import DEFAULT_TAU
 from harness.streamlit_client import ProtocolSession
 
