@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness.chromium import AVAILABLE, MISSING_REASON, settled
+from harness.chromium import AVAILABLE, MISSING_REASON, metric_values, settled
 
 from drnet_app.navigation import VIEWS
 
@@ -33,12 +33,10 @@ def assert_no_error(driver, text: str) -> None:
 
 
 def metric_value(driver, label: str) -> str:
-    from selenium.webdriver.common.by import By
-
-    for metric in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]'):
-        if metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricLabel"]').text.strip() == label:
-            return metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricValue"]').text
-    raise AssertionError(f"no metric labelled {label!r}")
+    """The value of the first metric with this label; fails when the page has none."""
+    values = metric_values(driver, label)
+    assert values, f"no metric labelled {label!r}"
+    return values[0]
 
 
 def screenshot(driver, name: str) -> None:
